@@ -1,0 +1,19 @@
+"""Errors that are the user's to fix: the CLI prints them as one line and exits with code 2."""
+
+
+class FmnistError(Exception):
+    """A problem with the user's input (data files, options, checkpoints), not a bug in fmnist."""
+
+    exit_code = 2
+
+
+class DataError(FmnistError):
+    """The data set is missing, corrupt or not Fashion-MNIST."""
+
+
+class ConfigError(FmnistError):
+    """An option or config file value is out of range or unknown."""
+
+
+class CheckpointError(FmnistError):
+    """A checkpoint or run directory cannot be used."""

@@ -1,0 +1,85 @@
+"""From a config to a finished run: the wiring between data, model, loop and run folder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fmnist.config import TrainConfig
+from fmnist.data import load_splits
+from fmnist.loader import TensorLoader
+from fmnist.losses import build_loss
+from fmnist.models import count_parameters, create_model
+from fmnist.optim import SCHEDULER_INTERVAL, build_optimizer, build_scheduler
+from fmnist.runs import Run, load_checkpoint, load_weights
+from fmnist.runtime import resolve_device, seed_everything
+from fmnist.train import evaluate, fit
+
+
+@dataclass
+class RunResult:
+    path: Path
+    test_accuracy: float
+    test_loss: float
+    best_epoch: int
+    wall_seconds: float
+
+
+def train_from_config(config: TrainConfig, command: list[str]) -> RunResult:
+    """Train, validate every epoch, then test the best epoch's weights once."""
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    data = load_splits(config.data_dir, config.val_size, config.split_seed)
+    print(f"data: {data.directory} (train {len(data.train):,}, val {len(data.val):,}, test {len(data.test):,})")
+    # Seed after loading so the same seed gives the same run whatever the data path did.
+    seed_everything(config.seed)
+    train_split, val_split, test_split = data.train.to(device), data.val.to(device), data.test.to(device)
+
+    # channels_last: the convolutions' fast layout on CPUs (and tensor cores on GPUs).
+    model = create_model(config.model).to(device=device, memory_format=torch.channels_last)
+    train_loader = TensorLoader(
+        train_split, config.batch_size, shuffle=True, seed=config.seed,
+        mean=config.mean, std=config.std, limit_batches=config.limit_batches,
+    )
+    val_loader = TensorLoader(val_split, config.eval_batch_size, mean=config.mean, std=config.std)
+    test_loader = TensorLoader(test_split, config.eval_batch_size, mean=config.mean, std=config.std)
+
+    optimizer = build_optimizer(
+        model, config.optimizer, config.lr, config.weight_decay, config.momentum, config.nesterov
+    )
+    scheduler = build_scheduler(
+        optimizer, config.scheduler, config.epochs, len(train_loader),
+        config.max_lr, config.step_size, config.gamma,
+    )
+    loss_fn = build_loss("ce", config.label_smoothing)
+
+    run = Run.create(config, device, command)
+    print(f"run: {run.path}  model {config.model} ({count_parameters(model):,} parameters) on {device}")
+    history = fit(
+        model, train_loader, val_loader, loss_fn, optimizer,
+        scheduler, SCHEDULER_INTERVAL[config.scheduler], config.epochs, run,
+    )
+
+    best = load_checkpoint(run.path / "best.pt")
+    load_weights(model, best["model"], str(run.path / "best.pt"))
+    test = evaluate(model, test_loader)
+    best_epoch = best["epoch"]
+    wall_seconds = time.perf_counter() - started
+    run.write_summary({
+        "model": config.model,
+        "parameters": count_parameters(model),
+        "epochs": config.epochs,
+        "best_epoch": best_epoch,
+        "best_val_accuracy": history[best_epoch - 1]["val_accuracy"],
+        "test_loss": test.loss,
+        "test_accuracy": test.accuracy,
+        "test_per_class_accuracy": test.per_class_accuracy(),
+        "train_seconds": sum(row["seconds"] for row in history),
+        "wall_seconds": wall_seconds,
+        "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
+        "device": str(device),
+    })
+    return RunResult(run.path, test.accuracy, test.loss, best_epoch, wall_seconds)

@@ -1,0 +1,26 @@
+"""Seed 000's network: a two-block CNN with a LearnedAffine layer before its classifier."""
+
+from torch import nn
+
+from fmnist.layers import LearnedAffine
+from fmnist.models.registry import register_model
+
+
+@register_model("affine-cnn")
+def affine_cnn(num_classes: int = 10) -> nn.Module:
+    """28x28 -> 14x14 -> 7x7 with 32 and 64 channels, then 3136 -> 128 -> LearnedAffine -> 10."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Dropout2d(0.25),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 128),
+        nn.ReLU(inplace=True),
+        LearnedAffine(128),
+        nn.Dropout(0.5),
+        nn.Linear(128, num_classes),
+    )

@@ -1,0 +1,40 @@
+"""A registry of models by name, so the CLI, configs and checkpoints can name a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from fmnist.errors import ConfigError
+
+ModelFactory = Callable[..., nn.Module]
+_MODELS: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: make a model factory available as `create_model(name)`."""
+
+    def decorator(factory: ModelFactory) -> ModelFactory:
+        if name in _MODELS:
+            # A silent overwrite would make a name mean two different networks.
+            raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__module__}")
+        _MODELS[name] = factory
+        return factory
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; an unknown name lists the valid ones."""
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    return _MODELS[name](**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,97 @@
+"""The CLI as a user runs it: results on stdout, mistakes as one line on stderr with exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fmnist.cli import main
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist", *args], capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=300,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert fragment in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["train", "--model", "nope"], "unknown model"),
+        (["train", "--epochs", "0"], "--epochs 0"),
+        (["train", "--lr", "0"], "--lr 0.0"),
+        (["train", "--batch-size", "-3"], "--batch-size -3"),
+        (["train", "--epochs", "two"], "invalid int value"),
+        (["train", "--config", "/no/such/file.toml"], "cannot read"),
+        (["evaluate", "/no/such/run"], "no such run folder"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys):
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and fragment in captured.err
+
+
+def test_a_real_process_exits_2_without_traceback(tmp_path):
+    assert_one_line_error(run_cli("train", "--epochs", "0"), "--epochs 0")
+    assert_one_line_error(run_cli("train", "--data-dir", str(tmp_path)), "missing train-images")
+
+
+def test_corrupt_data_file_is_one_line_in_a_real_process(tiny_data, tmp_path):
+    (tiny_data / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    result = run_cli("data", "info", "--data-dir", str(tiny_data))
+    assert_one_line_error(result, "t10k-labels-idx1-ubyte.gz: cannot read")
+
+
+def test_models_lists_parameter_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "affine-cnn" in out and "421,898 parameters" in out
+
+
+def test_train_then_evaluate_as_a_user_would(tiny_data, tmp_path):
+    config = tmp_path / "quick.toml"
+    config.write_text("epochs = 1\nval_size = 100\nbatch_size = 50\n")
+    trained = run_cli(
+        "train", "--config", str(config), "--data-dir", str(tiny_data), "--out", str(tmp_path / "runs"),
+        "--name", "cli", "--seed", "1",
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "test accuracy" in trained.stdout and "run folder:" in trained.stdout
+    # Not a terminal: one plain line per epoch, no carriage-return progress bar.
+    assert "\r" not in trained.stdout + trained.stderr
+    assert trained.stdout.count("epoch 1/1") == 1
+    evaluated = run_cli("evaluate", str(tmp_path / "runs" / "cli"), "--data-dir", str(tiny_data))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "test accuracy" in evaluated.stdout and "Ankle boot" in evaluated.stdout
+
+
+def test_evaluate_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    bogus = tmp_path / "model.pt"
+    bogus.write_bytes(b"\x00" * 100)
+    assert main(["evaluate", str(bogus)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_data_info_reports_location_and_verification(real_data, capsys):
+    assert main(["data", "info", "--data-dir", str(real_data)]) == 0
+    out = capsys.readouterr().out
+    assert f"location: {real_data}" in out
+    assert out.count("verified (SHA-256") == 4 and "60,000 images" in out
+
+
+def test_data_info_flags_files_that_are_not_fashion_mnist(tiny_data, capsys):
+    assert main(["data", "info", "--data-dir", str(tiny_data)]) == 1
+    assert "verification: FAILED" in capsys.readouterr().out
