@@ -80,6 +80,18 @@ def build_parser() -> ArgumentParser:
     commands.add_parser("models", help="list the registered models with parameter counts")
     commands.add_parser("recipes", help="list the named recipes, their source project and its claim")
 
+    bench = commands.add_parser("bench", help="training/evaluation images/s against the conventional DataLoader loop")
+    bench.add_argument("--recipe", help="benchmark this recipe's model and batch size")
+    bench.add_argument("--model", help="model name (default: the recipe's, else affine-cnn)")
+    bench.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
+    bench.add_argument("--steps", type=int, default=200, help="timed training batches (default 200)")
+    bench.add_argument("--warmup", type=int, default=20, help="untimed batches first (default 20)")
+    bench.add_argument("--no-conventional", action="store_true", help="skip the conventional loop")
+    bench.add_argument("--device", choices=DEVICES)
+    bench.add_argument("--data-dir")
+    bench.add_argument("--val-size", type=int, help="validation images held out, as in training (default 5000)")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+
     data = commands.add_parser("data", help="find, verify or download the data set")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="where the files are, verification, counts, mean and std")
@@ -167,6 +179,25 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0 if verified else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from fmnist.bench import benchmark, format_result
+    from fmnist.config import build_config
+
+    if args.steps < 1 or args.warmup < 0:
+        raise UsageError(
+            f"fmnist bench: --steps must be at least 1 and --warmup at least 0, got {args.steps}, {args.warmup}"
+        )
+    config = build_config(None, {
+        "recipe": args.recipe, "model": args.model, "batch_size": args.batch_size,
+        "device": args.device, "data_dir": args.data_dir, "val_size": args.val_size,
+    })
+    result = benchmark(config, warmup=args.warmup, steps=args.steps, conventional=not args.no_conventional)
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from fmnist.recipes import list_recipes
 
@@ -181,6 +212,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "models": cmd_models,
     "recipes": cmd_recipes,
+    "bench": cmd_bench,
     "data": cmd_data,
 }
 

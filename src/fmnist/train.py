@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -36,15 +37,18 @@ class EpochStats:
 
 def train_one_epoch(
     model: nn.Module,
-    loader: TensorLoader,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     progress: tqdm | None = None,
 ) -> EpochStats:
-    """One pass over the training batches, updating the weights after each batch."""
+    """One pass over the training batches, updating the weights after each batch.
+
+    `loader` is any iterable of (images, labels) batches already on the model's device.
+    """
     model.train()  # dropout on, BatchNorm uses and updates batch statistics
-    device = loader.split.images.device
+    device = next(model.parameters()).device
     # Sums stay on the device: a .item() per batch would make the CPU wait for the GPU each step.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)

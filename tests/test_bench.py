@@ -1,0 +1,32 @@
+"""The benchmark runs both loops on the same model and reports figures (no timing thresholds)."""
+
+from __future__ import annotations
+
+import json
+
+from fmnist.bench import LoadMeter
+from fmnist.cli import main
+
+
+def test_bench_reports_both_loops_and_the_machine_load(tiny_data, capsys):
+    code = main(["bench", "--data-dir", str(tiny_data), "--steps", "3", "--warmup", "1", "--batch-size", "32",
+                 "--val-size", "100", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("train_images_per_second", "conventional_train_images_per_second", "eval_images_per_second"):
+        assert result[key] > 0
+    assert result["speedup"] == result["train_images_per_second"] / result["conventional_train_images_per_second"]
+    assert result["peak_memory_mib"] > 0 and result["batch_size"] == 32
+    assert result["machine"]["cores"] >= 1
+
+
+def test_load_meter_sees_no_negative_load():
+    meter = LoadMeter().start()
+    sum(range(100_000))
+    load = meter.stop()
+    assert load["other_processes_cores_busy"] is None or load["other_processes_cores_busy"] >= 0
+
+
+def test_bench_rejects_bad_counts(capsys):
+    assert main(["bench", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
