@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # render to files; must come before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fmnist.runs import atomic_write_bytes  # noqa: E402
 
@@ -21,7 +22,11 @@ DPI = 100  # small files, fast to write; enough to read every label
 
 
 def save(figure, path: Path) -> Path:
-    """Render to PNG in memory, write atomically, and free the figure (pyplot keeps them otherwise)."""
+    """Render to PNG in memory, write atomically, and free the figure (pyplot keeps them otherwise).
+
+    Figures use layout="constrained" (labels do not overlap colorbars or neighbours) and are cropped
+    with bbox_inches="tight" (nothing cut at the edges).
+    """
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(figure)
@@ -32,7 +37,7 @@ def save(figure, path: Path) -> Path:
 def epoch_curves(history: list[dict], metric: str, ylabel: str, path: Path) -> Path:
     """Train and validation `metric` ("loss" or "accuracy") per epoch."""
     epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
     axes.plot(epochs, [row[f"train_{metric}"] for row in history], marker="o", label="train (running, in the epoch)")
     axes.plot(epochs, [row[f"val_{metric}"] for row in history], marker="o", label="validation (end of epoch)")
     axes.set_xlabel("epoch")
@@ -45,7 +50,7 @@ def epoch_curves(history: list[dict], metric: str, ylabel: str, path: Path) -> P
 
 def learning_rate_steps(learning_rates: list[float], steps_per_epoch: int | None, path: Path) -> Path:
     """The learning rate used at every training step, with epoch boundaries marked."""
-    figure, axes = plt.subplots(figsize=(6, 3.5))
+    figure, axes = plt.subplots(figsize=(6, 3.5), layout="constrained")
     axes.plot(range(1, len(learning_rates) + 1), learning_rates)
     if steps_per_epoch:
         for boundary in range(steps_per_epoch, len(learning_rates), steps_per_epoch):
@@ -60,7 +65,7 @@ def learning_rate_steps(learning_rates: list[float], steps_per_epoch: int | None
 def draw_matrix(axes, figure, values: torch.Tensor, class_names: list[str], title: str, text) -> None:
     """One class-by-class matrix as a heat map with every non-zero cell written in it."""
     image = axes.imshow(values.numpy(), cmap="Blues")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    figure.colorbar(image, ax=axes, shrink=0.8)
     threshold = values.max().item() / 2
     for row in range(len(class_names)):
         for column in range(len(class_names)):
@@ -80,7 +85,7 @@ def confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path) -
     """Counts beside row-normalized rates (each row: where the images of one true class went)."""
     counts = matrix.to(torch.float64)
     rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    figure, panels = plt.subplots(1, 2, figsize=(15, 6.5), layout="constrained")  # keeps labels off colorbars
+    figure, panels = plt.subplots(1, 2, figsize=(15, 6.5), layout="constrained")
     draw_matrix(panels[0], figure, counts, class_names, "counts", lambda v: f"{int(v)}")
     draw_matrix(panels[1], figure, rates, class_names, "row-normalized (recall on the diagonal)", lambda v: f"{v:.2f}")
     return save(figure, path)
@@ -88,7 +93,7 @@ def confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path) -
 
 def per_class_bars(values: list[float], class_names: list[str], xlabel: str, path: Path) -> Path:
     """One horizontal bar per class, value written at its end."""
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
     positions = range(len(class_names))
     axes.barh(positions, values, color="tab:blue")
     for position, value in zip(positions, values, strict=True):
@@ -105,7 +110,8 @@ def image_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int
     """uint8 images (N, 28, 28), each with a title; an empty set draws a note instead."""
     count = len(images)
     rows = max(1, -(-count // columns))
-    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75), squeeze=False)
+    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75), squeeze=False,
+                                layout="constrained")
     for index, axes in enumerate(grid.flat):
         axes.axis("off")
         if index < count:
@@ -139,18 +145,21 @@ def overlaid_curves(curves: dict[str, list[dict]], path: Path) -> Path:
     `curves` maps a label to rows with "epoch", "val_accuracy", "val_loss" and optionally
     "val_accuracy_std" / "val_loss_std", drawn as a band (mean ± std over seeds).
     """
-    figure, panels = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, panels = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    banded = False
     for label, rows in curves.items():
         epochs = [row["epoch"] for row in rows]
         for axes, metric in zip(panels, ("val_accuracy", "val_loss"), strict=True):
             means = [row[metric] for row in rows]
             line = axes.plot(epochs, means, marker="o", label=label)[0]
             if rows and f"{metric}_std" in rows[0]:
+                banded = True
                 stds = [row[f"{metric}_std"] for row in rows]
                 axes.fill_between(epochs, [m - s for m, s in zip(means, stds, strict=True)],
                                   [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2)
     for axes, ylabel in zip(panels, ("validation accuracy", "validation loss"), strict=True):
-        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("epoch (bands: ± one std over seeds)" if banded else "epoch")
         axes.set_ylabel(ylabel)
         axes.grid(alpha=0.3)
     panels[0].legend(fontsize=7)

@@ -57,7 +57,7 @@ class TensorBoardLog:
         from fmnist.report import confusion_matrix
 
         matrix = confusion_matrix(test.labels, test.predictions).to(torch.float64)
-        figure, axes = plt.subplots(figsize=(7, 6))
+        figure, axes = plt.subplots(figsize=(7, 6), layout="constrained")
         plots.draw_matrix(axes, figure, matrix, list(CLASS_NAMES), "test confusion matrix (counts)",
                           lambda value: f"{int(value)}")
         self.writer.add_figure("test/confusion_matrix", figure, epoch)  # add_figure closes the figure
