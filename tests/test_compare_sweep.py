@@ -11,7 +11,7 @@ import pytest
 from conftest import write_dataset
 from fmnist.cli import main
 from fmnist.compare import mean_std
-from fmnist.sweep import parse_set
+from fmnist.sweep import parse_set, plan_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -110,3 +110,28 @@ def test_mean_std_uses_the_sample_standard_deviation():
     assert mean_std([0.8, 0.9, 1.0], 3) == "0.900 ± 0.100"
     assert mean_std([0.85], 2) == "0.85"
     assert mean_std([None], 2) == "-"
+
+
+def test_set_recipe_compares_whole_recipes_and_is_planned_before_running(tmp_path):
+    sweep_dir, grid, planned = plan_sweep(
+        None, {"out": str(tmp_path), "name": "recipes"}, ["recipe=affine-onecycle,affine-steplr"], seeds=2,
+    )
+    assert sweep_dir == tmp_path / "recipes" and not sweep_dir.exists()
+    assert grid == {"recipe": ["affine-onecycle", "affine-steplr"]}
+    assert [run.name for run in planned] == [
+        "recipe=affine-onecycle,seed=42", "recipe=affine-onecycle,seed=43",
+        "recipe=affine-steplr,seed=42", "recipe=affine-steplr,seed=43",
+    ]
+    assert [run.config.scheduler for run in planned] == ["onecycle", "onecycle", "steplr", "steplr"]
+    assert {run.config.out for run in planned} == {str(sweep_dir)}
+
+
+def test_a_diverging_run_is_recorded_and_the_sweep_finishes(tiny_data, tmp_path):
+    status = main([
+        "sweep", "--set", "lr=1e12", "--optimizer", "sgd", "--scheduler", "none", "--epochs", "1",
+        "--limit-batches", "3", "--batch-size", "50", "--val-size", "100", "--data-dir", str(tiny_data),
+        "--out", str(tmp_path), "--name", "diverge",
+    ])
+    assert status == 0
+    [row] = read_csv(tmp_path / "diverge" / "comparison.csv")
+    assert (row["runs"], row["finished"], row["test acc"]) == ("1", "0", "-")
