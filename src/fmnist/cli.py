@@ -35,6 +35,7 @@ TRAIN_HELP = {
     "data_dir": "folder holding the four IDX files",
     "out": "folder for run folders",
     "name": "run folder name (default: time and model)",
+    "tensorboard": "also write TensorBoard event files into RUN_DIR/tensorboard (needs fmnist[tensorboard])",
 }
 
 
@@ -76,6 +77,25 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--device", default="auto", choices=DEVICES)
     evaluate.add_argument("--batch-size", type=int, default=1000)
+
+    report = commands.add_parser("report", help="evaluate a run's best checkpoint and write its figures and report.md")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--data-dir")
+    report.add_argument("--device", default="auto", choices=DEVICES)
+    report.add_argument("--batch-size", type=int, default=1000)
+
+    summary = commands.add_parser("summary", help="layer table: output shapes, parameters, multiply-adds per image")
+    summary.add_argument("model", metavar="MODEL")
+
+    compare = commands.add_parser("compare", help="table and validation curves of several runs side by side")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of them (a sweep)")
+    compare.add_argument("--out", default="comparison", help="folder for comparison.md/.csv/.png (default: comparison)")
+
+    sweep = commands.add_parser("sweep", help="train a grid of --set values x seeds, then compare (mean ± std)")
+    add_train_options(sweep)
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a config field and its values (repeatable; the grid is every combination)")
+    sweep.add_argument("--seeds", type=int, default=1, help="runs per grid point, seeds --seed, --seed + 1, ...")
 
     commands.add_parser("models", help="list the registered models with parameter counts")
     commands.add_parser("recipes", help="list the named recipes, their source project and its claim")
@@ -146,6 +166,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from fmnist.report import report_run
+
+    if args.batch_size < 1:
+        raise UsageError(f"fmnist report: --batch-size {args.batch_size}: must be at least 1")
+    print(f"report: {report_run(args.run_dir, args.data_dir, args.device, args.batch_size)}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from fmnist.model_summary import model_summary
+
+    print(model_summary(args.model))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fmnist.compare import compare_runs
+
+    print(compare_runs(args.run_dirs, args.out))
+    print(f"written: {args.out}/comparison.md, comparison.csv, comparison.png")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fmnist.runs import main_script
+    from fmnist.sweep import run_sweep
+
+    overrides = {field.name: getattr(args, field.name) for field in fields(TrainConfig)}
+    sweep_dir, table = run_sweep(args.config, overrides, args.set, args.seeds, main_script())
+    print(table)
+    print(f"sweep folder: {sweep_dir} (comparison.md/.csv/.png: per grid point; runs.md/.csv: per run)")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from fmnist.models import count_parameters, create_model, list_models
 
@@ -210,6 +265,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "summary": cmd_summary,
+    "compare": cmd_compare,
+    "sweep": cmd_sweep,
     "models": cmd_models,
     "recipes": cmd_recipes,
     "bench": cmd_bench,

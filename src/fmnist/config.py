@@ -49,6 +49,7 @@ class TrainConfig:
     data_dir: str | None = None
     out: str = "runs"
     name: str | None = None
+    tensorboard: bool = False  # also log to TensorBoard (optional extra: pip install 'fmnist[tensorboard]')
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming the option for the first out-of-range value."""

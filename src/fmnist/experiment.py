@@ -14,8 +14,10 @@ from fmnist.loader import TensorLoader
 from fmnist.losses import build_loss
 from fmnist.models import count_parameters, create_model
 from fmnist.optim import SCHEDULER_INTERVAL, build_optimizer, build_scheduler
+from fmnist.report import write_report
 from fmnist.runs import Run, load_checkpoint, load_weights
 from fmnist.runtime import resolve_device, seed_everything
+from fmnist.tensorboard_log import TensorBoardLog, require_tensorboard
 from fmnist.train import evaluate, fit
 
 
@@ -31,6 +33,8 @@ class RunResult:
 def train_from_config(config: TrainConfig, command: list[str]) -> RunResult:
     """Train, validate every epoch, then test the best epoch's weights once."""
     started = time.perf_counter()
+    if config.tensorboard:
+        require_tensorboard()  # fail now, not after training
     device = resolve_device(config.device)
     data = load_splits(config.data_dir, config.val_size, config.split_seed)
     print(f"data: {data.directory} (train {len(data.train):,}, val {len(data.val):,}, test {len(data.test):,})")
@@ -57,6 +61,7 @@ def train_from_config(config: TrainConfig, command: list[str]) -> RunResult:
     loss_fn = build_loss("ce", config.label_smoothing)
 
     run = Run.create(config, device, command)
+    run.tensorboard = TensorBoardLog(run.path) if config.tensorboard else None
     print(f"run: {run.path}  model {config.model} ({count_parameters(model):,} parameters) on {device}")
     history = fit(
         model, train_loader, val_loader, loss_fn, optimizer,
@@ -82,4 +87,9 @@ def train_from_config(config: TrainConfig, command: list[str]) -> RunResult:
         "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
         "device": str(device),
     })
+    report_path = write_report(run.path, model, test_split, test, config)
+    print(f"report: {report_path}")
+    if run.tensorboard is not None:
+        run.tensorboard.log_confusion_matrix(test, best_epoch)
+        run.tensorboard.close()
     return RunResult(run.path, test.accuracy, test.loss, best_epoch, wall_seconds)

@@ -6,7 +6,9 @@ runs/<name>/
   lr_steps.csv   the learning rate at every training step
   last.pt        everything needed to resume (model, optimizer, scheduler, epoch, random states)
   best.pt        the same, from the epoch with the best validation accuracy
-  summary.json   test loss/accuracy of best.pt, best epoch, wall time
+  summary.json   test loss/accuracy of best.pt, best epoch, wall time, per-class precision/recall/F1
+  report.md      the written report, with *.png figures beside it (report.py)
+  tensorboard/   event files, with --tensorboard
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class Run:
         self.config = config
         self.history = history or []
         self.learning_rates: list[float] = []
+        self.tensorboard = None  # a tensorboard_log.TensorBoardLog when --tensorboard is on
 
     @classmethod
     def create(cls, config: TrainConfig, device: torch.device, command: list[str]) -> Run:
@@ -167,6 +170,8 @@ class Run:
         self.write_csv("lr_steps.csv", ["step", "lr"], [
             {"step": step + 1, "lr": lr} for step, lr in enumerate(self.learning_rates)
         ])
+        if self.tensorboard is not None:
+            self.tensorboard.log_epoch(row, learning_rates)
         state = checkpoint_state(self.config, model, optimizer, scheduler, train_loader, self.history)
         atomic_torch_save(state, self.path / "last.pt")
         if is_best:

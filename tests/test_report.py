@@ -1,0 +1,154 @@
+"""A run's report: every figure written, per-class metrics right, observations taken from the data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import matplotlib.image
+import pytest
+import torch
+
+from conftest import write_dataset
+from fmnist.cli import build_parser, main
+from fmnist.config import TrainConfig, build_config
+from fmnist.data import read_split
+from fmnist.experiment import train_from_config
+from fmnist.models import create_model
+from fmnist.report import (
+    classification_metrics,
+    confusion_matrix,
+    most_confused_pairs,
+    rerun_command,
+    write_report,
+)
+from fmnist.train import EvalResult
+
+FIGURES = [
+    "loss.png", "accuracy.png", "learning_rate.png", "confusion_matrix.png",
+    "per_class_accuracy.png", "misclassified.png", "probabilities.png",
+]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short run on generated data, shared by the tests of this file (they only read it)."""
+    root = tmp_path_factory.mktemp("report")
+    data_dir = write_dataset(root / "data")
+    config = TrainConfig(
+        epochs=2, batch_size=50, val_size=100, limit_batches=4, data_dir=str(data_dir),
+        out=str(root / "runs"), name="tiny",
+    ).validate()
+    result = train_from_config(config, ["fmnist", "train", "--name", "tiny"])
+    return result.path, data_dir
+
+
+def assert_valid_png(path):
+    content = path.read_bytes()
+    assert content.startswith(PNG_SIGNATURE), path
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert height > 100 and width > 100, path
+
+
+def test_training_writes_every_figure_and_the_report(trained):
+    run_path, _ = trained
+    for name in FIGURES:
+        assert_valid_png(run_path / name)
+    report = (run_path / "report.md").read_text()
+    for name in FIGURES:
+        assert f"]({name})" in report
+    assert "## Re-run it" in report and "Best epoch:" in report and "Weakest classes:" in report
+    summary = json.loads((run_path / "summary.json").read_text())
+    scores = summary["test_precision_recall_f1"]
+    assert "macro" in scores["averaging"] and "weighted" in scores["averaging"]
+    assert len(scores["per_class"]) == 10 and sum(row["support"] for row in scores["per_class"].values()) == 200
+    matrix = torch.tensor(summary["test_confusion_matrix"]["counts"])
+    assert matrix.trace().item() / matrix.sum().item() == pytest.approx(summary["test_accuracy"])
+
+
+def test_report_names_the_most_confused_pair_from_the_confusion_matrix(trained, tmp_path):
+    run_path, data_dir = trained
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("config.json", "metrics.csv", "lr_steps.csv", "summary.json"):
+        shutil.copy(run_path / name, copy / name)
+    test_split = read_split(data_dir, "test")
+    labels = test_split.labels.clone()
+    predictions = labels.clone()
+    # Known mistakes: 7 Shirts called T-shirt/top, 3 Coats called Pullover, 1 Bag called Sandal.
+    for true_class, predicted_class, count in ((6, 0, 7), (4, 2, 3), (8, 5, 1)):
+        predictions[(labels == true_class).nonzero().flatten()[:count]] = predicted_class
+    test = EvalResult(loss=0.5, accuracy=(predictions == labels).float().mean().item(),
+                      predictions=predictions, labels=labels, seconds=0.0)
+    write_report(copy, create_model("affine-cnn"), test_split, test, TrainConfig())
+    report = (copy / "report.md").read_text()
+    assert "Shirt → T-shirt/top: 7 images (35.0% of Shirt); Coat → Pullover: 3 images" in report
+    assert "Weakest classes: Shirt (recall 0.650" in report
+    assert "(first 11 of 11)" in report
+    assert_valid_png(copy / "misclassified.png")
+
+
+def test_precision_recall_f1_on_a_hand_made_matrix():
+    labels = torch.tensor([0] * 6 + [1] * 6 + [2] * 4)
+    predictions = torch.tensor([0, 0, 0, 0, 0, 1] + [0, 0, 1, 1, 1, 2] + [2, 2, 2, 2])
+    matrix = confusion_matrix(labels, predictions, num_classes=3)
+    assert matrix.tolist() == [[5, 1, 0], [2, 3, 1], [0, 0, 4]]
+    metrics = classification_metrics(matrix, class_names=("a", "b", "c"))
+    expected = {  # precision = TP / column sum, recall = TP / row sum, F1 = harmonic mean
+        "a": (5 / 7, 5 / 6, 10 / 13),
+        "b": (3 / 4, 1 / 2, 0.6),
+        "c": (4 / 5, 1.0, 8 / 9),
+    }
+    for name, (precision, recall, f1) in expected.items():
+        row = metrics["per_class"][name]
+        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((precision, recall, f1))
+    assert metrics["macro"]["precision"] == pytest.approx((5 / 7 + 3 / 4 + 4 / 5) / 3)
+    assert metrics["macro"]["f1"] == pytest.approx((10 / 13 + 0.6 + 8 / 9) / 3)
+    assert metrics["weighted"]["recall"] == pytest.approx(12 / 16)  # weighted recall is accuracy
+    assert metrics["micro"]["f1"] == pytest.approx(12 / 16)
+    assert most_confused_pairs(matrix, class_names=("a", "b", "c"))[0] == {
+        "true": "b", "predicted": "a", "count": 2, "share_of_true_class": pytest.approx(2 / 6),
+    }
+
+
+def test_a_class_never_predicted_has_precision_zero():
+    matrix = torch.tensor([[2, 0], [1, 0]])
+    metrics = classification_metrics(matrix, class_names=("a", "b"))
+    assert metrics["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+
+
+def test_rerun_command_rebuilds_the_config():
+    config = build_config(overrides={
+        "recipe": "affine-steplr", "device": "auto", "optimizer": "sgd", "nesterov": True, "lr": 0.0123,
+        "limit_batches": 7, "name": "original",
+    })
+    command = rerun_command(config.to_dict())
+    assert "--device auto" in command  # the recipe says cpu; the run overrode it back to the default
+    assert "--name" not in command
+    arguments = build_parser().parse_args(command.split()[1:])
+    overrides = {key: getattr(arguments, key) for key in config.to_dict()}
+    rebuilt = build_config(arguments.config, overrides)
+    assert rebuilt.to_dict() == {**config.to_dict(), "name": None}
+
+
+def test_fmnist_report_rewrites_an_existing_run(trained, tmp_path, capsys):
+    run_path, data_dir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_path, copy)
+    for name in [*FIGURES, "report.md"]:
+        (copy / name).unlink()
+    assert main(["report", str(copy), "--data-dir", str(data_dir)]) == 0
+    assert f"report: {copy / 'report.md'}" in capsys.readouterr().out
+    for name in FIGURES:
+        assert_valid_png(copy / name)
+    original = json.loads((run_path / "summary.json").read_text())
+    again = json.loads((copy / "summary.json").read_text())
+    assert again["test_accuracy"] == original["test_accuracy"]
+    assert again["test_precision_recall_f1"] == original["test_precision_recall_f1"]
+
+
+def test_fmnist_report_on_a_missing_folder_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such run folder" in err
