@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from fmnist.config import DEVICES, OPTIMIZERS, SCHEDULERS, TrainConfig
 from fmnist.errors import FmnistError
+from fmnist.faults import TrainingInterrupted
 
 TRAIN_HELP = {
     "recipe": "start from a named recipe (see `fmnist recipes`); other flags override it",
@@ -70,6 +73,10 @@ def build_parser() -> ArgumentParser:
 
     train = commands.add_parser("train", help="train a model; prints the test accuracy and run folder")
     add_train_options(train)
+    train.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue a stopped run from its last completed epoch, with its saved config",
+    )
 
     evaluate = commands.add_parser("evaluate", help="test loss, accuracy and per-class accuracy of a checkpoint")
     evaluate.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
@@ -100,8 +107,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fmnist.runs import main_script
 
     overrides = {field.name: getattr(args, field.name) for field in fields(TrainConfig)}
-    config = build_config(args.config, overrides)
-    result = train_from_config(config, main_script())
+    if args.resume:
+        from fmnist.resume import config_to_resume
+
+        if args.config:
+            raise UsageError("fmnist train: --config with --resume: a resumed run keeps its own config; drop --config")
+        config = config_to_resume(args.resume, overrides)
+    else:
+        config = build_config(args.config, overrides)
+    try:
+        result = train_from_config(config, main_script(), resume=Path(args.resume) if args.resume else None)
+    except TrainingInterrupted as interruption:
+        print(f"fmnist: {interruption}", file=sys.stderr)
+        run_path = getattr(interruption, "run_path", None)
+        if run_path is not None:
+            print(f"resume with: fmnist train --resume {shlex.quote(str(run_path))}", file=sys.stderr)
+        return interruption.exit_code
     print(f"test accuracy {result.test_accuracy:.4f}  test loss {result.test_loss:.4f}  "
           f"(best epoch {result.best_epoch}, {result.wall_seconds:.1f} s)")
     print(f"run folder: {result.path}")
