@@ -84,6 +84,21 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--device", default="auto", choices=DEVICES)
     evaluate.add_argument("--batch-size", type=int, default=1000)
 
+    predict = commands.add_parser("predict", help="classify image files (PNG, JPEG, BMP, WebP, GIF) or folders of them")
+    predict.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per image (1-10)")
+    predict.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    predict.add_argument(
+        "--no-invert", dest="invert", action="store_false",
+        help="never invert (by default images on a light background are inverted to light on black)",
+    )
+
+    export = commands.add_parser("export", help="write a checkpoint's model as ONNX (needs the fmnist[onnx] extra)")
+    export.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="only onnx for now")
+    export.add_argument("--out", metavar="FILE", help="where to write (default: RUN_DIR/model.onnx)")
+
     commands.add_parser("models", help="list the registered models with parameter counts")
     commands.add_parser("recipes", help="list the named recipes, their source project and its claim")
 
@@ -155,6 +170,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from fmnist.data import NUM_CLASSES
+    from fmnist.predict import predict_images, prepare_images
+    from fmnist.preprocess import image_files
+    from fmnist.runs import checkpoint_path, load_checkpoint, model_from_checkpoint
+
+    if not 1 <= args.top_k <= NUM_CLASSES:
+        raise UsageError(f"fmnist predict: --top-k {args.top_k}: must be between 1 and {NUM_CLASSES}")
+    path = checkpoint_path(args.checkpoint)
+    state = load_checkpoint(path)
+    model = model_from_checkpoint(state, path)
+    readable, images, failures = prepare_images(image_files(args.images), args.invert)
+    mean, std = state["config"]["mean"], state["config"]["std"]  # the model's own normalization
+    predictions = predict_images(model, readable, images, mean, std, args.top_k)
+    for failure in failures:
+        print(f"fmnist: error: {failure}", file=sys.stderr)
+    if args.json:
+        document = [prediction.to_dict() for prediction in predictions]
+        document += [{"error": str(failure)} for failure in failures]
+        print(json.dumps(document, indent=2))
+    else:
+        for prediction in predictions:
+            print(prediction.to_line())
+    return 1 if failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fmnist.export import export_onnx
+
+    written = export_onnx(args.checkpoint, args.out)
+    print(f"wrote {written} (ONNX; input 'images' (N, 1, 28, 28) normalized, output 'logits' (N, 10))")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from fmnist.models import count_parameters, create_model, list_models
 
@@ -200,6 +251,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "export": cmd_export,
     "models": cmd_models,
     "recipes": cmd_recipes,
     "data": cmd_data,
