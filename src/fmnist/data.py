@@ -197,7 +197,7 @@ def split_indices(count: int, val_size: int, split_seed: int) -> tuple[torch.Ten
     seeds are compared on the same validation images.
     """
     if not 0 <= val_size < count:
-        raise DataError(f"--val-size {val_size} must be between 0 and {count - 1}")
+        raise DataError(f"--val-size {val_size}: must be less than the {count} training images")
     order = torch.randperm(count, generator=torch.Generator().manual_seed(split_seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
 
