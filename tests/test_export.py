@@ -65,7 +65,6 @@ def test_missing_extra_is_a_one_line_error(tiny_run, monkeypatch, capsys):
 
 
 def test_export_paths_are_checked(tiny_run, tmp_path, capsys):
-    pytest.importorskip("onnxscript")
     assert main(["export", str(tmp_path / "missing")]) == 2
     assert "no such run folder" in capsys.readouterr().err
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "no" / "such" / "model.onnx")]) == 2

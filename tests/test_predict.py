@@ -1,8 +1,8 @@
 """`fmnist predict` on real Fashion-MNIST test images saved as files, with a model trained here.
 
-One model is trained for all tests in this module (affine-cnn, 120 batches of 64 of one epoch:
-about 81% validation accuracy, measured with `fmnist train --epochs 1
---limit-batches 120 --val-size 1000 --device cpu`). The test images are the first test images of three different
+One model is trained for all tests in this module: affine-cnn, 120 batches of 64 of one epoch,
+about 81% validation accuracy (measured with `fmnist train --epochs 1 --limit-batches 120
+--val-size 1000 --device cpu`). The test images are the first test images of three different
 classes that this model classifies correctly with probability above 0.9, picked through the plain
 tensor path (loader.normalize), so that what is tested is the file path: saving, reading,
 preprocessing. A model this short-trained is unsure of many images; those are not chosen.

@@ -20,7 +20,13 @@ import torch
 
 from conftest import write_dataset
 from fmnist.cli import main
-from fmnist.runs import atomic_torch_save, load_checkpoint
+from fmnist.config import TrainConfig
+from fmnist.data import read_split, train_val_split
+from fmnist.faults import StopRequest, TrainingInterrupted
+from fmnist.loader import TensorLoader
+from fmnist.models import create_model
+from fmnist.runs import Run, atomic_torch_save, load_checkpoint
+from fmnist.train import fit
 
 NON_TIMING = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
@@ -172,3 +178,22 @@ def test_non_finite_loss_exits_3_naming_epoch_and_batch_and_keeps_the_checkpoint
     assert "epoch 3: loss became nan at batch 2" in err and err.count("\n") == 1
     assert (run / "last.pt").read_bytes() == poisoned != good  # the last checkpoint is kept as it was
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_ctrl_c_during_evaluation_stops_once_that_epoch_is_saved(tiny_data, tmp_path):
+    config = TrainConfig(
+        epochs=3, batch_size=50, limit_batches=2, val_size=100, data_dir=str(tiny_data), out=str(tmp_path),
+        name="stopped",
+    ).validate()
+    train, val = train_val_split(read_split(tiny_data, "train"), 100, 0)
+    model = create_model("affine-cnn")
+    stop = StopRequest()
+    # Stands in for Ctrl-C arriving while the model runs in eval mode, i.e. during validation.
+    model.register_forward_hook(lambda module, inputs, output: setattr(stop, "requested", not module.training))
+    run = Run.create(config, torch.device("cpu"), ["test"])
+    with pytest.raises(TrainingInterrupted, match=f"after epoch 1; epoch 1 is saved in {run.path}"):
+        fit(
+            model, TensorLoader(train, 50, shuffle=True, limit_batches=2), TensorLoader(val, 100),
+            torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01), None, None, 3, run, stop=stop,
+        )
+    assert load_checkpoint(run.path / "last.pt")["epoch"] == 1 and len(metric_rows(run.path)) == 1

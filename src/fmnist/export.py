@@ -49,11 +49,11 @@ def check_writable(out: Path) -> None:
 
 def export_onnx(source: str | Path, out: str | Path | None = None) -> Path:
     """Write the model of a run folder (its best.pt) or checkpoint as ONNX; return the file written."""
-    require_onnx_exporter()
     source = Path(source)
     checkpoint = checkpoint_path(source)
     out = Path(out) if out is not None else default_onnx_path(source, checkpoint)
     check_writable(out)
+    require_onnx_exporter()
     state = load_checkpoint(checkpoint)
     model = model_from_checkpoint(state, checkpoint).eval()
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
