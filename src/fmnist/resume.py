@@ -55,9 +55,8 @@ def config_to_resume(run_dir: str | Path, overrides: dict) -> TrainConfig:
         if name not in MAY_CHANGE_ON_RESUME:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(
-                f"{flag} {value!r}: the run in {path} has {flag} {getattr(config, name)!r} "
-                f"(model {config.model}); --resume continues a run with its own config: "
-                "drop the option or start a new run"
+                f"{flag} {value!r}: the run in {path} was started with {flag} {getattr(config, name)!r}; "
+                "--resume continues a run with its own config: drop the option or start a new run"
             )
         setattr(config, name, value)
     return config.validate()
