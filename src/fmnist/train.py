@@ -207,9 +207,9 @@ def fit(
 
 def interrupted(run, where: str) -> TrainingInterrupted:
     """The Ctrl-C message: where training stopped and what the run folder still holds."""
-    error = TrainingInterrupted(f"stopped by Ctrl-C {where}")
-    if run is not None:
-        kept = f"epoch {run.history[-1]['epoch']} is saved" if run.history else "no epoch was completed"
-        error = TrainingInterrupted(f"stopped by Ctrl-C {where}; {kept} in {run.path}")
-        error.run_path = run.path
+    if run is None:
+        return TrainingInterrupted(f"stopped by Ctrl-C {where}")
+    kept = f"epoch {run.history[-1]['epoch']} is saved" if run.history else "no epoch was completed"
+    error = TrainingInterrupted(f"stopped by Ctrl-C {where}; {kept} in {run.path}")
+    error.run_path = run.path  # for the CLI's "resume with" line
     return error
