@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from fmnist.config import DEVICES, OPTIMIZERS, SCHEDULERS, TrainConfig
 from fmnist.errors import FmnistError
+from fmnist.faults import TrainingInterrupted
 
 TRAIN_HELP = {
     "recipe": "start from a named recipe (see `fmnist recipes`); other flags override it",
@@ -71,6 +74,10 @@ def build_parser() -> ArgumentParser:
 
     train = commands.add_parser("train", help="train a model; prints the test accuracy and run folder")
     add_train_options(train)
+    train.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue a stopped run from its last completed epoch, with its saved config",
+    )
 
     evaluate = commands.add_parser("evaluate", help="test loss, accuracy and per-class accuracy of a checkpoint")
     evaluate.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
@@ -96,6 +103,20 @@ def build_parser() -> ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
                        help="a config field and its values (repeatable; the grid is every combination)")
     sweep.add_argument("--seeds", type=int, default=1, help="runs per grid point, seeds --seed, --seed + 1, ...")
+    predict = commands.add_parser("predict", help="classify image files (PNG, JPEG, BMP, WebP, GIF) or folders of them")
+    predict.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per image (1-10)")
+    predict.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    predict.add_argument(
+        "--no-invert", dest="invert", action="store_false",
+        help="never invert (by default images on a light background are inverted to light on black)",
+    )
+
+    export = commands.add_parser("export", help="write a checkpoint's model as ONNX (needs the fmnist[onnx] extra)")
+    export.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="only onnx for now")
+    export.add_argument("--out", metavar="FILE", help="where to write (default: RUN_DIR/model.onnx)")
 
     commands.add_parser("models", help="list the registered models with parameter counts")
     commands.add_parser("recipes", help="list the named recipes, their source project and its claim")
@@ -132,8 +153,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fmnist.runs import main_script
 
     overrides = {field.name: getattr(args, field.name) for field in fields(TrainConfig)}
-    config = build_config(args.config, overrides)
-    result = train_from_config(config, main_script())
+    if args.resume:
+        from fmnist.resume import config_to_resume
+
+        if args.config:
+            raise UsageError("fmnist train: --config with --resume: a resumed run keeps its own config; drop --config")
+        config = config_to_resume(args.resume, overrides)
+    else:
+        config = build_config(args.config, overrides)
+    try:
+        result = train_from_config(config, main_script(), resume=Path(args.resume) if args.resume else None)
+    except TrainingInterrupted as interruption:
+        print(f"fmnist: {interruption}", file=sys.stderr)
+        run_path = getattr(interruption, "run_path", None)
+        if run_path is not None:
+            print(f"resume with: fmnist train --resume {shlex.quote(str(run_path))}", file=sys.stderr)
+        return interruption.exit_code
     print(f"test accuracy {result.test_accuracy:.4f}  test loss {result.test_loss:.4f}  "
           f"(best epoch {result.best_epoch}, {result.wall_seconds:.1f} s)")
     print(f"run folder: {result.path}")
@@ -198,6 +233,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep_dir, table = run_sweep(args.config, overrides, args.set, args.seeds, main_script())
     print(table)
     print(f"sweep folder: {sweep_dir} (comparison.md/.csv/.png: per grid point; runs.md/.csv: per run)")
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from fmnist.data import NUM_CLASSES
+    from fmnist.predict import predict_images, prepare_images
+    from fmnist.preprocess import image_files
+    from fmnist.runs import checkpoint_path, load_checkpoint, model_from_checkpoint
+
+    if not 1 <= args.top_k <= NUM_CLASSES:
+        raise UsageError(f"fmnist predict: --top-k {args.top_k}: must be between 1 and {NUM_CLASSES}")
+    path = checkpoint_path(args.checkpoint)
+    state = load_checkpoint(path)
+    model = model_from_checkpoint(state, path)
+    readable, images, failures = prepare_images(image_files(args.images), args.invert)
+    mean, std = state["config"]["mean"], state["config"]["std"]  # the model's own normalization
+    predictions = predict_images(model, readable, images, mean, std, args.top_k)
+    for failure in failures:
+        print(f"fmnist: error: {failure}", file=sys.stderr)
+    if args.json:
+        document = [prediction.to_dict() for prediction in predictions]
+        document += [{"error": str(failure)} for failure in failures]
+        print(json.dumps(document, indent=2))
+    else:
+        for prediction in predictions:
+            print(prediction.to_line())
+    return 1 if failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fmnist.export import export_onnx
+
+    written = export_onnx(args.checkpoint, args.out)
+    print(f"wrote {written} (ONNX; input 'images' (N, 1, 28, 28) normalized, output 'logits' (N, 10))")
     return 0
 
 
@@ -269,6 +337,8 @@ COMMANDS = {
     "summary": cmd_summary,
     "compare": cmd_compare,
     "sweep": cmd_sweep,
+    "predict": cmd_predict,
+    "export": cmd_export,
     "models": cmd_models,
     "recipes": cmd_recipes,
     "bench": cmd_bench,

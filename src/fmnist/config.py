@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -78,6 +79,13 @@ class TrainConfig:
         require(self.val_size >= 1, "val_size", "must be at least 1: model selection needs a validation split")
         require(self.device in DEVICES, "device", f"choose one of {', '.join(DEVICES)}")
         require(self.limit_batches is None or self.limit_batches >= 1, "limit_batches", "must be at least 1")
+        require(0 <= self.mean <= 1, "mean", "must be in [0, 1] (the 0..1 pixel scale)")
+        require(self.seed >= 0, "seed", "must be 0 or more")
+        require(self.split_seed >= 0, "split_seed", "must be 0 or more")
+        for field in fields(self):  # `--lr inf` passes `> 0` but would train on NaN
+            value = getattr(self, field.name)
+            if isinstance(value, float):
+                require(math.isfinite(value), field.name, "must be a finite number")
         return self
 
     def to_dict(self) -> dict:

@@ -8,6 +8,7 @@ there is no per-image Python on the hot path.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ def parse_idx(content: bytes, path: Path, expected_magic: int) -> np.ndarray:
     if len(content) < header_size:
         raise DataError(f"{path}: header cut short ({len(content)} bytes); get the file again")
     shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected_size = header_size + int(np.prod(shape, dtype=np.int64))
+    expected_size = header_size + math.prod(shape)  # Python ints: no overflow for absurd headers
     if len(content) != expected_size:
         raise DataError(
             f"{path}: {len(content)} bytes but its header {shape} needs {expected_size}; "
@@ -196,7 +197,7 @@ def split_indices(count: int, val_size: int, split_seed: int) -> tuple[torch.Ten
     seeds are compared on the same validation images.
     """
     if not 0 <= val_size < count:
-        raise DataError(f"--val-size {val_size} must be between 0 and {count - 1}")
+        raise DataError(f"--val-size {val_size}: must be less than the {count} training images")
     order = torch.randperm(count, generator=torch.Generator().manual_seed(split_seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
 

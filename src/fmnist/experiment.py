@@ -10,11 +10,13 @@ import torch
 
 from fmnist.config import TrainConfig
 from fmnist.data import load_splits
+from fmnist.faults import stop_after_step
 from fmnist.loader import TensorLoader
 from fmnist.losses import build_loss
 from fmnist.models import count_parameters, create_model
 from fmnist.optim import SCHEDULER_INTERVAL, build_optimizer, build_scheduler
 from fmnist.report import write_report
+from fmnist.resume import restore_run
 from fmnist.runs import Run, load_checkpoint, load_weights
 from fmnist.runtime import resolve_device, seed_everything
 from fmnist.tensorboard_log import TensorBoardLog, require_tensorboard
@@ -30,8 +32,11 @@ class RunResult:
     wall_seconds: float
 
 
-def train_from_config(config: TrainConfig, command: list[str]) -> RunResult:
-    """Train, validate every epoch, then test the best epoch's weights once."""
+def train_from_config(config: TrainConfig, command: list[str], resume: Path | None = None) -> RunResult:
+    """Train, validate every epoch, then test the best epoch's weights once.
+
+    With `resume` (a run folder, see resume.py), continue that run after its last completed epoch.
+    """
     started = time.perf_counter()
     if config.tensorboard:
         require_tensorboard()  # fail now, not after training
@@ -60,13 +65,18 @@ def train_from_config(config: TrainConfig, command: list[str]) -> RunResult:
     )
     loss_fn = build_loss("ce", config.label_smoothing)
 
-    run = Run.create(config, device, command)
+    if resume is None:
+        run, start_epoch = Run.create(config, device, command), 1
+    else:
+        run, start_epoch = restore_run(resume, config, model, optimizer, scheduler, train_loader)
+        print(f"resuming {run.path} at epoch {start_epoch}/{config.epochs}")
     run.tensorboard = TensorBoardLog(run.path) if config.tensorboard else None
     print(f"run: {run.path}  model {config.model} ({count_parameters(model):,} parameters) on {device}")
-    history = fit(
-        model, train_loader, val_loader, loss_fn, optimizer,
-        scheduler, SCHEDULER_INTERVAL[config.scheduler], config.epochs, run,
-    )
+    with stop_after_step() as stop:  # Ctrl-C ends training after the current step
+        history = fit(
+            model, train_loader, val_loader, loss_fn, optimizer,
+            scheduler, SCHEDULER_INTERVAL[config.scheduler], config.epochs, run, start_epoch, stop,
+        )
 
     best = load_checkpoint(run.path / "best.pt")
     load_weights(model, best["model"], str(run.path / "best.pt"))

@@ -30,6 +30,7 @@ from torch import nn
 import fmnist
 from fmnist.config import TrainConfig
 from fmnist.errors import CheckpointError
+from fmnist.faults import kill_point
 from fmnist.models import create_model
 from fmnist.runtime import rng_state
 
@@ -53,6 +54,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             temp_file.write(data)
             temp_file.flush()
             os.fsync(temp_file.fileno())
+        kill_point(f"write-{path.name}")  # test-only: a SIGKILL with the new file written, not yet in place
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -163,7 +165,12 @@ class Run:
         train_loader,
         is_best: bool,
     ) -> None:
-        """Record the epoch's metrics, then checkpoint: last.pt always, best.pt when it improved."""
+        """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
+
+        best.pt goes first: a crash between the two leaves last.pt at the previous epoch, and
+        resuming redoes this epoch and writes best.pt again. The other order could leave a last.pt
+        whose epoch was the best but a best.pt that never got it.
+        """
         self.history.append(row)
         self.learning_rates.extend(learning_rates)
         self.write_csv("metrics.csv", METRIC_FIELDS, self.history)
@@ -173,9 +180,11 @@ class Run:
         if self.tensorboard is not None:
             self.tensorboard.log_epoch(row, learning_rates)
         state = checkpoint_state(self.config, model, optimizer, scheduler, train_loader, self.history)
-        atomic_torch_save(state, self.path / "last.pt")
+        state["learning_rates"] = list(self.learning_rates)  # lets a resumed run rewrite lr_steps.csv
+        state["step"] = len(self.learning_rates)  # optimizer steps so far
         if is_best:
             atomic_torch_save(state, self.path / "best.pt")
+        atomic_torch_save(state, self.path / "last.pt")
 
     def write_csv(self, name: str, fieldnames: list[str], rows: list[dict]) -> None:
         text = io.StringIO()

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fmnist.errors import FmnistError
+from fmnist.faults import StopRequest, TrainingInterrupted, kill_point
 from fmnist.loader import TensorLoader
 
 
@@ -42,10 +43,12 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     progress: tqdm | None = None,
+    stop: StopRequest | None = None,
 ) -> EpochStats:
     """One pass over the training batches, updating the weights after each batch.
 
     `loader` is any iterable of (images, labels) batches already on the model's device.
+    `stop` (set by Ctrl-C, see faults.stop_after_step) ends the epoch early, after a whole step.
     """
     model.train()  # dropout on, BatchNorm uses and updates batch statistics
     device = next(model.parameters()).device
@@ -71,6 +74,9 @@ def train_one_epoch(
         seen += len(labels)
         if progress is not None:
             progress.update(1)
+        kill_point("train-step")  # test-only: a SIGKILL in the middle of an epoch
+        if stop is not None and stop.requested:
+            raise TrainingInterrupted(f"after batch {batch_index + 1}")
     mean_loss = loss_sum.item() / seen
     if not math.isfinite(mean_loss):  # on accelerators, checked once per epoch
         raise NonFiniteLossError(f"loss became {mean_loss} during the epoch")
@@ -109,6 +115,7 @@ def evaluate(model: nn.Module, loader: TensorLoader) -> EvalResult:
         for images, labels in loader:
             logits = model(images)
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
+            kill_point("evaluate-batch")  # test-only: a SIGKILL during evaluation
             all_predictions.append(logits.argmax(dim=1))
     predictions = torch.cat(all_predictions).cpu()
     labels = loader.split.labels[: len(predictions)].cpu()
@@ -146,11 +153,14 @@ def fit(
     epochs: int,
     run=None,
     start_epoch: int = 1,
+    stop: StopRequest | None = None,
 ) -> list[dict]:
     """Train for `epochs`, validating after each; `run` (a runs.Run) records metrics and checkpoints.
 
     Returns one metrics row per epoch. Model selection uses validation accuracy only: the test
-    set is kept for the final figure.
+    set is kept for the final figure. A resumed run starts at `start_epoch` with `run.history`
+    holding the epochs before it. When `stop` is requested (Ctrl-C) it raises TrainingInterrupted
+    after the current step; the run folder then holds the last completed epoch.
     """
     history = list(run.history) if run is not None else []
     best_accuracy = max((row["val_accuracy"] for row in history), default=-1.0)
@@ -161,7 +171,10 @@ def fit(
                 model, train_loader, loss_fn, optimizer,
                 batch_scheduler=scheduler if scheduler_interval == "batch" else None,
                 progress=bar,
+                stop=stop,
             )
+        except TrainingInterrupted as interruption:
+            raise interrupted(run, f"in epoch {epoch} {interruption}") from None
         except NonFiniteLossError as error:
             raise NonFiniteLossError(
                 f"epoch {epoch}: {error}; training stopped, the last good checkpoint is kept "
@@ -189,4 +202,16 @@ def fit(
         if run is not None:
             run.end_epoch(row, stats.learning_rates, model, optimizer, scheduler, train_loader, is_best)
         print(format_epoch(row, epochs), flush=True)
+        if stop is not None and stop.requested and epoch < epochs:  # Ctrl-C during evaluation
+            raise interrupted(run, f"after epoch {epoch}")
     return history
+
+
+def interrupted(run, where: str) -> TrainingInterrupted:
+    """The Ctrl-C message: where training stopped and what the run folder still holds."""
+    if run is None:
+        return TrainingInterrupted(f"stopped by Ctrl-C {where}")
+    kept = f"epoch {run.history[-1]['epoch']} is saved" if run.history else "no epoch was completed"
+    error = TrainingInterrupted(f"stopped by Ctrl-C {where}; {kept} in {run.path}")
+    error.run_path = run.path  # for the CLI's "resume with" line
+    return error

@@ -1,0 +1,73 @@
+"""ONNX export: onnxruntime gives PyTorch's logits for any batch size; a missing extra is one line.
+
+CI needs the extra installed (`pip install '.[onnx]'`) for the comparison test to run; without
+onnxruntime it is skipped, and only that test.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+import torch
+
+from fmnist.cli import main
+from fmnist.config import TrainConfig
+from fmnist.data import read_split
+from fmnist.experiment import train_from_config
+from fmnist.loader import normalize
+from fmnist.runs import load_checkpoint, model_from_checkpoint
+
+
+@pytest.fixture
+def tiny_run(tiny_data, tmp_path):
+    config = TrainConfig(
+        epochs=1, batch_size=50, limit_batches=3, val_size=100, data_dir=str(tiny_data),
+        out=str(tmp_path / "runs"), name="export",
+    ).validate()
+    return train_from_config(config, ["test"]).path
+
+
+def test_onnxruntime_matches_pytorch_on_test_images(tiny_run, tiny_data, capsys):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    assert main(["export", str(tiny_run), "--format", "onnx"]) == 0
+    onnx_file = tiny_run / "model.onnx"
+    assert f"wrote {onnx_file}" in capsys.readouterr().out
+
+    state = load_checkpoint(tiny_run)
+    model = model_from_checkpoint(state).eval()
+    test = read_split(tiny_data, "test")
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert float(metadata["mean"]) == state["config"]["mean"] and "Ankle boot" in metadata["classes"]
+    for batch_size in (1, 37, 200):  # the batch axis is dynamic
+        images = normalize(test.images[:batch_size], state["config"]["mean"], state["config"]["std"])
+        with torch.inference_mode():
+            expected = model(images).numpy()
+        (logits,) = session.run(["logits"], {"images": images.numpy()})
+        assert logits.shape == (batch_size, 10)
+        assert np.abs(logits - expected).max() < 1e-4
+
+
+def test_missing_extra_is_a_one_line_error(tiny_run, monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def import_without_onnxscript(name, *args, **kwargs):
+        if name == "onnxscript":
+            raise ModuleNotFoundError("No module named 'onnxscript'", name="onnxscript")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", import_without_onnxscript)
+    assert main(["export", str(tiny_run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "onnxscript is not installed" in err and "fmnist[onnx]" in err
+
+
+def test_export_paths_are_checked(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "no" / "such" / "model.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", str(tiny_run), "--format", "tflite"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
