@@ -83,3 +83,18 @@ def test_the_flag_takes_an_optional_path():
 def test_only_resnet18_takes_pretrained_weights():
     with pytest.raises(ConfigError, match="only resnet18 has pretrained weights"):
         build_config(None, {"model": "mlp", "pretrained": "torchvision"})
+
+
+def test_a_run_starts_from_the_given_weights(imagenet_like_weights, tiny_data, tmp_path):
+    from fmnist.experiment import train_from_config
+
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(imagenet_like_weights, path)
+    config = build_config(None, {
+        "recipe": "resnet18", "pretrained": str(path), "data_dir": str(tiny_data), "out": str(tmp_path / "runs"),
+        "name": "pretrained", "epochs": 1, "limit_batches": 1, "batch_size": 8, "val_size": 100,
+        "eval_batch_size": 100, "lr": 1e-12,  # a step too small to move the weights visibly
+    })
+    result = train_from_config(config, ["test"])
+    trained = torch.load(result.path / "last.pt", weights_only=True)["model"]
+    torch.testing.assert_close(trained["layer2.0.conv1.weight"], imagenet_like_weights["layer2.0.conv1.weight"])

@@ -95,6 +95,10 @@ class TrainConfig:
             self.pretrained is None or self.model in PRETRAINED_MODELS, "pretrained",
             f"only {', '.join(PRETRAINED_MODELS)} has pretrained weights (here --model {self.model})",
         )
+        if self.pretrained is not None:
+            from fmnist.models.resnet import resolve_weights_file
+
+            resolve_weights_file(self.pretrained)  # a missing file is said now, before the data is loaded
         require(self.val_size >= 1, "val_size", "must be at least 1: model selection needs a validation split")
         require(self.device in DEVICES, "device", f"choose one of {', '.join(DEVICES)}")
         require(self.limit_batches is None or self.limit_batches >= 1, "limit_batches", "must be at least 1")
