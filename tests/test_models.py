@@ -14,14 +14,15 @@ def test_every_model_runs_forward_and_backward():
         torch.manual_seed(0)
         model = create_model(name)
         model.train()
-        logits = model(torch.randn(4, 1, 28, 28))
-        assert logits.shape == (4, 10), name
+        # Batch 2: cheap for the 26M-parameter v1-5-5, and the least BatchNorm can train on.
+        logits = model(torch.randn(2, 1, 28, 28))
+        assert logits.shape == (2, 10), name
         logits.logsumexp(dim=1).mean().backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name
 
 
-@pytest.mark.parametrize("name", ["affine-cnn"])
+@pytest.mark.parametrize("name", ["affine-cnn", "lenet", "small-cnn", "v1"])
 def test_channels_last_gives_the_same_logits(name):
     torch.manual_seed(0)
     model = create_model(name).eval()
@@ -48,3 +49,32 @@ def test_duplicate_name_is_an_error(monkeypatch):
         register_model("affine-cnn")(lambda: None)
     register_model("brand-new")(lambda: torch.nn.Linear(1, 1))
     assert "brand-new" in list_models()
+
+
+# The seeds' own figures: seed 003's torchinfo summaries, LeNet's and the quickstart MLP's layer sizes.
+SEED_PARAMETER_COUNTS = {
+    "v1": 39_358,
+    "v1-5-5": 25_993_898,
+    "v1-5-5-bn": 25_994_986,
+    "resnet18": 11_175_370,
+    "lenet": 60_074,  # 60 + 880 + 48,120 + 10,164 + 850
+    "mlp": 669_706,  # 401,920 + 262,656 + 5,130
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), SEED_PARAMETER_COUNTS.items())
+def test_parameter_counts_match_the_seeds(name, expected):
+    assert count_parameters(create_model(name)) == expected
+
+
+def test_seed_models_return_logits_not_probabilities():
+    torch.manual_seed(0)
+    for name in ("lenet", "v1", "v1-5-5", "v1-5-5-bn"):
+        assert not any(isinstance(m, (torch.nn.Softmax, torch.nn.LogSoftmax)) for m in create_model(name).modules())
+
+
+def test_resnet18_has_a_one_channel_stem_and_ten_classes():
+    model = create_model("resnet18")
+    assert model.conv1.weight.shape == (64, 1, 7, 7)
+    assert (model.conv1.stride, model.conv1.padding) == ((2, 2), (3, 3))
+    assert model.fc.out_features == 10

@@ -11,6 +11,7 @@ from pathlib import Path
 from fmnist.config import DEVICES, OPTIMIZERS, SCHEDULERS, TrainConfig
 from fmnist.errors import FmnistError
 from fmnist.faults import TrainingInterrupted
+from fmnist.models.resnet import FROM_TORCHVISION_CACHE
 
 TRAIN_HELP = {
     "recipe": "start from a named recipe (see `fmnist recipes`); other flags override it",
@@ -27,8 +28,16 @@ TRAIN_HELP = {
     "step_size": "StepLR: epochs between decays",
     "gamma": "StepLR: decay factor",
     "label_smoothing": "cross-entropy label smoothing in [0, 1)",
+    "loss": "one of ce, focal (validation and test losses stay cross-entropy)",
+    "focal_gamma": "focal loss gamma (0 with alpha 1 is cross-entropy)",
+    "focal_alpha": "focal loss alpha (one weight for every class)",
     "mean": "input normalization mean (0..1 scale)",
     "std": "input normalization std (0..1 scale)",
+    "rotate_degrees": "augment: rotate each training image by up to this many degrees either way",
+    "hflip": "augment: mirror each training image left-right with probability 1/2",
+    "crop_padding": "augment: pad by this many pixels, then crop 28x28 at a random offset",
+    "erase_prob": "augment: probability of erasing a random rectangle of each training image",
+    "pretrained": "resnet18: start from ImageNet weights in PATH, or in torchvision's cache if no PATH",
     "val_size": "training images held out for validation",
     "split_seed": "seed of the validation split (independent of --seed)",
     "seed": "seed for weights, dropout and batch order",
@@ -40,6 +49,10 @@ TRAIN_HELP = {
     "name": "run folder name (default: time and model)",
     "tensorboard": "also write TensorBoard event files into RUN_DIR/tensorboard (needs fmnist[tensorboard])",
 }
+
+
+# Flags whose value may be left out, and what they mean then: `--pretrained` alone is the cache.
+FLAG_DEFAULT_WHEN_BARE = {"pretrained": FROM_TORCHVISION_CACHE}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -60,6 +73,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         kind = field.type
         if "bool" in kind:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=TRAIN_HELP[field.name])
+            continue
+        if field.name in FLAG_DEFAULT_WHEN_BARE:
+            parser.add_argument(
+                flag, nargs="?", const=FLAG_DEFAULT_WHEN_BARE[field.name], default=None, metavar="PATH",
+                help=TRAIN_HELP[field.name],
+            )
             continue
         value_type = int if "int" in kind else float if "float" in kind else str
         parser.add_argument(
@@ -233,6 +252,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep_dir, table = run_sweep(args.config, overrides, args.set, args.seeds, main_script())
     print(table)
     print(f"sweep folder: {sweep_dir} (comparison.md/.csv/.png: per grid point; runs.md/.csv: per run)")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 

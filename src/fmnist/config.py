@@ -15,6 +15,7 @@ else:  # pragma: no cover
 
 from fmnist.data import MEAN, STD
 from fmnist.errors import ConfigError
+from fmnist.losses import LOSSES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("onecycle", "steplr", "cosine", "none")
@@ -39,8 +40,17 @@ class TrainConfig:
     step_size: int = 1  # StepLR: epochs between decays
     gamma: float = 0.7  # StepLR: decay factor
     label_smoothing: float = 0.0
+    loss: str = "ce"
+    focal_gamma: float = 2.0  # focal loss: how strongly confident, correct images are down-weighted
+    focal_alpha: float = 1.0  # focal loss: overall weight
     mean: float = MEAN  # input normalization
     std: float = STD
+    # Training-time augmentation, each drawn afresh per image; all off by default (the fast path).
+    rotate_degrees: float = 0.0
+    hflip: bool = False
+    crop_padding: int = 0
+    erase_prob: float = 0.0
+    pretrained: str | None = None  # resnet18: ImageNet weights from a file, or "torchvision" (its cache)
     val_size: int = 5000
     split_seed: int = 0  # fixes the validation split independently of `seed`
     seed: int = 42
@@ -54,7 +64,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming the option for the first out-of-range value."""
-        from fmnist.models import list_models  # late import: models import nothing from here
+        from fmnist.models import PRETRAINED_MODELS, list_models  # late import: models import nothing from here
 
         def require(condition: bool, field: str, rule: str) -> None:
             if not condition:
@@ -75,7 +85,22 @@ class TrainConfig:
         require(self.step_size >= 1, "step_size", "must be at least 1")
         require(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        require(self.loss in LOSSES, "loss", f"choose one of {', '.join(LOSSES)}")
+        require(self.loss == "ce" or self.label_smoothing == 0, "label_smoothing", "applies to --loss ce only")
+        require(self.focal_gamma >= 0, "focal_gamma", "must be 0 or more (0 with alpha 1 is cross-entropy)")
+        require(self.focal_alpha > 0, "focal_alpha", "must be greater than 0")
         require(self.std > 0, "std", "must be greater than 0")
+        require(0 <= self.rotate_degrees <= 180, "rotate_degrees", "must be in [0, 180]")
+        require(0 <= self.crop_padding <= 14, "crop_padding", "must be in 0..14 pixels")
+        require(0 <= self.erase_prob <= 1, "erase_prob", "must be in [0, 1]")
+        require(
+            self.pretrained is None or self.model in PRETRAINED_MODELS, "pretrained",
+            f"only {', '.join(PRETRAINED_MODELS)} has pretrained weights (here --model {self.model})",
+        )
+        if self.pretrained is not None:
+            from fmnist.models.resnet import resolve_weights_file
+
+            resolve_weights_file(self.pretrained)  # a missing file is said now, before the data is loaded
         require(self.val_size >= 1, "val_size", "must be at least 1: model selection needs a validation split")
         require(self.device in DEVICES, "device", f"choose one of {', '.join(DEVICES)}")
         require(self.limit_batches is None or self.limit_batches >= 1, "limit_batches", "must be at least 1")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from fmnist.augment import build_augmentation
 from fmnist.config import TrainConfig
 from fmnist.data import load_splits
 from fmnist.faults import stop_after_step
@@ -48,10 +49,15 @@ def train_from_config(config: TrainConfig, command: list[str], resume: Path | No
     train_split, val_split, test_split = data.train.to(device), data.val.to(device), data.test.to(device)
 
     # channels_last: the convolutions' fast layout on CPUs (and tensor cores on GPUs).
-    model = create_model(config.model).to(device=device, memory_format=torch.channels_last)
+    model_options = {"pretrained": config.pretrained} if config.pretrained else {}
+    model = create_model(config.model, **model_options).to(device=device, memory_format=torch.channels_last)
+    # Augmentation on the training batches only: validation and test see the images as they are.
+    augmentation = build_augmentation(
+        config.rotate_degrees, config.hflip, config.crop_padding, config.erase_prob, config.mean, config.std
+    )
     train_loader = TensorLoader(
         train_split, config.batch_size, shuffle=True, seed=config.seed,
-        mean=config.mean, std=config.std, limit_batches=config.limit_batches,
+        mean=config.mean, std=config.std, augment=augmentation, limit_batches=config.limit_batches,
     )
     val_loader = TensorLoader(val_split, config.eval_batch_size, mean=config.mean, std=config.std)
     test_loader = TensorLoader(test_split, config.eval_batch_size, mean=config.mean, std=config.std)
@@ -63,7 +69,7 @@ def train_from_config(config: TrainConfig, command: list[str], resume: Path | No
         optimizer, config.scheduler, config.epochs, len(train_loader),
         config.max_lr, config.step_size, config.gamma,
     )
-    loss_fn = build_loss("ce", config.label_smoothing)
+    loss_fn = build_loss(config.loss, config.label_smoothing, config.focal_gamma, config.focal_alpha)
 
     if resume is None:
         run, start_epoch = Run.create(config, device, command), 1

@@ -1,6 +1,7 @@
 """The model zoo. Importing this package registers every model family."""
 
-from fmnist.models import affine_cnn  # noqa: F401  (registers its models)
+from fmnist.models import affine_cnn, lenet, mlp, resnet, seed003, small_cnn  # noqa: F401  (registers them)
 from fmnist.models.registry import count_parameters, create_model, list_models, register_model
+from fmnist.models.resnet import PRETRAINED_MODELS
 
-__all__ = ["count_parameters", "create_model", "list_models", "register_model"]
+__all__ = ["PRETRAINED_MODELS", "count_parameters", "create_model", "list_models", "register_model"]

@@ -1,0 +1,28 @@
+"""Seed 004's "CNN with 3x3 kernels". The seed shows no code for it, so this design is ours."""
+
+from torch import nn
+
+from fmnist.models.registry import register_model
+
+
+@register_model("small-cnn")
+def small_cnn(num_classes: int = 10) -> nn.Module:
+    """Two 'same' 3x3 conv blocks (32 and 64 channels, each halving the image: 28 -> 14 -> 7),
+    then 3136 -> 128 -> 10.
+
+    The simplest CNN that fits the seed's description: the textbook two-block layout, without
+    dropout or normalization, so that it differs from `mlp` only by its convolutions. (It is
+    `affine-cnn` without LearnedAffine and dropout.)
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 128),
+        nn.ReLU(inplace=True),
+        nn.Linear(128, num_classes),
+    )

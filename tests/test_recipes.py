@@ -1,0 +1,65 @@
+"""Every recipe is listed with its source and claim, and every one starts training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from conftest import write_dataset
+from fmnist.cli import main
+from fmnist.config import build_config
+from fmnist.experiment import train_from_config
+from fmnist.recipes import RECIPES, get_recipe
+
+ISSUE_RECIPES = [
+    "affine-onecycle", "affine-steplr", "lenet-aug", "v1", "v1-5-5", "v1-5-5-bn", "v1-5-5-bn-lr2",
+    "v1-5-5-bn-lr4", "v1-5-5-bn-lr8", "resnet18", "mlp-sgd-ce", "mlp-sgd-focal", "small-cnn-focal",
+]
+
+
+def test_recipes_lists_every_recipe_with_its_source_and_claim(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in ISSUE_RECIPES:
+        recipe = get_recipe(name)
+        assert recipe.source and recipe.claim and recipe.description
+        assert name in out and f"claimed: {recipe.claim}" in out
+    assert "0.646" in out and "0.678" in out and "~0.86" in out
+
+
+def test_recipes_say_what_the_seeds_said():
+    lenet = build_config(None, {"recipe": "lenet-aug"})
+    assert (lenet.model, lenet.optimizer, lenet.lr, lenet.batch_size, lenet.epochs) == ("lenet", "adam", 1e-3, 64, 5)
+    assert (lenet.rotate_degrees, lenet.hflip, lenet.mean, lenet.std, lenet.scheduler) == (10.0, True, 0.5, 0.5, "none")
+    ce, focal = build_config(None, {"recipe": "mlp-sgd-ce"}), build_config(None, {"recipe": "mlp-sgd-focal"})
+    assert (ce.optimizer, ce.lr, ce.momentum, ce.mean, ce.std, ce.loss) == ("sgd", 1e-3, 0.0, 0.0, 1.0, "ce")
+    assert (focal.loss, focal.focal_gamma, focal.focal_alpha) == ("focal", 2.0, 1.0)
+    rates = [build_config(None, {"recipe": name}).lr for name in ("v1-5-5-bn", "v1-5-5-bn-lr2", "v1-5-5-bn-lr4",
+                                                                   "v1-5-5-bn-lr8")]
+    assert rates == [rates[0] * factor for factor in (1, 2, 4, 8)]
+
+
+@pytest.fixture(scope="module")
+def smaller_data(tmp_path_factory):
+    """120 training and 20 test images: the 26M-parameter recipes cost seconds, not minutes."""
+    return write_dataset(tmp_path_factory.mktemp("smaller-data"), train_count=120, test_count=20)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_trains_a_few_batches(name, smaller_data, tmp_path):
+    config = build_config(None, {
+        "recipe": name, "data_dir": str(smaller_data), "out": str(tmp_path), "name": "smoke",
+        "epochs": 1, "limit_batches": 2, "batch_size": 4, "val_size": 20, "eval_batch_size": 20,
+        "device": "cpu",
+    })
+    result = train_from_config(config, ["test"])
+    with open(result.path / "metrics.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert math.isfinite(float(row["train_loss"])) and math.isfinite(float(row["val_loss"]))
+    summary = json.loads((result.path / "summary.json").read_text())
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    saved = json.loads((result.path / "config.json").read_text())["config"]
+    assert saved["recipe"] == name and saved["model"] == get_recipe(name).overrides.get("model", "affine-cnn")
