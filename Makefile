@@ -8,10 +8,11 @@ ARGS ?=
 
 .PHONY: setup data train test lint clean
 
-# Reinstall when the project's metadata changes; the package itself is installed editable.
+# Reinstall when the project's metadata changes; the package itself is installed editable, with the
+# optional extras (ONNX export, TensorBoard) so that their tests run too.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -39,6 +39,16 @@ def test_loader_covers_every_image_once_per_epoch(tiny_data):
     assert not torch.equal(labels, second)  # a fresh permutation each epoch
 
 
+def test_a_last_training_batch_of_one_image_is_left_out(tiny_data):
+    """BatchNorm cannot train on a single image; evaluation still sees every image."""
+    split = read_split(tiny_data, "train").subset(torch.arange(5))
+    training = TensorLoader(split, batch_size=4, shuffle=True)
+    assert len(training) == 1 and [len(labels) for _, labels in training] == [4]
+    assert [len(labels) for _, labels in TensorLoader(split, batch_size=4)] == [4, 1]
+    model = create_model("v1-5-5-bn")
+    train_one_epoch(model, training, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01))
+
+
 @pytest.mark.slow
 def test_one_epoch_of_affine_cnn_learns_on_the_real_data(real_data, tmp_path):
     config = TrainConfig(epochs=1, data_dir=str(real_data), out=str(tmp_path), name="learns").validate()

@@ -54,6 +54,9 @@ class TensorLoader:
 
     def __len__(self) -> int:
         batches = -(-len(self.split) // self.batch_size)
+        if self.shuffle and len(self.split) % self.batch_size == 1 and batches > 1:
+            # A training batch of one image breaks BatchNorm (no batch statistics): leave it out.
+            batches -= 1
         return batches if self.limit_batches is None else min(batches, self.limit_batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

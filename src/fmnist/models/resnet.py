@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights
-from torchvision.models import resnet18 as torchvision_resnet18
 
 from fmnist.errors import ConfigError
 from fmnist.models.registry import register_model
@@ -31,6 +29,8 @@ def resnet18(num_classes: int = 10, pretrained: str | None = None) -> nn.Module:
     ImageNet weights, then replaced conv1 with a freshly initialized one; with `pretrained`, this
     one keeps ImageNet's conv1 instead, summed over its RGB channels (see load_imagenet_weights).
     """
+    from torchvision.models import resnet18 as torchvision_resnet18  # here: importing torchvision takes ~1 s
+
     model = torchvision_resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if pretrained is not None:
@@ -40,6 +40,8 @@ def resnet18(num_classes: int = 10, pretrained: str | None = None) -> nn.Module:
 
 def cached_weights_path() -> Path:
     """Where torchvision keeps the downloaded ImageNet weights of resnet18."""
+    from torchvision.models import ResNet18_Weights
+
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(ResNet18_Weights.IMAGENET1K_V1.url).name
 
 
