@@ -30,3 +30,22 @@ def test_load_meter_sees_no_negative_load():
 def test_bench_rejects_bad_counts(capsys):
     assert main(["bench", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_time_to_accuracy_reports_each_threshold_per_seed(tiny_data, capsys):
+    code = main(["bench", "--time-to-accuracy", "affine-steplr", "--epochs", "2", "--seeds", "2",
+                 "--data-dir", str(tiny_data), "--val-size", "100", "--json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    runs, summary = document["runs"], document["summary"]
+    assert [run["seed"] for run in runs] == [42, 43] == summary["seeds"]
+    for run in runs:
+        assert [point["epoch"] for point in run["curve"]] == [1, 2]
+        assert set(run["seconds_to_accuracy"]) == {"0.90", "0.91", "0.92", "0.93", "0.94", "0.95"}
+        for threshold, seconds in run["seconds_to_accuracy"].items():
+            reached = [p for p in run["curve"] if p["test_accuracy"] >= float(threshold)]
+            # The time noted is the training time at the first epoch that reached the threshold.
+            assert seconds == (reached[0]["train_seconds"] if reached else None)
+        assert run["eval_seconds"] > 0 and run["train_seconds"] == run["curve"][-1]["train_seconds"]
+    finals = [run["final_test_accuracy"] for run in runs]
+    assert summary["final_test_accuracy"]["mean"] == sum(finals) / 2

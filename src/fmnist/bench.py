@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 
@@ -156,4 +157,97 @@ def format_result(result: dict) -> str:
     busy = "unknown" if others is None else f"{others:.2f} of {machine['cores']} cores"
     load = machine["loadavg_1min"]
     lines.append(f"  other processes kept {busy} busy during the run (1-min load average {load:.2f})")
+    return "\n".join(lines)
+
+
+THRESHOLDS = (0.90, 0.91, 0.92, 0.93, 0.94, 0.95)
+
+
+def time_to_accuracy(config: TrainConfig, thresholds: tuple[float, ...] = THRESHOLDS) -> dict:
+    """Train `config` and note the training time at which test accuracy first reaches each threshold.
+
+    A benchmark, not model selection: the test set is evaluated after every epoch only to time the
+    run, and that evaluation is timed apart and not counted. Training time runs from the first
+    batch and adds up the epochs' training loops; start-up and data loading are not in it.
+    """
+    from fmnist.experiment import build_training  # late: experiment imports the whole package
+    from fmnist.optim import SCHEDULER_INTERVAL
+
+    device = resolve_device(config.device)
+    data = load_splits(config.data_dir, config.val_size, config.split_seed)
+    seed_everything(config.seed)
+    parts = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device))
+    per_batch = SCHEDULER_INTERVAL[config.scheduler] == "batch"
+    meter = LoadMeter().start()
+    train_seconds = eval_seconds = 0.0
+    curve, reached = [], {}
+    for epoch in range(1, config.epochs + 1):
+        stats = train_one_epoch(
+            parts.model, parts.train_loader, parts.loss_fn, parts.optimizer,
+            batch_scheduler=parts.scheduler if per_batch else None,
+        )
+        if parts.scheduler is not None and not per_batch:
+            parts.scheduler.step()
+        train_seconds += stats.seconds
+        test = evaluate(parts.model, parts.test_loader)
+        eval_seconds += test.seconds
+        curve.append({"epoch": epoch, "train_seconds": train_seconds, "test_accuracy": test.accuracy})
+        for threshold in thresholds:
+            if threshold not in reached and test.accuracy >= threshold:
+                reached[threshold] = train_seconds
+        print(f"epoch {epoch}/{config.epochs}  test accuracy {test.accuracy:.4f}  training {train_seconds:.1f} s  "
+              f"(+{test.seconds:.2f} s evaluation)", file=sys.stderr, flush=True)
+    return {
+        "recipe": config.recipe,
+        "model": config.model,
+        "seed": config.seed,
+        "device": str(device),
+        "final_test_accuracy": curve[-1]["test_accuracy"],
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "seconds_to_accuracy": {f"{threshold:.2f}": reached.get(threshold) for threshold in thresholds},
+        "curve": curve,
+        "machine": meter.stop(),
+    }
+
+
+def summarize_seeds(results: list[dict]) -> dict:
+    """Mean ± sample std over seeds of the final accuracy and of each time to accuracy."""
+
+    def mean_std(values: list[float]) -> dict | None:
+        if not values:
+            return None
+        mean = sum(values) / len(values)
+        variance = sum((value - mean) ** 2 for value in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        return {"mean": mean, "std": variance**0.5, "runs": len(values)}
+
+    thresholds = results[0]["seconds_to_accuracy"]
+    return {
+        "seeds": [result["seed"] for result in results],
+        "final_test_accuracy": mean_std([result["final_test_accuracy"] for result in results]),
+        "train_seconds": mean_std([result["train_seconds"] for result in results]),
+        "seconds_to_accuracy": {
+            threshold: mean_std([
+                result["seconds_to_accuracy"][threshold] for result in results
+                if result["seconds_to_accuracy"][threshold] is not None
+            ])
+            for threshold in thresholds
+        },
+    }
+
+
+def format_time_to_accuracy(summary: dict) -> str:
+    final = summary["final_test_accuracy"]
+    lines = [
+        f"seeds {summary['seeds']}: final test accuracy {final['mean']:.4f} ± {final['std']:.4f}, "
+        f"training {summary['train_seconds']['mean']:.1f} ± {summary['train_seconds']['std']:.1f} s"
+    ]
+    for threshold, seconds in summary["seconds_to_accuracy"].items():
+        if seconds is None:
+            lines.append(f"  test accuracy ≥ {threshold}: not reached")
+        else:
+            lines.append(
+                f"  test accuracy ≥ {threshold}: {seconds['mean']:.1f} ± {seconds['std']:.1f} s of training "
+                f"({seconds['runs']} of {len(summary['seeds'])} seeds reached it)"
+            )
     return "\n".join(lines)

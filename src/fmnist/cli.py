@@ -151,6 +151,10 @@ def build_parser() -> ArgumentParser:
     bench.add_argument("--data-dir")
     bench.add_argument("--val-size", type=int, help="validation images held out, as in training (default 5000)")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.add_argument("--time-to-accuracy", metavar="RECIPE",
+                       help="train RECIPE, timing when test accuracy first reaches 0.90, 0.91, ..., 0.95")
+    bench.add_argument("--seeds", type=int, default=1, help="with --time-to-accuracy: seeds 42, 43, ... (mean ± std)")
+    bench.add_argument("--epochs", type=int, help="with --time-to-accuracy: override the recipe's epochs")
 
     data = commands.add_parser("data", help="find, verify or download the data set")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -327,19 +331,28 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from fmnist.bench import benchmark, format_result
+    from fmnist import bench
     from fmnist.config import build_config
 
-    if args.steps < 1 or args.warmup < 0:
+    if args.steps < 1 or args.warmup < 0 or args.seeds < 1:
         raise UsageError(
-            f"fmnist bench: --steps must be at least 1 and --warmup at least 0, got {args.steps}, {args.warmup}"
+            f"fmnist bench: --steps and --seeds must be at least 1 and --warmup at least 0, "
+            f"got {args.steps}, {args.seeds}, {args.warmup}"
         )
-    config = build_config(None, {
-        "recipe": args.recipe, "model": args.model, "batch_size": args.batch_size,
-        "device": args.device, "data_dir": args.data_dir, "val_size": args.val_size,
-    })
-    result = benchmark(config, warmup=args.warmup, steps=args.steps, conventional=not args.no_conventional)
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    overrides = {
+        "recipe": args.time_to_accuracy or args.recipe, "model": args.model, "batch_size": args.batch_size,
+        "device": args.device, "data_dir": args.data_dir, "val_size": args.val_size, "epochs": args.epochs,
+    }
+    if args.time_to_accuracy:
+        configs = [build_config(None, {**overrides, "seed": 42 + offset}) for offset in range(args.seeds)]
+        results = [bench.time_to_accuracy(config) for config in configs]
+        summary = bench.summarize_seeds(results)
+        document = {"summary": summary, "runs": results}
+        print(json.dumps(document, indent=2) if args.json else bench.format_time_to_accuracy(summary))
+        return 0
+    config = build_config(None, overrides)
+    result = bench.benchmark(config, warmup=args.warmup, steps=args.steps, conventional=not args.no_conventional)
+    print(json.dumps(result, indent=2) if args.json else bench.format_result(result))
     return 0
 
 

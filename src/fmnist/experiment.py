@@ -10,7 +10,7 @@ import torch
 
 from fmnist.augment import build_augmentation
 from fmnist.config import TrainConfig
-from fmnist.data import load_splits
+from fmnist.data import Split, load_splits
 from fmnist.faults import stop_after_step
 from fmnist.loader import TensorLoader
 from fmnist.losses import build_loss
@@ -33,6 +33,50 @@ class RunResult:
     wall_seconds: float
 
 
+@dataclass
+class TrainingParts:
+    """What the training loop needs, built from one config."""
+
+    model: torch.nn.Module
+    train_loader: TensorLoader
+    val_loader: TensorLoader
+    test_loader: TensorLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    loss_fn: torch.nn.Module
+
+
+def build_training(config: TrainConfig, train_split: Split, val_split: Split, test_split: Split) -> TrainingParts:
+    """Model, loaders, optimizer, schedule and loss as `config` says, on the splits' device."""
+    device = train_split.images.device
+    # channels_last: the convolutions' fast layout on CPUs (and tensor cores on GPUs).
+    model_options = {"pretrained": config.pretrained} if config.pretrained else {}
+    model = create_model(config.model, **model_options).to(device=device, memory_format=torch.channels_last)
+    # Augmentation on the training batches only: validation and test see the images as they are.
+    augmentation = build_augmentation(
+        config.rotate_degrees, config.hflip, config.crop_padding, config.erase_prob, config.mean, config.std
+    )
+    train_loader = TensorLoader(
+        train_split, config.batch_size, shuffle=True, seed=config.seed,
+        mean=config.mean, std=config.std, augment=augmentation, limit_batches=config.limit_batches,
+    )
+    optimizer = build_optimizer(
+        model, config.optimizer, config.lr, config.weight_decay, config.momentum, config.nesterov
+    )
+    return TrainingParts(
+        model=model,
+        train_loader=train_loader,
+        val_loader=TensorLoader(val_split, config.eval_batch_size, mean=config.mean, std=config.std),
+        test_loader=TensorLoader(test_split, config.eval_batch_size, mean=config.mean, std=config.std),
+        optimizer=optimizer,
+        scheduler=build_scheduler(
+            optimizer, config.scheduler, config.epochs, len(train_loader),
+            config.max_lr, config.step_size, config.gamma,
+        ),
+        loss_fn=build_loss(config.loss, config.label_smoothing, config.focal_gamma, config.focal_alpha),
+    )
+
+
 def train_from_config(config: TrainConfig, command: list[str], resume: Path | None = None) -> RunResult:
     """Train, validate every epoch, then test the best epoch's weights once.
 
@@ -48,28 +92,8 @@ def train_from_config(config: TrainConfig, command: list[str], resume: Path | No
     seed_everything(config.seed)
     train_split, val_split, test_split = data.train.to(device), data.val.to(device), data.test.to(device)
 
-    # channels_last: the convolutions' fast layout on CPUs (and tensor cores on GPUs).
-    model_options = {"pretrained": config.pretrained} if config.pretrained else {}
-    model = create_model(config.model, **model_options).to(device=device, memory_format=torch.channels_last)
-    # Augmentation on the training batches only: validation and test see the images as they are.
-    augmentation = build_augmentation(
-        config.rotate_degrees, config.hflip, config.crop_padding, config.erase_prob, config.mean, config.std
-    )
-    train_loader = TensorLoader(
-        train_split, config.batch_size, shuffle=True, seed=config.seed,
-        mean=config.mean, std=config.std, augment=augmentation, limit_batches=config.limit_batches,
-    )
-    val_loader = TensorLoader(val_split, config.eval_batch_size, mean=config.mean, std=config.std)
-    test_loader = TensorLoader(test_split, config.eval_batch_size, mean=config.mean, std=config.std)
-
-    optimizer = build_optimizer(
-        model, config.optimizer, config.lr, config.weight_decay, config.momentum, config.nesterov
-    )
-    scheduler = build_scheduler(
-        optimizer, config.scheduler, config.epochs, len(train_loader),
-        config.max_lr, config.step_size, config.gamma,
-    )
-    loss_fn = build_loss(config.loss, config.label_smoothing, config.focal_gamma, config.focal_alpha)
+    parts = build_training(config, train_split, val_split, test_split)
+    model, optimizer, scheduler, train_loader = parts.model, parts.optimizer, parts.scheduler, parts.train_loader
 
     if resume is None:
         run, start_epoch = Run.create(config, device, command), 1
@@ -80,13 +104,13 @@ def train_from_config(config: TrainConfig, command: list[str], resume: Path | No
     print(f"run: {run.path}  model {config.model} ({count_parameters(model):,} parameters) on {device}")
     with stop_after_step() as stop:  # Ctrl-C ends training after the current step
         history = fit(
-            model, train_loader, val_loader, loss_fn, optimizer,
+            model, train_loader, parts.val_loader, parts.loss_fn, optimizer,
             scheduler, SCHEDULER_INTERVAL[config.scheduler], config.epochs, run, start_epoch, stop,
         )
 
     best = load_checkpoint(run.path / "best.pt")
     load_weights(model, best["model"], str(run.path / "best.pt"))
-    test = evaluate(model, test_loader)
+    test = evaluate(model, parts.test_loader)
     best_epoch = best["epoch"]
     wall_seconds = time.perf_counter() - started
     run.write_summary({
