@@ -17,3 +17,9 @@ class ConfigError(FmnistError):
 
 class CheckpointError(FmnistError):
     """A checkpoint or run directory cannot be used."""
+
+
+def one_line_reason(error: BaseException) -> str:
+    """The first line of a library's error message (or its type), short enough for a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

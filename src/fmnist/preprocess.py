@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist.data import IMAGE_SIZE
-from fmnist.errors import DataError
+from fmnist.errors import DataError, one_line_reason
 from fmnist.loader import normalize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
@@ -44,7 +44,7 @@ def read_image(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image Pillow can read (PNG, JPEG, BMP, WebP or GIF)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = one_line_reason(error)
         raise DataError(f"{path}: cannot decode the image ({reason})") from None
 
 

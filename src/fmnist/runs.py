@@ -29,7 +29,7 @@ from torch import nn
 
 import fmnist
 from fmnist.config import TrainConfig
-from fmnist.errors import CheckpointError
+from fmnist.errors import CheckpointError, one_line_reason
 from fmnist.faults import kill_point
 from fmnist.models import create_model
 from fmnist.runtime import rng_state
@@ -233,7 +233,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a truncated or foreign file
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = one_line_reason(error)
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); it may be truncated or corrupt") from None
     if not isinstance(state, dict) or state.get("format") != "fmnist-checkpoint-1":
         raise CheckpointError(f"{path}: not an fmnist checkpoint (no fmnist format marker)")

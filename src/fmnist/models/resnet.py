@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fmnist.errors import ConfigError
+from fmnist.errors import ConfigError, one_line_reason
 from fmnist.models.registry import register_model
 
 # `--pretrained` without a PATH means "the file torchvision's cache holds".
@@ -73,7 +73,7 @@ def load_imagenet_weights(model: nn.Module, source: str) -> None:
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a foreign or truncated file
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = one_line_reason(error)
         raise ConfigError(f"--pretrained {path}: not a readable state_dict ({reason})") from None
     if not isinstance(weights, dict) or "conv1.weight" not in weights:
         raise ConfigError(f"--pretrained {path}: not a resnet18 state_dict (no conv1.weight)")
