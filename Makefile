@@ -25,7 +25,7 @@ train: data
 	$(BIN)/fmnist train $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 test: data lint
 	$(BIN)/python -m pytest
