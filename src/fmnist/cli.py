@@ -199,26 +199,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from fmnist.config import TrainConfig
-    from fmnist.data import CLASS_NAMES, find_data_dir, read_split
-    from fmnist.loader import TensorLoader
-    from fmnist.runs import checkpoint_path, load_checkpoint, model_from_checkpoint
-    from fmnist.runtime import resolve_device
-    from fmnist.train import evaluate
+    from fmnist.data import CLASS_NAMES
+    from fmnist.experiment import evaluate_checkpoint
 
     if args.batch_size < 1:
         raise UsageError(f"fmnist evaluate: --batch-size {args.batch_size}: must be at least 1")
-    path = checkpoint_path(args.checkpoint)
-    state = load_checkpoint(path)
-    config = TrainConfig(**state["config"])
-    device = resolve_device(args.device)
-    model = model_from_checkpoint(state, path).to(device=device, memory_format=torch.channels_last)
-    test = read_split(find_data_dir(args.data_dir or config.data_dir), "test").to(device)
-    result = evaluate(model, TensorLoader(test, args.batch_size, mean=config.mean, std=config.std))
-    print(f"checkpoint: {path} ({state['model_name']}, epoch {state['epoch']})")
-    print(f"test loss {result.loss:.4f}  test accuracy {result.accuracy:.4f}  ({len(test):,} images)")
+    evaluation = evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.batch_size)
+    result, state = evaluation.result, evaluation.state
+    print(f"checkpoint: {evaluation.path} ({state['model_name']}, epoch {state['epoch']})")
+    print(f"test loss {result.loss:.4f}  test accuracy {result.accuracy:.4f}  ({len(result.labels):,} images)")
     for name, accuracy in zip(CLASS_NAMES, result.per_class_accuracy(), strict=True):
         print(f"  {name:<12} {accuracy:.4f}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 
 from fmnist.augment import build_augmentation
 from fmnist.config import TrainConfig
-from fmnist.data import Split, load_splits
+from fmnist.data import Split, find_data_dir, load_splits, read_split
 from fmnist.faults import stop_after_step
 from fmnist.loader import TensorLoader
 from fmnist.losses import build_loss
@@ -18,10 +19,10 @@ from fmnist.models import count_parameters, create_model
 from fmnist.optim import SCHEDULER_INTERVAL, build_optimizer, build_scheduler
 from fmnist.report import write_report
 from fmnist.resume import restore_run
-from fmnist.runs import Run, load_checkpoint, load_weights
+from fmnist.runs import Run, checkpoint_path, load_checkpoint, load_weights, model_from_checkpoint
 from fmnist.runtime import resolve_device, seed_everything
 from fmnist.tensorboard_log import TensorBoardLog, require_tensorboard
-from fmnist.train import evaluate, fit
+from fmnist.train import EvalResult, evaluate, fit
 
 
 @dataclass
@@ -133,3 +134,29 @@ def train_from_config(config: TrainConfig, command: list[str], resume: Path | No
         run.tensorboard.log_confusion_matrix(test, best_epoch)
         run.tensorboard.close()
     return RunResult(run.path, test.accuracy, test.loss, best_epoch, wall_seconds)
+
+
+@dataclass
+class CheckpointEvaluation:
+    path: Path
+    state: dict
+    config: TrainConfig
+    model: torch.nn.Module
+    test_split: Split
+    result: EvalResult
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, data_dir: str | None = None, device_name: str = "auto", batch_size: int = 1000
+) -> CheckpointEvaluation:
+    """Rebuild a checkpoint's model and evaluate it on the test split, normalized as in its training."""
+    path = checkpoint_path(checkpoint)
+    state = load_checkpoint(path)
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    # Keys a newer fmnist wrote are ignored: the model and its normalization are all that is needed.
+    config = TrainConfig(**{key: value for key, value in state["config"].items() if key in known})
+    device = resolve_device(device_name)
+    model = model_from_checkpoint(state, path).to(device=device, memory_format=torch.channels_last)
+    test_split = read_split(find_data_dir(data_dir or config.data_dir), "test").to(device)
+    result = evaluate(model, TensorLoader(test_split, batch_size, mean=config.mean, std=config.std))
+    return CheckpointEvaluation(path, state, config, model, test_split, result)

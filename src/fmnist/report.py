@@ -8,7 +8,6 @@ the best weights; every observation in report.md is computed from those numbers,
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -338,26 +337,17 @@ def write_report(run_path: Path, model: nn.Module, test_split: Split, test: Eval
 def report_run(run_dir: str, data_dir: str | None = None, device_name: str = "auto",
                batch_size: int = 1000) -> Path:
     """`fmnist report RUN_DIR`: evaluate the run's best checkpoint on the test split, then write the report."""
-    from fmnist.data import find_data_dir, read_split
-    from fmnist.loader import TensorLoader
+    from fmnist.experiment import evaluate_checkpoint  # late: experiment imports this module
     from fmnist.models import count_parameters
-    from fmnist.runs import checkpoint_path, load_checkpoint, model_from_checkpoint
-    from fmnist.runtime import resolve_device
-    from fmnist.train import evaluate
 
     run_path = Path(run_dir)
     if not run_path.is_dir():
         raise CheckpointError(f"{run_path}: no such run folder; give the folder that `fmnist train` printed")
-    path = checkpoint_path(run_path)
-    state = load_checkpoint(path)
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{key: value for key, value in state["config"].items() if key in known})
-    device = resolve_device(device_name)
-    model = model_from_checkpoint(state, path).to(device=device, memory_format=torch.channels_last)
-    test_split = read_split(find_data_dir(data_dir or config.data_dir), "test").to(device)
-    test = evaluate(model, TensorLoader(test_split, batch_size, mean=config.mean, std=config.std))
+    evaluation = evaluate_checkpoint(run_path, data_dir, device_name, batch_size)
+    config, model, state, test = evaluation.config, evaluation.model, evaluation.state, evaluation.result
     summary_path = run_path / "summary.json"
     if not summary_path.is_file():  # an interrupted run: say what was tested
         atomic_write_json(summary_path, {"model": config.model, "parameters": count_parameters(model),
-                                         "epochs": config.epochs, "best_epoch": state["epoch"], "device": str(device)})
-    return write_report(run_path, model, test_split, test, config)
+                                         "epochs": config.epochs, "best_epoch": state["epoch"],
+                                         "device": str(evaluation.test_split.images.device)})
+    return write_report(run_path, model, evaluation.test_split, test, config)
