@@ -1,11 +1,12 @@
 """Training images/s of affine-cnn's step under one change at a time (issue #4's speed levers).
 
-    python benchmarks/speed_levers.py            # two rounds of one line per variant
+    python benchmarks/speed_levers.py            # one line per variant
 
-Each variant trains 20 untimed batches, then three timed windows of 100 batches on the real
-training split with the fast path (in-memory batches), and reports their median. The whole list
-runs twice in one process: the rates of a process rise over its first minutes, so only variants
-of the same round are compared, and the second round is the steadier. Run it on an idle machine.
+Every variant gets its own model, optimizer and batch stream, trains 20 untimed batches, and is
+then timed in turns: one 100-batch window of each variant, then the next round, five rounds in
+all. Taking turns matters on this machine: a process's rates drift over its first minutes, and a
+variant timed after another would inherit that drift as a false gain. Each line gives the median
+of its five windows and its ratio to the baseline's median. Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,51 +23,85 @@ from fmnist.loader import TensorLoader
 from fmnist.models import create_model
 from fmnist.train import train_one_epoch
 
-WARMUP, WINDOW, WINDOWS = 20, 100, 3
+WARMUP, WINDOW, ROUNDS = 20, 100, 5
 
 
-def images_per_second(batch_size=64, threads=2, optimizer_options=None, compile_model=False, channels_last=True):
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = create_model("affine-cnn")
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, **(optimizer_options or {}))
-    compile_seconds = 0.0
-    if compile_model:
-        model = torch.compile(model)
-    loader = TensorLoader(SPLIT, batch_size, shuffle=True, seed=0)
-    batches = itertools.cycle(loader) if channels_last else (
-        (images.contiguous(), labels) for images, labels in itertools.cycle(loader)
-    )
-    loss_fn = torch.nn.CrossEntropyLoss()
-    start = time.perf_counter()
-    train_one_epoch(model, itertools.islice(batches, WARMUP), loss_fn, optimizer)
-    if compile_model:
-        compile_seconds = time.perf_counter() - start
-    rates = [
-        train_one_epoch(model, itertools.islice(batches, WINDOW), loss_fn, optimizer).images_per_second
-        for _ in range(WINDOWS)
-    ]
-    return statistics.median(rates), min(rates), max(rates), compile_seconds
+def pool_before_relu(model: torch.nn.Sequential) -> torch.nn.Sequential:
+    """The same function with each ReLU -> MaxPool pair swapped: max and ReLU commute, and the ReLU
+    then runs on a quarter of the values."""
+    layers = list(model)
+    for index in range(len(layers) - 1):
+        if isinstance(layers[index], torch.nn.ReLU) and isinstance(layers[index + 1], torch.nn.MaxPool2d):
+            layers[index], layers[index + 1] = layers[index + 1], layers[index]
+    return torch.nn.Sequential(*layers)
+
+
+@dataclass
+class Variant:
+    """One way of running the training step, ready to be timed window by window."""
+
+    batch_size: int = 64
+    threads: int = 2
+    optimizer_options: dict = field(default_factory=dict)
+    compile_model: bool = False
+    channels_last: bool = True
+    pool_first: bool = False
+
+    def prepare(self, split) -> float:
+        """Build model, optimizer and batches, and train the warm-up batches; returns their seconds."""
+        torch.set_num_threads(self.threads)
+        torch.manual_seed(0)
+        model = create_model("affine-cnn")
+        if self.pool_first:
+            model = pool_before_relu(model)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, **self.optimizer_options)
+        self.model = torch.compile(model) if self.compile_model else model
+        loader = TensorLoader(split, self.batch_size, shuffle=True, seed=0)
+        self.batches = itertools.cycle(loader) if self.channels_last else (
+            (images.contiguous(), labels) for images, labels in itertools.cycle(loader)
+        )
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.rates = []
+        start = time.perf_counter()
+        self.window(WARMUP)
+        return time.perf_counter() - start
+
+    def window(self, batches: int) -> float:
+        torch.set_num_threads(self.threads)
+        stats = train_one_epoch(self.model, itertools.islice(self.batches, batches), self.loss_fn, self.optimizer)
+        return stats.images_per_second
 
 
 VARIANTS = {
-    "baseline: batch 64, 2 threads, channels-last, foreach AdamW": {},
-    "default layout (not channels-last)": {"channels_last": False},
-    "1 thread": {"threads": 1},
-    "batch 128": {"batch_size": 128},
-    "batch 256": {"batch_size": 256},
-    "AdamW fused=True": {"optimizer_options": {"fused": True}},
-    "AdamW foreach=False (a loop over parameters)": {"optimizer_options": {"foreach": False}},
-    "torch.compile": {"compile_model": True},
+    "baseline: batch 64, 2 threads, channels-last, AdamW": Variant(),
+    "default layout (not channels-last)": Variant(channels_last=False),
+    "1 thread": Variant(threads=1),
+    "batch 128": Variant(batch_size=128),
+    "batch 256": Variant(batch_size=256),
+    # On a CPU torch's AdamW defaults to a Python loop over the parameters; these batch them.
+    "AdamW foreach=True (one kernel per op for all parameters)": Variant(optimizer_options={"foreach": True}),
+    "AdamW fused=True (one kernel for the whole step)": Variant(optimizer_options={"fused": True}),
+    "max-pool before ReLU (same function)": Variant(pool_first=True),
+    "max-pool before ReLU + AdamW fused=True": Variant(pool_first=True, optimizer_options={"fused": True}),
+    "torch.compile": Variant(compile_model=True),
 }
 
 if __name__ == "__main__":
     SPLIT = load_splits(None, 5000, 0).train
-    for round_number in (1, 2):
-        print(f"round {round_number}")
-        for name, options in VARIANTS.items():
-            median, low, high, compile_seconds = images_per_second(**options)
-            extra = f"  (warm-up incl. compilation {compile_seconds:.1f} s)" if options.get("compile_model") else ""
-            print(f"  {name:<60} {median:>7,.0f} images/s  (min {low:,.0f}, max {high:,.0f}){extra}", flush=True)
+    reference = create_model("affine-cnn").eval()
+    sample = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(pool_before_relu(reference)(sample), reference(sample))  # same function
+    for variant in VARIANTS.values():
+        seconds = variant.prepare(SPLIT)
+        if variant.compile_model:
+            print(f"torch.compile: the {WARMUP} warm-up batches, compilation included, took {seconds:.1f} s")
+    for _ in range(ROUNDS):
+        for variant in VARIANTS.values():
+            variant.rates.append(variant.window(WINDOW))
+    baseline = statistics.median(next(iter(VARIANTS.values())).rates)
+    for name, variant in VARIANTS.items():
+        median = statistics.median(variant.rates)
+        print(f"  {name:<58} {median:>7,.0f} images/s  {median / baseline:5.2f}x  "
+              f"(min {min(variant.rates):,.0f}, max {max(variant.rates):,.0f})", flush=True)

@@ -20,13 +20,17 @@ from fmnist.loader import normalize
 from fmnist.runs import load_checkpoint, model_from_checkpoint
 
 
-@pytest.fixture
-def tiny_run(tiny_data, tmp_path):
+def train_tiny_run(data_dir, out, **options):
     config = TrainConfig(
-        epochs=1, batch_size=50, limit_batches=3, val_size=100, data_dir=str(tiny_data),
-        out=str(tmp_path / "runs"), name="export",
+        epochs=1, batch_size=50, limit_batches=3, val_size=100, data_dir=str(data_dir),
+        out=str(out), name="export", **options,
     ).validate()
     return train_from_config(config, ["test"]).path
+
+
+@pytest.fixture
+def tiny_run(tiny_data, tmp_path):
+    return train_tiny_run(tiny_data, tmp_path / "runs")
 
 
 def test_onnxruntime_matches_pytorch_on_test_images(tiny_run, tiny_data, capsys):
@@ -48,6 +52,22 @@ def test_onnxruntime_matches_pytorch_on_test_images(tiny_run, tiny_data, capsys)
         (logits,) = session.run(["logits"], {"images": images.numpy()})
         assert logits.shape == (batch_size, 10)
         assert np.abs(logits - expected).max() < 1e-4
+
+
+def test_a_tta_flip_run_exports_its_mirror_averaging(tiny_data, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    run = train_tiny_run(tiny_data, tmp_path / "runs", tta_flip=True)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    state = load_checkpoint(run)
+    model = model_from_checkpoint(state).eval()
+    images = normalize(read_split(tiny_data, "test").images[:50], state["config"]["mean"], state["config"]["std"])
+    with torch.inference_mode():
+        plain, mirrored = model(images), model(images.flip(3))
+    session = onnxruntime.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["tta_flip"] == "True"
+    (logits,) = session.run(["logits"], {"images": images.numpy()})
+    assert np.abs(logits - ((plain + mirrored) / 2).numpy()).max() < 1e-4
+    assert np.abs(logits - plain.numpy()).max() > 1e-3  # the mirror really counts
 
 
 def test_missing_extra_is_a_one_line_error(tiny_run, monkeypatch, capsys):

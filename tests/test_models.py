@@ -32,6 +32,35 @@ def test_channels_last_gives_the_same_logits(name):
     torch.testing.assert_close(fast(images.contiguous(memory_format=torch.channels_last)), expected)
 
 
+def relu_before_pool(model: torch.nn.Sequential) -> torch.nn.Sequential:
+    """The textbook order: every MaxPool -> ReLU pair swapped back (same modules, same weights)."""
+    layers = list(model)
+    for index in range(len(layers) - 1):
+        if isinstance(layers[index], torch.nn.MaxPool2d) and isinstance(layers[index + 1], torch.nn.ReLU):
+            layers[index], layers[index + 1] = layers[index + 1], layers[index]
+    return torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("name", ["affine-cnn", "lenet", "small-cnn", "fast-cnn", "fast-vgg"])
+def test_pooling_before_relu_changes_neither_outputs_nor_gradients(name):
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    textbook = relu_before_pool(model)
+    assert [type(m) for m in textbook] != [type(m) for m in model]  # the swap really happened
+    images = torch.randn(8, 1, 28, 28)
+    gradients = []
+    for network in (model, textbook):
+        torch.manual_seed(1)  # the same dropout masks
+        network.zero_grad()
+        logits = network(images)
+        logits.logsumexp(dim=1).mean().backward()
+        gradients.append((logits.detach(), [p.grad.clone() for p in network.parameters()]))
+    (ours, our_grads), (theirs, their_grads) = gradients
+    torch.testing.assert_close(ours, theirs)
+    for mine, other in zip(our_grads, their_grads, strict=True):
+        torch.testing.assert_close(mine, other)
+
+
 def test_affine_cnn_matches_seed_000():
     model = create_model("affine-cnn")
     assert count_parameters(model) == 421_898

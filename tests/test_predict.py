@@ -103,3 +103,19 @@ def test_a_bad_file_is_reported_and_the_others_still_predicted(trained_run, conf
 def test_top_k_is_range_checked(trained_run, tmp_path, capsys, top_k):
     assert main(["predict", str(trained_run), str(tmp_path), "--top-k", top_k]) == 2
     assert "--top-k" in capsys.readouterr().err
+
+
+def test_flip_tta_predictions_average_each_image_and_its_mirror():
+    from fmnist.models import create_model
+    from fmnist.predict import predict_images
+
+    torch.manual_seed(0)
+    model = create_model("affine-cnn").eval()
+    images = [torch.randint(0, 256, (28, 28), dtype=torch.uint8) for _ in range(4)]
+    files = [Path(f"{index}.png") for index in range(4)]
+    mirrored = predict_images(model, files, images, mean=0.3, std=0.3, top_k=10, flip_tta=True)
+    batch = normalize(torch.stack(images), 0.3, 0.3)
+    with torch.inference_mode():
+        expected = torch.softmax((model(batch) + model(batch.flip(3))) / 2, dim=1)
+    for prediction, row in zip(mirrored, expected, strict=True):
+        assert prediction.probabilities == pytest.approx(row[prediction.classes].tolist(), abs=1e-5)

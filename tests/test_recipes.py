@@ -63,3 +63,11 @@ def test_every_recipe_trains_a_few_batches(name, smaller_data, tmp_path):
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     saved = json.loads((result.path / "config.json").read_text())["config"]
     assert saved["recipe"] == name and saved["model"] == get_recipe(name).overrides.get("model", "affine-cnn")
+
+
+@pytest.mark.slow
+def test_quick_recipe_reaches_its_accuracy_on_the_real_data(real_data, tmp_path):
+    """`quick` is fmnist's answer to "0.90 within 20 s": its two epochs must really get there."""
+    config = build_config(None, {"recipe": "quick", "data_dir": str(real_data), "out": str(tmp_path), "name": "quick"})
+    result = train_from_config(config, ["test"])
+    assert result.test_accuracy >= 0.895

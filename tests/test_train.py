@@ -98,3 +98,19 @@ def test_non_finite_loss_stops_with_its_batch(tiny_data):
     loader = TensorLoader(split, batch_size=100)
     with pytest.raises(NonFiniteLossError, match="at batch 1"):
         train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01))
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(tiny_data):
+    split = read_split(tiny_data, "test")
+    torch.manual_seed(0)
+    model = create_model("affine-cnn").eval()
+    loader = TensorLoader(split, batch_size=64)
+    images = normalize(split.images)
+    with torch.no_grad():
+        averaged = (model(images) + model(images.flip(3))) / 2
+    plain, mirrored = evaluate(model, loader), evaluate(model, loader, flip_tta=True)
+    assert torch.equal(plain.predictions, model(images).argmax(dim=1))
+    assert torch.equal(mirrored.predictions, averaged.argmax(dim=1))
+    assert not torch.equal(plain.predictions, mirrored.predictions)  # the mirror views really count
+    expected_loss = torch.nn.functional.cross_entropy(averaged, split.labels).item()
+    assert mirrored.loss == pytest.approx(expected_loss, rel=1e-4)

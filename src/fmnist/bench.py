@@ -189,7 +189,7 @@ def time_to_accuracy(config: TrainConfig, thresholds: tuple[float, ...] = THRESH
         if parts.scheduler is not None and not per_batch:
             parts.scheduler.step()
         train_seconds += stats.seconds
-        test = evaluate(parts.model, parts.test_loader)
+        test = evaluate(parts.model, parts.test_loader, config.tta_flip)
         eval_seconds += test.seconds
         curve.append({"epoch": epoch, "train_seconds": train_seconds, "test_accuracy": test.accuracy})
         for threshold in thresholds:

@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from fmnist.config import DEVICES, OPTIMIZERS, SCHEDULERS, TrainConfig
+from fmnist.config import DEVICES, EVAL_BATCH_SIZE, OPTIMIZERS, SCHEDULERS, TrainConfig
 from fmnist.errors import FmnistError
 from fmnist.faults import TrainingInterrupted
 from fmnist.models.resnet import FROM_TORCHVISION_CACHE
@@ -37,6 +37,7 @@ TRAIN_HELP = {
     "hflip": "augment: mirror each training image left-right with probability 1/2",
     "crop_padding": "augment: pad by this many pixels, then crop 28x28 at a random offset",
     "erase_prob": "augment: probability of erasing a random rectangle of each training image",
+    "tta_flip": "evaluate each validation and test image and its mirror image, averaging the logits",
     "pretrained": "resnet18: start from ImageNet weights in PATH, or in torchvision's cache if no PATH",
     "val_size": "training images held out for validation",
     "split_seed": "seed of the validation split (independent of --seed)",
@@ -102,13 +103,13 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--device", default="auto", choices=DEVICES)
-    evaluate.add_argument("--batch-size", type=int, default=1000)
+    evaluate.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
 
     report = commands.add_parser("report", help="evaluate a run's best checkpoint and write its figures and report.md")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--data-dir")
     report.add_argument("--device", default="auto", choices=DEVICES)
-    report.add_argument("--batch-size", type=int, default=1000)
+    report.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
 
     summary = commands.add_parser("summary", help="layer table: output shapes, parameters, multiply-adds per image")
     summary.add_argument("model", metavar="MODEL")
@@ -263,7 +264,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = model_from_checkpoint(state, path)
     readable, images, failures = prepare_images(image_files(args.images), args.invert)
     mean, std = state["config"]["mean"], state["config"]["std"]  # the model's own normalization
-    predictions = predict_images(model, readable, images, mean, std, args.top_k)
+    flip_tta = state["config"].get("tta_flip", False)  # absent in checkpoints of older fmnist
+    predictions = predict_images(model, readable, images, mean, std, args.top_k, flip_tta)
     for failure in failures:
         print(f"fmnist: error: {failure}", file=sys.stderr)
     if args.json:

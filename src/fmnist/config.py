@@ -20,6 +20,8 @@ from fmnist.losses import LOSSES
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("onecycle", "steplr", "cosine", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Small enough for a batch's activations to stay in the CPU cache: 3x faster than 1,000 (BENCHMARKS.md).
+EVAL_BATCH_SIZE = 256
 
 
 @dataclass
@@ -50,12 +52,13 @@ class TrainConfig:
     hflip: bool = False
     crop_padding: int = 0
     erase_prob: float = 0.0
+    tta_flip: bool = False  # evaluation also sees each image mirrored and averages the two logits
     pretrained: str | None = None  # resnet18: ImageNet weights from a file, or "torchvision" (its cache)
     val_size: int = 5000
     split_seed: int = 0  # fixes the validation split independently of `seed`
     seed: int = 42
     device: str = "auto"
-    eval_batch_size: int = 1000
+    eval_batch_size: int = EVAL_BATCH_SIZE
     limit_batches: int | None = None  # cut each training epoch short (smoke tests)
     data_dir: str | None = None
     out: str = "runs"

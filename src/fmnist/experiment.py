@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from fmnist.augment import build_augmentation
-from fmnist.config import TrainConfig
+from fmnist.config import EVAL_BATCH_SIZE, TrainConfig
 from fmnist.data import Split, find_data_dir, load_splits, read_split
 from fmnist.faults import stop_after_step
 from fmnist.loader import TensorLoader
@@ -107,11 +107,12 @@ def train_from_config(config: TrainConfig, command: list[str], resume: Path | No
         history = fit(
             model, train_loader, parts.val_loader, parts.loss_fn, optimizer,
             scheduler, SCHEDULER_INTERVAL[config.scheduler], config.epochs, run, start_epoch, stop,
+            flip_tta=config.tta_flip,
         )
 
     best = load_checkpoint(run.path / "best.pt")
     load_weights(model, best["model"], str(run.path / "best.pt"))
-    test = evaluate(model, parts.test_loader)
+    test = evaluate(model, parts.test_loader, config.tta_flip)
     best_epoch = best["epoch"]
     wall_seconds = time.perf_counter() - started
     run.write_summary({
@@ -147,7 +148,7 @@ class CheckpointEvaluation:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, data_dir: str | None = None, device_name: str = "auto", batch_size: int = 1000
+    checkpoint: str | Path, data_dir: str | None = None, device_name: str = "auto", batch_size: int = EVAL_BATCH_SIZE
 ) -> CheckpointEvaluation:
     """Rebuild a checkpoint's model and evaluate it on the test split, normalized as in its training."""
     path = checkpoint_path(checkpoint)
@@ -158,5 +159,5 @@ def evaluate_checkpoint(
     device = resolve_device(device_name)
     model = model_from_checkpoint(state, path).to(device=device, memory_format=torch.channels_last)
     test_split = read_split(find_data_dir(data_dir or config.data_dir), "test").to(device)
-    result = evaluate(model, TensorLoader(test_split, batch_size, mean=config.mean, std=config.std))
+    result = evaluate(model, TensorLoader(test_split, batch_size, mean=config.mean, std=config.std), config.tta_flip)
     return CheckpointEvaluation(path, state, config, model, test_split, result)

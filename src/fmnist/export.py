@@ -2,7 +2,8 @@
 
 The ONNX model takes what the PyTorch model takes: float images (N, 1, 28, 28), normalized with
 the run's mean and std (written into the file's metadata with the class names), and returns
-logits (N, 10). N, the batch axis, is dynamic. This needs the optional extra: `pip install
+logits (N, 10). N, the batch axis, is dynamic. A run trained with `--tta-flip` was evaluated on
+each image and its mirror image, so its ONNX model does the same. This needs the optional extra: `pip install
 'fmnist[onnx]'` (onnx and onnxscript for torch's exporter, onnxruntime to run the result).
 """
 
@@ -18,6 +19,7 @@ import torch
 from fmnist.data import CLASS_NAMES, IMAGE_SIZE
 from fmnist.errors import ConfigError
 from fmnist.runs import atomic_write_bytes, checkpoint_path, load_checkpoint, model_from_checkpoint
+from fmnist.train import predict_logits
 
 FORMATS = ("onnx",)
 INSTALL_EXTRA = "pip install 'fmnist[onnx]' (onnx, onnxscript, onnxruntime)"
@@ -47,6 +49,17 @@ def check_writable(out: Path) -> None:
         raise ConfigError(f"--out {out}: a folder; give a file name such as {out / 'model.onnx'}")
 
 
+class FlipAveraged(torch.nn.Module):
+    """A model with flip test-time augmentation built in, as `--tta-flip` evaluates it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return predict_logits(self.model, images, flip_tta=True)
+
+
 def export_onnx(source: str | Path, out: str | Path | None = None) -> Path:
     """Write the model of a run folder (its best.pt) or checkpoint as ONNX; return the file written."""
     source = Path(source)
@@ -56,6 +69,9 @@ def export_onnx(source: str | Path, out: str | Path | None = None) -> Path:
     require_onnx_exporter()
     state = load_checkpoint(checkpoint)
     model = model_from_checkpoint(state, checkpoint).eval()
+    flip_tta = state["config"].get("tta_flip", False)  # absent in checkpoints of older fmnist
+    if flip_tta:
+        model = FlipAveraged(model)
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     program = torch.onnx.export(
         model, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
@@ -67,6 +83,7 @@ def export_onnx(source: str | Path, out: str | Path | None = None) -> Path:
         "classes": json.dumps(CLASS_NAMES),
         "fmnist_model": state["model_name"],
         "fmnist_epoch": str(state["epoch"]),
+        "tta_flip": str(flip_tta),
     }
     with tempfile.TemporaryDirectory() as scratch:  # the exporter writes files; we publish one atomically
         temporary = Path(scratch) / "model.onnx"

@@ -11,6 +11,7 @@ from torch import nn
 from fmnist.data import CLASS_NAMES
 from fmnist.errors import DataError
 from fmnist.preprocess import IMAGE_SUFFIXES, image_batch, read_image, to_fashion_mnist
+from fmnist.train import predict_logits
 
 
 @dataclass
@@ -51,14 +52,16 @@ def prepare_images(files: list[Path], invert: bool = True) -> tuple[list[Path], 
 
 
 def predict_images(
-    model: nn.Module, files: list[Path], images: list[torch.Tensor], mean: float, std: float, top_k: int
+    model: nn.Module, files: list[Path], images: list[torch.Tensor], mean: float, std: float, top_k: int,
+    flip_tta: bool = False,
 ) -> list[Prediction]:
-    """The top-k classes and their softmax probabilities for each preprocessed image."""
+    """The top-k classes and their softmax probabilities for each preprocessed image (`flip_tta` as
+    the model was evaluated in training, so predictions agree with its test accuracy)."""
     if not images:
         return []
     model.eval()
     with torch.inference_mode():
-        probabilities = torch.softmax(model(image_batch(images, mean, std)), dim=1)
+        probabilities = torch.softmax(predict_logits(model, image_batch(images, mean, std), flip_tta), dim=1)
     top = probabilities.topk(top_k, dim=1)
     return [
         Prediction(path, classes.tolist(), values.tolist())

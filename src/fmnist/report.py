@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fmnist.config import FIELD_TYPES, TrainConfig
+from fmnist.config import EVAL_BATCH_SIZE, FIELD_TYPES, TrainConfig
 from fmnist.data import CLASS_NAMES, NUM_CLASSES, Split
 from fmnist.errors import CheckpointError
 from fmnist.loader import normalize
@@ -335,7 +335,7 @@ def write_report(run_path: Path, model: nn.Module, test_split: Split, test: Eval
 
 
 def report_run(run_dir: str, data_dir: str | None = None, device_name: str = "auto",
-               batch_size: int = 1000) -> Path:
+               batch_size: int = EVAL_BATCH_SIZE) -> Path:
     """`fmnist report RUN_DIR`: evaluate the run's best checkpoint on the test split, then write the report."""
     from fmnist.experiment import evaluate_checkpoint  # late: experiment imports this module
     from fmnist.models import count_parameters

@@ -100,11 +100,21 @@ class EvalResult:
         return accuracies
 
 
-def evaluate(model: nn.Module, loader: TensorLoader) -> EvalResult:
+def predict_logits(model: nn.Module, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
+    """The model's logits; with `flip_tta` (test-time augmentation), averaged with the logits of
+    each image mirrored left-right: a model trained with flips has learned both views, and two
+    opinions err less than one."""
+    logits = model(images)
+    if flip_tta:
+        logits = (logits + model(images.flip(3))) / 2
+    return logits
+
+
+def evaluate(model: nn.Module, loader: TensorLoader, flip_tta: bool = False) -> EvalResult:
     """Loss and accuracy on a split, with dropout off and no gradient bookkeeping.
 
     The loss is plain cross-entropy whatever the training loss was, so that validation losses of
-    runs trained with label smoothing or focal loss stay comparable.
+    runs trained with label smoothing or focal loss stay comparable. `flip_tta`: see predict_logits.
     """
     model.eval()  # dropout off, BatchNorm uses its running statistics
     device = loader.split.images.device
@@ -113,7 +123,7 @@ def evaluate(model: nn.Module, loader: TensorLoader) -> EvalResult:
     start = time.perf_counter()
     with torch.inference_mode():  # like no_grad, and tensors skip version tracking too
         for images, labels in loader:
-            logits = model(images)
+            logits = predict_logits(model, images, flip_tta)
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
             kill_point("evaluate-batch")  # test-only: a SIGKILL during evaluation
             all_predictions.append(logits.argmax(dim=1))
@@ -154,13 +164,15 @@ def fit(
     run=None,
     start_epoch: int = 1,
     stop: StopRequest | None = None,
+    flip_tta: bool = False,
 ) -> list[dict]:
     """Train for `epochs`, validating after each; `run` (a runs.Run) records metrics and checkpoints.
 
     Returns one metrics row per epoch. Model selection uses validation accuracy only: the test
     set is kept for the final figure. A resumed run starts at `start_epoch` with `run.history`
     holding the epochs before it. When `stop` is requested (Ctrl-C) it raises TrainingInterrupted
-    after the current step; the run folder then holds the last completed epoch.
+    after the current step; the run folder then holds the last completed epoch. `flip_tta`: see
+    `evaluate`.
     """
     history = list(run.history) if run is not None else []
     best_accuracy = max((row["val_accuracy"] for row in history), default=-1.0)
@@ -184,7 +196,7 @@ def fit(
             bar.close()
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
-        validation = evaluate(model, val_loader)
+        validation = evaluate(model, val_loader, flip_tta)
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,

@@ -11,15 +11,16 @@ def lenet(num_classes: int = 10) -> nn.Module:
 
     The original returned log_softmax and fed it to CrossEntropyLoss, which applies log_softmax
     again (harmless, since log_softmax of log-probabilities gives them back, but redundant); this
-    one returns logits like every fmnist model.
+    one returns logits like every fmnist model. Max-pooling comes before the ReLU, as in
+    `affine-cnn`: the same function, with less work.
     """
     return nn.Sequential(
         nn.Conv2d(1, 6, kernel_size=3),
-        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
+        nn.ReLU(inplace=True),
         nn.Conv2d(6, 16, kernel_size=3),
-        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
+        nn.ReLU(inplace=True),
         nn.Flatten(),
         nn.Linear(16 * 5 * 5, 120),
         nn.ReLU(inplace=True),
