@@ -255,7 +255,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fmnist.data import NUM_CLASSES
     from fmnist.predict import predict_images, prepare_images
     from fmnist.preprocess import image_files
-    from fmnist.runs import checkpoint_path, load_checkpoint, model_from_checkpoint
+    from fmnist.runs import checkpoint_path, load_checkpoint, model_from_checkpoint, trained_with_flip_tta
 
     if not 1 <= args.top_k <= NUM_CLASSES:
         raise UsageError(f"fmnist predict: --top-k {args.top_k}: must be between 1 and {NUM_CLASSES}")
@@ -264,8 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = model_from_checkpoint(state, path)
     readable, images, failures = prepare_images(image_files(args.images), args.invert)
     mean, std = state["config"]["mean"], state["config"]["std"]  # the model's own normalization
-    flip_tta = state["config"].get("tta_flip", False)  # absent in checkpoints of older fmnist
-    predictions = predict_images(model, readable, images, mean, std, args.top_k, flip_tta)
+    predictions = predict_images(model, readable, images, mean, std, args.top_k, trained_with_flip_tta(state))
     for failure in failures:
         print(f"fmnist: error: {failure}", file=sys.stderr)
     if args.json:

@@ -3,8 +3,8 @@
 The ONNX model takes what the PyTorch model takes: float images (N, 1, 28, 28), normalized with
 the run's mean and std (written into the file's metadata with the class names), and returns
 logits (N, 10). N, the batch axis, is dynamic. A run trained with `--tta-flip` was evaluated on
-each image and its mirror image, so its ONNX model does the same. This needs the optional extra: `pip install
-'fmnist[onnx]'` (onnx and onnxscript for torch's exporter, onnxruntime to run the result).
+each image and its mirror image, so its ONNX model does the same. This needs the optional extra:
+`pip install 'fmnist[onnx]'` (onnx and onnxscript for torch's exporter, onnxruntime to run the result).
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ import torch
 
 from fmnist.data import CLASS_NAMES, IMAGE_SIZE
 from fmnist.errors import ConfigError
-from fmnist.runs import atomic_write_bytes, checkpoint_path, load_checkpoint, model_from_checkpoint
+from fmnist.runs import (
+    atomic_write_bytes,
+    checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
+    trained_with_flip_tta,
+)
 from fmnist.train import predict_logits
 
 FORMATS = ("onnx",)
@@ -69,7 +75,7 @@ def export_onnx(source: str | Path, out: str | Path | None = None) -> Path:
     require_onnx_exporter()
     state = load_checkpoint(checkpoint)
     model = model_from_checkpoint(state, checkpoint).eval()
-    flip_tta = state["config"].get("tta_flip", False)  # absent in checkpoints of older fmnist
+    flip_tta = trained_with_flip_tta(state)
     if flip_tta:
         model = FlipAveraged(model)
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)

@@ -240,6 +240,11 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def trained_with_flip_tta(state: dict) -> bool:
+    """Whether the checkpoint's run was evaluated with --tta-flip (checkpoints of older fmnist lack the key)."""
+    return state["config"].get("tta_flip", False)
+
+
 def model_from_checkpoint(state: dict, path: str | Path = "checkpoint") -> nn.Module:
     """Rebuild the checkpoint's model by name and load its weights, naming any mismatch."""
     model = create_model(state["model_name"])

@@ -5,13 +5,17 @@ from torch import nn
 from fmnist.models.registry import register_model
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    """3x3 conv -> BatchNorm -> ReLU, keeping the image size."""
+def conv_bn(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """3x3 conv -> BatchNorm, keeping the image size."""
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),  # BatchNorm has the bias
         nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
     ]
+
+
+def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """3x3 conv -> BatchNorm -> ReLU, keeping the image size."""
+    return [*conv_bn(in_channels, out_channels), nn.ReLU(inplace=True)]
 
 
 def conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -20,12 +24,7 @@ def conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
     Pooling before the ReLU is the same function as after it (the max of ReLUs is the ReLU of the
     max), with a quarter of the ReLU work.
     """
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),  # BatchNorm has the bias
-        nn.BatchNorm2d(out_channels),
-        nn.MaxPool2d(2),
-        nn.ReLU(inplace=True),
-    ]
+    return [*conv_bn(in_channels, out_channels), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
 
 
 @register_model("fast-cnn")
