@@ -13,9 +13,10 @@ import argparse
 import statistics
 import time
 
-from fmnist.augment import build_augmentation
-from fmnist.data import MEAN, STD, load_splits
-from fmnist.loader import TensorLoader
+from fmnist.data.augment import build_augmentation
+from fmnist.data.fashion import MEAN, STD
+from fmnist.data.loader import TensorLoader
+from fmnist.data.splits import load_splits
 
 OPTIONS = {
     "none": {},

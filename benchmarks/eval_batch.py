@@ -14,10 +14,10 @@ import statistics
 
 import torch
 
-from fmnist.data import load_splits
-from fmnist.loader import TensorLoader
+from fmnist.data.loader import TensorLoader
+from fmnist.data.splits import load_splits
 from fmnist.models import create_model
-from fmnist.train import evaluate
+from fmnist.training.loop import evaluate
 
 BATCH_SIZES = (64, 128, 256, 512, 1000, 2500)
 PASSES = 5

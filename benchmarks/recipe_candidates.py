@@ -15,14 +15,13 @@ from __future__ import annotations
 import functools
 import sys
 
-from fmnist.config import TrainConfig
-from fmnist.data import load_splits
-from fmnist.experiment import build_training
+from fmnist.data.splits import load_splits
 from fmnist.models import register_model
 from fmnist.models.fast_cnn import fast_cnn
-from fmnist.recipes import get_recipe
-from fmnist.runtime import seed_everything
-from fmnist.train import evaluate, train_one_epoch
+from fmnist.training.build import build_training
+from fmnist.training.config import TrainConfig
+from fmnist.training.loop import evaluate, train_one_epoch
+from fmnist.training.runtime import seed_everything
 
 # Widths of fast-cnn that no recipe uses, registered here only.
 for width in (24, 48):
@@ -44,13 +43,12 @@ CANDIDATES = {
 
 
 def run_candidate(name: str, data) -> None:
-    config = TrainConfig(**{**get_recipe("fast").overrides, **CANDIDATES[name]}).validate()
+    config = TrainConfig.from_recipe("fast", **CANDIDATES[name])
     seed_everything(config.seed)
     parts = build_training(config, data.train, data.val, data.test)
     seconds = 0.0
     for epoch in range(1, config.epochs + 1):
-        stats = train_one_epoch(parts.model, parts.train_loader, parts.loss_fn, parts.optimizer,
-                                batch_scheduler=parts.scheduler)
+        stats = train_one_epoch(parts.model, parts.train_loader, parts.optimization)
         seconds += stats.seconds
         plain = evaluate(parts.model, parts.test_loader).accuracy
         mirrored = evaluate(parts.model, parts.test_loader, flip_tta=True).accuracy

@@ -3,7 +3,7 @@
     python benchmarks/small_levers.py
 
 1. Evaluation of the 10,000 test images with affine-cnn at batch 256, the forward passes under
-   `torch.no_grad()` or `torch.inference_mode()` (what `fmnist.train.evaluate` uses); median of
+   `torch.no_grad()` or `torch.inference_mode()` (what `fmnist.training.loop.evaluate` uses); median of
    five passes each, taken in turns.
 2. What `loss.item()` costs per training step on a CPU, where `train_one_epoch` calls it to stop
    at the first non-finite loss: on a GPU it would make the host wait for the device every step,
@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from fmnist.data import load_splits
-from fmnist.loader import TensorLoader
+from fmnist.data.loader import TensorLoader
+from fmnist.data.splits import load_splits
 from fmnist.models import create_model
 
 PASSES, ITEM_CALLS = 5, 100_000

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fmnist.data import load_splits
-from fmnist.loader import TensorLoader
+from fmnist.data.loader import TensorLoader
+from fmnist.data.splits import load_splits
 from fmnist.models import create_model
-from fmnist.train import train_one_epoch
+from fmnist.training.loop import Optimization, train_one_epoch
 
 WARMUP, WINDOW, ROUNDS = 20, 100, 5
 
@@ -70,7 +70,8 @@ class Variant:
 
     def window(self, batches: int) -> float:
         torch.set_num_threads(self.threads)
-        stats = train_one_epoch(self.model, itertools.islice(self.batches, batches), self.loss_fn, self.optimizer)
+        stats = train_one_epoch(self.model, itertools.islice(self.batches, batches),
+                                Optimization(self.loss_fn, self.optimizer))
         return stats.images_per_second
 
 

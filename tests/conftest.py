@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist.data import FILES, IMAGES_MAGIC, LABELS_MAGIC, find_data_dir
+from fmnist.data.fashion import FILES
+from fmnist.data.idx import IMAGES_MAGIC, LABELS_MAGIC
+from fmnist.data.locate import find_data_dir
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:

@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmnist.augment import (
-    Augmentation,
-    build_augmentation,
-    random_crop,
-    random_erase,
-    random_hflip,
-    random_rotate,
-)
-from fmnist.config import build_config
-from fmnist.data import read_split
+from fmnist.data.augment import Augmentation, build_augmentation, random_crop, random_erase, random_hflip, random_rotate
+from fmnist.data.loader import TensorLoader
+from fmnist.data.splits import read_split
 from fmnist.errors import ConfigError
-from fmnist.loader import TensorLoader
+from fmnist.training.config import build_config
 
 FILL = -0.81  # a normalized black pixel, -mean/std, for Fashion-MNIST's statistics
 

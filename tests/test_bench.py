@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
-from fmnist.bench import LoadMeter
 from fmnist.cli import main
+from fmnist.tools.bench import LoadMeter
 
 
 def test_bench_reports_both_loops_and_the_machine_load(tiny_data, capsys):
-    code = main(["bench", "--data-dir", str(tiny_data), "--steps", "3", "--warmup", "1", "--batch-size", "32",
+    code = main(["bench", "--data-dir", str(tiny_data), "--allow-unverified-data", "--steps", "3", "--warmup",
+        "1", "--batch-size", "32",
                  "--val-size", "100", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
@@ -34,7 +35,7 @@ def test_bench_rejects_bad_counts(capsys):
 
 def test_time_to_accuracy_reports_each_threshold_per_seed(tiny_data, capsys):
     code = main(["bench", "--time-to-accuracy", "affine-steplr", "--epochs", "2", "--seeds", "2",
-                 "--data-dir", str(tiny_data), "--val-size", "100", "--json"])
+                 "--data-dir", str(tiny_data), "--allow-unverified-data", "--val-size", "100", "--json"])
     assert code == 0
     document = json.loads(capsys.readouterr().out)
     runs, summary = document["runs"], document["summary"]

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import write_dataset
 from fmnist.cli import main
-from fmnist.compare import mean_std
-from fmnist.sweep import parse_set, plan_sweep
+from fmnist.reports.compare import mean_std
+from fmnist.tools.sweep import parse_set, plan_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -24,6 +24,7 @@ def sweep(tmp_path_factory):
     status = main([
         "sweep", "--set", "lr=1e-3,3e-3", "--seeds", "2", "--scheduler", "steplr", "--epochs", "2",
         "--limit-batches", "2", "--batch-size", "50", "--val-size", "100", "--data-dir", str(data_dir),
+        "--allow-unverified-data",
         "--out", str(root / "sweeps"), "--name", "lr-study",
     ])
     assert status == 0
@@ -83,8 +84,8 @@ def test_compare_tabulates_runs_and_draws_their_curves(sweep, tmp_path, capsys):
     ("arguments", "fragment"),
     [
         (["--set", "lrr=1e-3"], "unknown key 'lrr'"),
-        (["--set", "lr=fast"], "'fast' is not a valid float"),
-        (["--set", "epochs=1.5"], "'1.5' is not a valid int"),
+        (["--set", "lr=fast"], "--set lr=fast: --lr 'fast': not a valid float"),
+        (["--set", "epochs=1.5"], "--set epochs=1.5: --epochs '1.5': not a valid int"),
         (["--set", "model=affine-cnn,nope"], "unknown model"),
         (["--set", "lr=1e-3", "--set", "lr=2e-3"], "lr is set twice"),
         (["--set", "lr"], "expected KEY=VALUE"),
@@ -129,7 +130,8 @@ def test_set_recipe_compares_whole_recipes_and_is_planned_before_running(tmp_pat
 def test_a_diverging_run_is_recorded_and_the_sweep_finishes(tiny_data, tmp_path):
     status = main([
         "sweep", "--set", "lr=1e12", "--optimizer", "sgd", "--scheduler", "none", "--epochs", "1",
-        "--limit-batches", "3", "--batch-size", "50", "--val-size", "100", "--data-dir", str(tiny_data),
+        "--limit-batches", "3", "--batch-size", "50", "--val-size", "100",
+        "--data-dir", str(tiny_data), "--allow-unverified-data",
         "--out", str(tmp_path), "--name", "diverge",
     ])
     assert status == 0

@@ -1,23 +1,72 @@
-"""The typed config: defaults are seed 000's recipe; TOML and flags override; bad values are caught."""
+"""The typed config: defaults are the custom-layer assignment's recipe; recipes, TOML and flags override
+it; bad values and options the settings would ignore are refused, naming the option."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from fmnist.config import TrainConfig, build_config
+from fmnist.cli.main import main
 from fmnist.errors import ConfigError
+from fmnist.training.config import TrainConfig, build_config
 
 
-def test_defaults_are_seed_000s_recipe():
+def test_defaults_are_the_custom_layer_assignments_recipe():
     config = TrainConfig()
-    assert (config.model, config.optimizer, config.lr, config.weight_decay) == ("affine-cnn", "adamw", 1e-3, 0.01)
-    assert (config.scheduler, config.max_lr, config.batch_size, config.epochs, config.seed) == (
-        "onecycle", 0.01, 64, 3, 42)
+    assert (config.model, config.optimizer, config.weight_decay, config.scheduler) == (
+        "affine-cnn", "adamw", 0.01, "onecycle")
+    assert (config.max_lr, config.batch_size, config.epochs, config.seed) == (0.01, 64, 3, 42)
+    # Options these settings do not use hold None, so config.json shows what was used.
+    assert (config.lr, config.momentum, config.nesterov, config.step_size, config.gamma) == (None,) * 5
+    assert (config.focal_gamma, config.focal_alpha, config.label_smoothing) == (None, None, 0.0)
+
+
+def test_a_recipe_given_to_the_config_is_applied():
+    """TrainConfig(recipe=...) used to be a label only; it now means the recipe."""
+    assert TrainConfig(recipe="fast") == TrainConfig.from_recipe("fast")
+    config = TrainConfig.from_recipe("fast", epochs=2, name="mine")
+    assert (config.model, config.optimizer, config.max_lr, config.epochs, config.name) == (
+        "fast-cnn", "sgd", 0.2, 2, "mine")
+    assert config.given == {"recipe", "epochs", "name"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lr": -1.0}, "--lr -1.0: must be greater than 0"),
+        ({"epochs": 0}, "--epochs 0: must be at least 1"),
+        ({"epochs": "3"}, "--epochs '3': should be of type int"),
+        ({"hflip": 1}, "--hflip 1: should be of type bool"),
+        ({"model": "nope"}, "unknown model"),
+        ({"recipe": "nope"}, "unknown recipe"),
+        ({"seed": 2**64}, "--seed"),
+        ({"name": "a/b"}, "--name 'a/b': must be a folder name"),
+    ],
+)
+def test_the_library_path_validates_too(options, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        TrainConfig(**options)
+
+
+def test_replace_resolves_again():
+    cosine = TrainConfig().replace(scheduler="cosine")
+    assert cosine.lr == 1e-3 and cosine.max_lr is None
+    assert cosine.replace(scheduler="onecycle") == TrainConfig()
+    assert TrainConfig.from_recipe("fast").replace(optimizer="adam").momentum is None
+
+
+def test_a_saved_config_loads_also_from_older_versions():
+    """fmnist 0.1 recorded every option, used or not (lr 0.001 under OneCycle)."""
+    old = {**TrainConfig().to_dict(), "lr": 1e-3, "momentum": 0.9, "gamma": 0.7, "added_later": 1}
+    assert TrainConfig.from_saved(old) == TrainConfig()
+    assert TrainConfig.from_saved(json.loads(json.dumps(TrainConfig.from_recipe("best").to_dict()))) == (
+        TrainConfig.from_recipe("best"))
 
 
 def test_toml_then_flags_override(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('epochs = 5\nlr = 1\noptimizer = "sgd"\nnesterov = true\n')
+    path.write_text('epochs = 5\nlr = 1\noptimizer = "sgd"\nnesterov = true\nscheduler = "cosine"\n')
     config = build_config(str(path), {"epochs": 7, "batch_size": None})
     assert config.epochs == 7 and config.lr == 1.0 and config.optimizer == "sgd" and config.nesterov
     assert config.batch_size == 64
@@ -49,13 +98,20 @@ def test_bad_values_name_the_option(overrides, message):
         ("epochs = ", "not valid TOML"),
         ("epoch = 3", "unknown key"),
         ('epochs = "three"', "should be of type int"),
-        ("lr = true", "should be of type float"),
+        ("max_lr = true", "should be of type float"),
     ],
 )
 def test_bad_config_files(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
+        build_config(str(path))
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "notepad.toml"
+    path.write_bytes("epochs = 2\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
         build_config(str(path))
 
 
@@ -75,3 +131,69 @@ def test_recipe_then_file_then_flags(tmp_path):
 def test_unknown_recipe_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="affine-onecycle"):
         build_config(None, {"recipe": "nope"})
+
+
+# Each pair: an option, and settings under which it would have no effect; then what the error names.
+IGNORED = [
+    ({"lr": 0.05}, {}, "--max-lr"),  # OneCycle's rate comes from --max-lr
+    ({"max_lr": 0.1}, {"scheduler": "cosine"}, "--lr"),
+    ({"max_lr": 0.1}, {"scheduler": "steplr"}, "--lr"),
+    ({"momentum": 0.5}, {"optimizer": "adam"}, "--optimizer sgd"),
+    ({"momentum": 0.5}, {"optimizer": "adamw"}, "--optimizer sgd"),
+    ({"nesterov": True}, {"optimizer": "adam"}, "--optimizer sgd"),
+    ({"step_size": 2}, {"scheduler": "cosine"}, "--scheduler steplr"),
+    ({"gamma": 0.5}, {"scheduler": "onecycle"}, "--scheduler steplr"),
+    ({"focal_gamma": 1.0}, {}, "--loss focal"),
+    ({"focal_alpha": 0.5}, {}, "--loss focal"),
+    ({"label_smoothing": 0.1}, {"loss": "focal"}, "--loss ce"),
+    ({"pretrained": "weights.pt"}, {"model": "lenet"}, "--model resnet18"),
+]
+
+
+def flags(options: dict) -> list[str]:
+    arguments = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        arguments += [flag] if value is True else [flag, str(value)]
+    return arguments
+
+
+@pytest.mark.parametrize(("option", "settings", "applies"), IGNORED)
+def test_an_ignored_option_is_refused_in_python(option, settings, applies):
+    with pytest.raises(ConfigError, match=f"--{next(iter(option)).replace('_', '-')} .*{applies}"):
+        TrainConfig(**settings, **option)
+
+
+@pytest.mark.parametrize(("option", "settings", "applies"), IGNORED)
+def test_an_ignored_option_is_refused_by_train(option, settings, applies, tmp_path, capsys):
+    assert main(["train", *flags(settings), *flags(option), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and applies in err and "--" + next(iter(option)).replace("_", "-") in err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("option", "settings", "applies"), IGNORED)
+def test_an_ignored_option_is_refused_in_a_config_file(option, settings, applies, tmp_path, capsys):
+    path = tmp_path / "run.toml"
+    path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in {**settings, **option}.items()))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and applies in err and str(path) in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("option", "settings", "applies"), IGNORED)
+def test_an_ignored_option_is_refused_by_sweep_before_anything_trains(option, settings, applies, tmp_path, capsys):
+    (name, value), = option.items()
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    status = main(["sweep", *flags(settings), "--set", f"{name}={text}", "--out", str(tmp_path), "--name", "s"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and applies in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_option_that_a_recipe_makes_useless_is_dropped_not_refused():
+    """--optimizer adam on the `fast` recipe: the recipe's SGD momentum simply no longer applies."""
+    config = TrainConfig.from_recipe("fast", optimizer="adam")
+    assert config.momentum is None and config.nesterov is None

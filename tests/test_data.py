@@ -9,16 +9,11 @@ import pytest
 import torch
 
 from conftest import idx_bytes, write_dataset
-from fmnist import data
-from fmnist.data import (
-    FILES,
-    IMAGES_MAGIC,
-    LABELS_MAGIC,
-    find_data_dir,
-    load_splits,
-    read_split,
-    train_val_split,
-)
+from fmnist.data import locate
+from fmnist.data.fashion import FILES, MEAN, STD
+from fmnist.data.idx import IMAGES_MAGIC, LABELS_MAGIC
+from fmnist.data.locate import find_data_dir
+from fmnist.data.splits import describe_split, load_splits, read_split, train_val_split
 from fmnist.errors import DataError
 
 TRAIN_IMAGES = FILES["train_images"] + ".gz"
@@ -74,7 +69,7 @@ def test_search_order(tmp_path, monkeypatch):
     explicit = write_dataset(tmp_path / "explicit", 20, 10)
     env = write_dataset(tmp_path / "env", 20, 10)
     cache = write_dataset(tmp_path / "cache" / "fmnist", 20, 10)
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(locate, "DEBIAN_DIR", tmp_path / "nowhere")
     assert find_data_dir() == cache
     monkeypatch.setenv("FMNIST_DATA", str(env))
     assert find_data_dir() == env
@@ -91,7 +86,7 @@ def test_explicit_folder_without_files_is_an_error(tmp_path, monkeypatch):
 
 
 def test_missing_data_set_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(locate, "DEBIAN_DIR", tmp_path / "nowhere")
     with pytest.raises(DataError) as caught:
         find_data_dir()
     for way in ("fmnist data download", "apt-get install dataset-fashion-mnist", "$FMNIST_DATA"):
@@ -112,8 +107,22 @@ def test_validation_split_is_stable_disjoint_and_seeded(tiny_data):
 
 
 def test_load_splits(tiny_data):
-    splits = load_splits(str(tiny_data), val_size=50, split_seed=0)
+    splits = load_splits(str(tiny_data), val_size=50, split_seed=0, verify=False)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (550, 50, 200)
+    assert not splits.verified
+
+
+def test_load_splits_refuses_data_that_is_not_fashion_mnist(tiny_data):
+    """Valid IDX files with other content must not train silently."""
+    with pytest.raises(DataError, match="not the official Fashion-MNIST .*--allow-unverified-data"):
+        load_splits(str(tiny_data))
+
+
+def test_the_real_data_is_verified_and_the_result_remembered(real_data):
+    from fmnist.data.verify import cache_file
+
+    assert load_splits(real_data).verified
+    assert cache_file().is_file()  # the next run skips hashing these files
 
 
 def test_real_data_set_has_the_published_shape_and_statistics(real_data):
@@ -121,6 +130,6 @@ def test_real_data_set_has_the_published_shape_and_statistics(real_data):
     test = read_split(real_data, "test")
     assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
     assert torch.bincount(train.labels).tolist() == [6000] * 10
-    info = data.describe_split(train)
-    assert info["mean"] == pytest.approx(data.MEAN, abs=5e-4)
-    assert info["std"] == pytest.approx(data.STD, abs=5e-4)
+    info = describe_split(train)
+    assert info["mean"] == pytest.approx(MEAN, abs=5e-4)
+    assert info["std"] == pytest.approx(STD, abs=5e-4)

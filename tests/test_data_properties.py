@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import idx_bytes
-from fmnist.data import FILES, IMAGES_MAGIC, LABELS_MAGIC, NUM_CLASSES, parse_idx, read_images, read_labels, read_split
+from fmnist.data.fashion import FILES, NUM_CLASSES
+from fmnist.data.idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_images, read_labels
+from fmnist.data.splits import read_split
 from fmnist.errors import DataError
 
 # FMNIST_HYPOTHESIS_EXAMPLES raises the count for a longer hunt; 60 keeps the suite quick.
@@ -132,7 +134,7 @@ def test_damaged_splits(tmp_path, images_count, labels_count, images_damage, lab
         (header(LABELS_MAGIC, [3]) + bytes([1, 2, 10]), "label 10 found"),
         (header(IMAGES_MAGIC, [1, 28, 28]) + bytes(784), "magic number 2051, expected 2049"),
         (header(LABELS_MAGIC, [5]) + bytes(3), "truncated or corrupt"),
-        (header(LABELS_MAGIC, [2**32 - 1]), "truncated or corrupt"),
+        (header(LABELS_MAGIC, [2**32 - 1]), "this is not the data set"),
     ],
 )
 def test_examples_of_each_kind_of_damage(tmp_path, content, fragment):

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import write_dataset
-from fmnist import download
 from fmnist.cli import main
-from fmnist.data import FILES, read_bytes
+from fmnist.data import download
+from fmnist.data.fashion import FILES
+from fmnist.data.idx import read_bytes
+from fmnist.data.verify import verify_dir
 from fmnist.errors import DataError
 
 
@@ -92,7 +94,7 @@ def test_cli_download_of_the_real_files_from_loopback(tmp_path, serve, real_data
     target = tmp_path / "target"
     assert main(["data", "download", "--dir", str(target), "--mirror", serve(served)]) == 0
     assert "verified" in capsys.readouterr().out
-    assert all(problem is None for problem in download.verify_dir(target).values())
+    assert all(problem is None for problem in verify_dir(target).values())
     # Run again: verified files are kept, not fetched again.
     assert main(["data", "download", "--dir", str(target), "--mirror", "http://127.0.0.1:9/"]) == 0
 
@@ -100,14 +102,22 @@ def test_cli_download_of_the_real_files_from_loopback(tmp_path, serve, real_data
 def test_ensure_downloads_into_the_cache_when_nothing_is_found(tmp_path, serve, monkeypatch):
     served = write_dataset(tmp_path / "served")
     monkeypatch.setattr(download, "DEBIAN_DIR", tmp_path / "nowhere")
-    monkeypatch.setattr("fmnist.data.DEBIAN_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr("fmnist.data.locate.DEBIAN_DIR", tmp_path / "nowhere")
     directory = download.ensure(mirrors=[serve(served)], use_apt=False, checksums=checksums_of(served))
     assert directory == tmp_path / "cache" / "fmnist"
-    assert download.ensure(use_apt=False) == directory  # found the second time
+    assert download.ensure(use_apt=False, checksums=checksums_of(served)) == directory  # found the second time
+
+
+def test_ensure_refuses_a_copy_that_is_not_fashion_mnist(tiny_data, monkeypatch, capsys):
+    """`data ensure` used to check only that four files exist; their content must be the data set."""
+    monkeypatch.setenv("FMNIST_DATA", str(tiny_data))
+    assert main(["data", "ensure", "--no-apt"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is not the official Fashion-MNIST" in error
 
 
 def test_ensure_failure_lists_every_way_to_get_the_data(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("fmnist.data.DEBIAN_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr("fmnist.data.locate.DEBIAN_DIR", tmp_path / "nowhere")
     code = main(["data", "ensure", "--no-apt", "--mirror", "http://127.0.0.1:9/"])
     error = capsys.readouterr().err
     assert code == 2

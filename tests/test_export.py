@@ -13,19 +13,19 @@ import pytest
 import torch
 
 from fmnist.cli import main
-from fmnist.config import TrainConfig
-from fmnist.data import read_split
-from fmnist.experiment import train_from_config
-from fmnist.loader import normalize
-from fmnist.runs import load_checkpoint, model_from_checkpoint
+from fmnist.data.loader import normalize
+from fmnist.data.splits import read_split
+from fmnist.experiment import train
+from fmnist.runs.checkpoint import load_checkpoint, model_from_checkpoint
+from fmnist.training.config import TrainConfig
 
 
 def train_tiny_run(data_dir, out, **options):
     config = TrainConfig(
-        epochs=1, batch_size=50, limit_batches=3, val_size=100, data_dir=str(data_dir),
+        epochs=1, batch_size=50, limit_batches=3, val_size=100, data_dir=str(data_dir), allow_unverified_data=True,
         out=str(out), name="export", **options,
-    ).validate()
-    return train_from_config(config, ["test"]).path
+    )
+    return train(config).path
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_missing_extra_is_a_one_line_error(tiny_run, monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", import_without_onnxscript)
     assert main(["export", str(tiny_run)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "onnxscript is not installed" in err and "fmnist[onnx]" in err
+    assert err.count("\n") == 1 and "onnxscript is not installed" in err and "pip install -e '.[onnx]'" in err
 
 
 def test_export_paths_are_checked(tiny_run, tmp_path, capsys):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fmnist.layers import LearnedAffine
+from fmnist.models.layers import LearnedAffine
 
 
 @pytest.mark.parametrize("shape", [(8, 5), (4, 5, 3, 3)])

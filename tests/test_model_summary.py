@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from fmnist.cli import main
-from fmnist.model_summary import summarize
 from fmnist.models import count_parameters, create_model
+from fmnist.models.summary import summarize
 
 
 def test_affine_cnn_counts_by_hand():

@@ -31,7 +31,8 @@ def test_numeric_train_options_are_range_checked(capsys, tmp_path, flag, value):
 
 
 def test_validation_split_larger_than_the_data(capsys, tiny_data, tmp_path):
-    err = one_line_error(capsys, ["train", "--data-dir", str(tiny_data), "--val-size", "600", "--out", str(tmp_path)])
+    err = one_line_error(capsys, ["train", "--data-dir", str(tiny_data), "--allow-unverified-data",
+        "--val-size", "600", "--out", str(tmp_path)])
     assert "--val-size 600: must be less than the 600 training images" in err
 
 
@@ -44,7 +45,8 @@ def test_path_options_are_checked(capsys, tiny_data, tmp_path):
     a_file = tmp_path / "file.txt"
     a_file.write_text("")
     err = one_line_error(
-        capsys, ["train", "--data-dir", str(tiny_data), "--val-size", "100", "--out", str(a_file / "runs")]
+        capsys, ["train", "--data-dir", str(tiny_data), "--allow-unverified-data", "--val-size", "100",
+                  "--out", str(a_file / "runs")]
     )
     assert f"--out {a_file / 'runs'}: cannot create" in err
     err = one_line_error(capsys, ["train", "--data-dir", str(tmp_path / "nowhere")])

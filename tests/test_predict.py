@@ -18,11 +18,14 @@ import torch
 from PIL import Image
 
 from fmnist.cli import main
-from fmnist.config import TrainConfig
-from fmnist.data import find_data_dir, read_split
-from fmnist.experiment import train_from_config
-from fmnist.loader import normalize
-from fmnist.runs import load_checkpoint, model_from_checkpoint
+from fmnist.data.loader import normalize
+from fmnist.data.locate import find_data_dir
+from fmnist.data.splits import read_split
+from fmnist.experiment import train
+from fmnist.inference import TrainedModel, predict
+from fmnist.models import create_model
+from fmnist.runs.checkpoint import load_checkpoint, model_from_checkpoint
+from fmnist.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +37,8 @@ def trained_run(tmp_path_factory) -> Path:
     config = TrainConfig(
         epochs=1, limit_batches=120, val_size=1000, data_dir=str(data_dir), out=str(tmp_path_factory.mktemp("runs")),
         name="predict", device="cpu",
-    ).validate()
-    return train_from_config(config, ["test"]).path
+    )
+    return train(config).path
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +109,13 @@ def test_top_k_is_range_checked(trained_run, tmp_path, capsys, top_k):
 
 
 def test_flip_tta_predictions_average_each_image_and_its_mirror():
-    from fmnist.models import create_model
-    from fmnist.predict import predict_images
-
     torch.manual_seed(0)
-    model = create_model("affine-cnn").eval()
-    images = [torch.randint(0, 256, (28, 28), dtype=torch.uint8) for _ in range(4)]
-    files = [Path(f"{index}.png") for index in range(4)]
-    mirrored = predict_images(model, files, images, mean=0.3, std=0.3, top_k=10, flip_tta=True)
-    batch = normalize(torch.stack(images), 0.3, 0.3)
+    network = create_model("affine-cnn").eval()
+    model = TrainedModel(network, mean=0.3, std=0.3, flip_tta=True, info={})
+    images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    mirrored = predict(model, images)
+    batch = normalize(images, 0.3, 0.3)
     with torch.inference_mode():
-        expected = torch.softmax((model(batch) + model(batch.flip(3))) / 2, dim=1)
+        expected = torch.softmax((network(batch) + network(batch.flip(3))) / 2, dim=1)
     for prediction, row in zip(mirrored, expected, strict=True):
-        assert prediction.probabilities == pytest.approx(row[prediction.classes].tolist(), abs=1e-5)
+        assert prediction.probabilities == pytest.approx(row.tolist(), abs=1e-5)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from fmnist.data.images import has_light_background, image_files, read_image, to_fashion_mnist
 from fmnist.errors import DataError
-from fmnist.preprocess import has_light_background, image_files, read_image, to_fashion_mnist
 
 
 def item_on_black() -> np.ndarray:

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torchvision
 
-from fmnist.cli import build_parser, main
-from fmnist.config import build_config
+from fmnist.cli.main import build_parser, main
 from fmnist.errors import ConfigError
 from fmnist.models import create_model
 from fmnist.models.resnet import cached_weights_path
+from fmnist.training.config import build_config
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_loads_from_torchvisions_cache(imagenet_like_weights, empty_torch_cache)
 
 def test_without_weights_the_cli_says_so_in_one_line(empty_torch_cache, tiny_data, tmp_path, capsys):
     code = main([
-        "train", "--model", "resnet18", "--pretrained", "--data-dir", str(tiny_data),
+        "train", "--model", "resnet18", "--pretrained", "--data-dir", str(tiny_data), "--allow-unverified-data",
         "--val-size", "100", "--out", str(tmp_path / "runs"),
     ])
     error = capsys.readouterr().err
@@ -81,12 +81,12 @@ def test_the_flag_takes_an_optional_path():
 
 
 def test_only_resnet18_takes_pretrained_weights():
-    with pytest.raises(ConfigError, match="only resnet18 has pretrained weights"):
+    with pytest.raises(ConfigError, match="--pretrained .*only --model resnet18 has pretrained weights"):
         build_config(None, {"model": "mlp", "pretrained": "torchvision"})
 
 
 def test_a_run_starts_from_the_given_weights(imagenet_like_weights, tiny_data, tmp_path):
-    from fmnist.experiment import train_from_config
+    from fmnist.experiment import train
 
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(imagenet_like_weights, path)
@@ -94,7 +94,8 @@ def test_a_run_starts_from_the_given_weights(imagenet_like_weights, tiny_data, t
         "recipe": "resnet18", "pretrained": str(path), "data_dir": str(tiny_data), "out": str(tmp_path / "runs"),
         "name": "pretrained", "epochs": 1, "limit_batches": 1, "batch_size": 8, "val_size": 100,
         "eval_batch_size": 100, "lr": 1e-12,  # a step too small to move the weights visibly
+        "allow_unverified_data": True,
     })
-    result = train_from_config(config, ["test"])
+    result = train(config)
     trained = torch.load(result.path / "last.pt", weights_only=True)["model"]
     torch.testing.assert_close(trained["layer2.0.conv1.weight"], imagenet_like_weights["layer2.0.conv1.weight"])

@@ -20,13 +20,14 @@ import torch
 
 from conftest import write_dataset
 from fmnist.cli import main
-from fmnist.config import TrainConfig
-from fmnist.data import read_split, train_val_split
+from fmnist.data.splits import load_splits
 from fmnist.faults import StopRequest, TrainingInterrupted
-from fmnist.loader import TensorLoader
-from fmnist.models import create_model
-from fmnist.runs import Run, atomic_torch_save, load_checkpoint
-from fmnist.train import fit
+from fmnist.runs.checkpoint import load_checkpoint, save_checkpoint
+from fmnist.runs.folder import create_run_folder
+from fmnist.runs.recorder import RunRecorder
+from fmnist.training.build import build_training
+from fmnist.training.config import TrainConfig
+from fmnist.training.loop import fit
 
 NON_TIMING = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
@@ -37,6 +38,7 @@ def train_args(data: Path, out: Path, name: str) -> list[str]:
         "train", "--data-dir", str(data), "--out", str(out), "--name", name, "--epochs", "3",
         "--val-size", "100", "--batch-size", "50", "--limit-batches", "4", "--eval-batch-size", "40",
         "--seed", "5", "--device", "cpu",  # bit-for-bit equality is promised on the CPU
+        "--allow-unverified-data",  # generated data
     ]
 
 
@@ -157,7 +159,7 @@ def test_resume_errors_are_one_line(stopped_run, tmp_path, capsys):
     # A last.pt whose weights do not fit the run's model names the mismatch.
     state = load_checkpoint(run / "last.pt")
     state["model"]["8.weight"] = torch.zeros(64, 3136)
-    atomic_torch_save(state, run / "last.pt")
+    save_checkpoint(state, run / "last.pt")
     assert "8.weight has shape (64, 3136)" in error_of(["train", "--resume", str(run)])
     (run / "last.pt").write_bytes((run / "best.pt").read_bytes()[:500])
     assert "not a readable checkpoint" in error_of(["train", "--resume", str(run)])
@@ -171,7 +173,7 @@ def test_non_finite_loss_exits_3_naming_epoch_and_batch_and_keeps_the_checkpoint
     state = load_checkpoint(run / "last.pt")
     for moments in state["optimizer"]["state"].values():
         moments["exp_avg"].fill_(float("nan"))
-    atomic_torch_save(state, run / "last.pt")
+    save_checkpoint(state, run / "last.pt")
     poisoned = (run / "last.pt").read_bytes()
     assert main(["train", "--resume", str(run)]) == 3
     err = capsys.readouterr().err
@@ -183,17 +185,17 @@ def test_non_finite_loss_exits_3_naming_epoch_and_batch_and_keeps_the_checkpoint
 def test_ctrl_c_during_evaluation_stops_once_that_epoch_is_saved(tiny_data, tmp_path):
     config = TrainConfig(
         epochs=3, batch_size=50, limit_batches=2, val_size=100, data_dir=str(tiny_data), out=str(tmp_path),
-        name="stopped",
-    ).validate()
-    train, val = train_val_split(read_split(tiny_data, "train"), 100, 0)
-    model = create_model("affine-cnn")
+        name="stopped", allow_unverified_data=True,
+    )
+    data = load_splits(tiny_data, 100, verify=False)
+    training = build_training(config, data.train, data.val, data.test)
     stop = StopRequest()
     # Stands in for Ctrl-C arriving while the model runs in eval mode, i.e. during validation.
-    model.register_forward_hook(lambda module, inputs, output: setattr(stop, "requested", not module.training))
-    run = Run.create(config, torch.device("cpu"), ["test"])
-    with pytest.raises(TrainingInterrupted, match=f"after epoch 1; epoch 1 is saved in {run.path}"):
-        fit(
-            model, TensorLoader(train, 50, shuffle=True, limit_batches=2), TensorLoader(val, 100),
-            torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01), None, None, 3, run, stop=stop,
-        )
-    assert load_checkpoint(run.path / "last.pt")["epoch"] == 1 and len(metric_rows(run.path)) == 1
+    training.model.register_forward_hook(
+        lambda module, inputs, output: setattr(stop, "requested", not module.training)
+    )
+    path = create_run_folder(config)
+    with pytest.raises(TrainingInterrupted, match="after epoch 1"):
+        fit(training.model, training.train_loader, training.val_loader, training.optimization, 3,
+            recorder=RunRecorder(path, config, training), stop=stop)
+    assert load_checkpoint(path / "last.pt")["epoch"] == 1 and len(metric_rows(path)) == 1

@@ -9,24 +9,25 @@ import os
 import pytest
 import torch
 
-from fmnist.config import TrainConfig
 from fmnist.errors import CheckpointError
-from fmnist.experiment import train_from_config
-from fmnist.runs import atomic_write_bytes, load_checkpoint, model_from_checkpoint
+from fmnist.experiment import train
+from fmnist.files import atomic_write_bytes
+from fmnist.runs.checkpoint import load_checkpoint, model_from_checkpoint
+from fmnist.training.config import TrainConfig
 
 
 @pytest.fixture
 def tiny_run(tiny_data, tmp_path):
     config = TrainConfig(
-        epochs=2, batch_size=50, val_size=100, eval_batch_size=64, data_dir=str(tiny_data),
+        epochs=2, batch_size=50, val_size=100, eval_batch_size=64, data_dir=str(tiny_data), allow_unverified_data=True,
         out=str(tmp_path / "runs"), name="tiny",
-    ).validate()
-    return train_from_config(config, ["fmnist", "train", "--name", "tiny"])
+    )
+    return train(config, details={"command": ["fmnist", "train", "--name", "tiny"]})
 
 
 def test_run_folder_holds_everything(tiny_run):
     path = tiny_run.path
-    assert sorted(p.name for p in path.iterdir() if p.suffix != ".png") == [
+    assert sorted(p.name for p in path.iterdir() if p.suffix != ".png" and not p.name.startswith(".")) == [
         "best.pt", "config.json", "last.pt", "lr_steps.csv", "metrics.csv", "report.md", "summary.json",
     ]  # the figures are checked in test_report.py
     saved = json.loads((path / "config.json").read_text())
@@ -59,7 +60,7 @@ def test_corrupt_and_foreign_checkpoints_are_clear_errors(tiny_run, tmp_path):
         load_checkpoint(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
-    with pytest.raises(CheckpointError, match="not an fmnist checkpoint"):
+    with pytest.raises(CheckpointError, match="no fmnist checkpoint format marker"):
         load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="no such run folder"):
         load_checkpoint(tmp_path / "missing")
@@ -85,6 +86,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_existing_run_name_is_refused(tiny_run, tiny_data):
-    config = TrainConfig(data_dir=str(tiny_data), out=str(tiny_run.path.parent), name="tiny", val_size=100)
+    config = TrainConfig(data_dir=str(tiny_data), allow_unverified_data=True, out=str(tiny_run.path.parent),
+                         name="tiny", val_size=100)
     with pytest.raises(CheckpointError, match="already exists"):
-        train_from_config(config.validate(), ["test"])
+        train(config)

@@ -7,12 +7,12 @@ import csv
 import pytest
 import torch
 
-from fmnist.config import TrainConfig
-from fmnist.data import read_split
-from fmnist.experiment import train_from_config
-from fmnist.loader import TensorLoader, normalize
+from fmnist.data.loader import TensorLoader, normalize
+from fmnist.data.splits import read_split
+from fmnist.experiment import train
 from fmnist.models import create_model
-from fmnist.train import NonFiniteLossError, evaluate, train_one_epoch
+from fmnist.training.config import TrainConfig
+from fmnist.training.loop import NonFiniteLossError, Optimization, evaluate, train_one_epoch
 
 NON_TIMING = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
@@ -46,13 +46,14 @@ def test_a_last_training_batch_of_one_image_is_left_out(tiny_data):
     assert len(training) == 1 and [len(labels) for _, labels in training] == [4]
     assert [len(labels) for _, labels in TensorLoader(split, batch_size=4)] == [4, 1]
     model = create_model("v1-5-5-bn")
-    train_one_epoch(model, training, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01))
+    optimization = Optimization(torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01))
+    train_one_epoch(model, training, optimization)
 
 
 @pytest.mark.slow
 def test_one_epoch_of_affine_cnn_learns_on_the_real_data(real_data, tmp_path):
-    config = TrainConfig(epochs=1, data_dir=str(real_data), out=str(tmp_path), name="learns").validate()
-    result = train_from_config(config, ["test"])
+    config = TrainConfig(epochs=1, data_dir=str(real_data), out=str(tmp_path), name="learns")
+    result = train(config)
     rows = metric_rows(result.path)
     assert float(rows[0]["val_accuracy"]) > 0.80
     assert result.test_accuracy > 0.80
@@ -63,8 +64,8 @@ def test_same_seed_same_metrics_other_seed_other_metrics(real_data, tmp_path):
     def short_run(name: str, seed: int):
         config = TrainConfig(
             epochs=2, limit_batches=25, seed=seed, data_dir=str(real_data), out=str(tmp_path), name=name
-        ).validate()
-        return train_from_config(config, ["test"])
+        )
+        return train(config)
 
     first, again, other = short_run("a", 7), short_run("b", 7), short_run("c", 8)
     assert metric_rows(first.path) == metric_rows(again.path)
@@ -84,7 +85,8 @@ def test_train_mode_and_eval_mode_are_used(tiny_data):
         lambda module, inputs, output: seen_modes.append((module.training, output.requires_grad))
     )
     loader = TensorLoader(split, batch_size=100, limit_batches=1)
-    train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01))
+    optimization = Optimization(torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01))
+    train_one_epoch(model, loader, optimization)
     evaluate(model, TensorLoader(split, batch_size=300))
     assert seen_modes[0] == (True, True)
     assert seen_modes[1:] == [(False, False), (False, False)]
@@ -96,8 +98,9 @@ def test_non_finite_loss_stops_with_its_batch(tiny_data):
     with torch.no_grad():
         model[-1].weight.fill_(float("nan"))
     loader = TensorLoader(split, batch_size=100)
+    optimization = Optimization(torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01))
     with pytest.raises(NonFiniteLossError, match="at batch 1"):
-        train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01))
+        train_one_epoch(model, loader, optimization)
 
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror(tiny_data):

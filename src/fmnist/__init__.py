@@ -1,3 +1,75 @@
-"""fmnist: a fast, readable PyTorch lab for Fashion-MNIST."""
+"""fmnist: a fast, readable PyTorch lab for Fashion-MNIST.
 
-__version__ = "0.1.0"
+    from fmnist import TrainConfig, train
+    result = train(TrainConfig.from_recipe("quick"))     # a run folder in runs/, about 30 s on a CPU
+    print(result.test_accuracy, result.path)
+
+The package is layered; each layer imports only from the ones above it in this list:
+
+    errors, faults, files     one-line errors, stop requests, atomic file writes
+    data/                     the data set: find, verify, read, split, batch, augment, image files
+    models/                   the model zoo, LearnedAffine, layer summaries
+    training/                 config and recipes, optimizer/schedule/loss builders, the epoch loop
+    runs/                     run folders: checkpoint format, files, recording epochs, resuming
+    inference                 load_model, predict, evaluate a checkpoint
+    reports/                  figures, report.md, comparisons, TensorBoard
+    experiment                train(config) and resume(run_dir): a config to a finished run folder
+    tools/                    sweeps, benchmarks, the conventional yardstick, ONNX export
+    cli/                      the `fmnist` command
+
+Nothing in the library prints: it logs to the `fmnist` logger (`logging.basicConfig(level=logging.INFO,
+format="%(message)s")` shows it) and draws progress bars only when asked (`train(config, progress=True)`).
+"""
+
+from fmnist.data.fashion import CLASS_NAMES, MEAN, STD
+from fmnist.data.loader import TensorLoader, normalize
+from fmnist.data.splits import DataSplits, Split, load_splits
+from fmnist.errors import CheckpointError, ConfigError, DataError, FmnistError
+from fmnist.experiment import RunResult, resume, train
+from fmnist.inference import Prediction, TrainedModel, evaluate_checkpoint, load_model, predict
+from fmnist.models import count_parameters, create_model, list_models, register_model
+from fmnist.models.layers import LearnedAffine
+from fmnist.training.build import Training, build_training
+from fmnist.training.config import TrainConfig
+from fmnist.training.loop import EvalResult, Optimization, evaluate, fit, train_one_epoch
+from fmnist.training.recipes import Recipe, list_recipes
+from fmnist.version import __version__
+
+__all__ = [
+    "CLASS_NAMES",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DataSplits",
+    "EvalResult",
+    "FmnistError",
+    "LearnedAffine",
+    "MEAN",
+    "Optimization",
+    "Prediction",
+    "Recipe",
+    "RunResult",
+    "STD",
+    "Split",
+    "TensorLoader",
+    "TrainConfig",
+    "TrainedModel",
+    "Training",
+    "__version__",
+    "build_training",
+    "count_parameters",
+    "create_model",
+    "evaluate",
+    "evaluate_checkpoint",
+    "fit",
+    "list_models",
+    "list_recipes",
+    "load_model",
+    "load_splits",
+    "normalize",
+    "predict",
+    "register_model",
+    "resume",
+    "train",
+    "train_one_epoch",
+]

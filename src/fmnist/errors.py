@@ -12,7 +12,11 @@ class DataError(FmnistError):
 
 
 class ConfigError(FmnistError):
-    """An option or config file value is out of range or unknown."""
+    """An option or config file value is out of range, unknown, or ignored by the chosen settings."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field  # the config field at fault, when there is one
 
 
 class CheckpointError(FmnistError):

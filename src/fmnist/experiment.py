@@ -1,163 +1,192 @@
-"""From a config to a finished run: the wiring between data, model, loop and run folder."""
+"""From a config to a finished run folder: `train(config)` and `resume(run_dir)`.
+
+This is the wiring between data, model, loop and run folder; the loop itself is training/loop.py.
+Nothing is printed: progress goes to the `fmnist` loggers (the CLI shows them), and a progress bar
+is drawn only with `progress=True`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fmnist.augment import build_augmentation
-from fmnist.config import EVAL_BATCH_SIZE, TrainConfig
-from fmnist.data import Split, find_data_dir, load_splits, read_split
-from fmnist.faults import stop_after_step
-from fmnist.loader import TensorLoader
-from fmnist.losses import build_loss
+from fmnist.data.splits import DataSplits, load_splits
+from fmnist.errors import ConfigError, FmnistError
+from fmnist.faults import StopRequest, TrainingInterrupted, stop_after_step
+from fmnist.files import check_writable, exclusive_lock
 from fmnist.models import count_parameters, create_model
-from fmnist.optim import SCHEDULER_INTERVAL, build_optimizer, build_scheduler
-from fmnist.report import write_report
-from fmnist.resume import restore_run
-from fmnist.runs import Run, checkpoint_path, load_checkpoint, load_weights, model_from_checkpoint
-from fmnist.runtime import resolve_device, seed_everything
-from fmnist.tensorboard_log import TensorBoardLog, require_tensorboard
-from fmnist.train import EvalResult, evaluate, fit
+from fmnist.reports.report import write_report
+from fmnist.reports.tensorboard_log import TensorBoardLog, require_tensorboard
+from fmnist.runs.checkpoint import load_checkpoint, load_weights
+from fmnist.runs.folder import create_run_folder, environment, write_config, write_summary
+from fmnist.runs.recorder import RunRecorder
+from fmnist.runs.resume import ResumePoint, config_to_resume, restore_run
+from fmnist.training.build import Training, build_training
+from fmnist.training.config import TrainConfig
+from fmnist.training.loop import NonFiniteLossError, evaluate, fit
+from fmnist.training.progress import WithProgress
+from fmnist.training.runtime import resolve_device, seed_everything
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class RunResult:
+    """What a finished run reports; everything else is in its folder (`path`)."""
+
     path: Path
     test_accuracy: float
     test_loss: float
     best_epoch: int
+    best_val_accuracy: float
     wall_seconds: float
 
 
-@dataclass
-class TrainingParts:
-    """What the training loop needs, built from one config."""
+def train(config: TrainConfig, *, progress: bool = False, details: dict | None = None) -> RunResult:
+    """Train `config` in a new run folder, validate every epoch, then test the best epoch's weights once.
 
-    model: torch.nn.Module
-    train_loader: TensorLoader
-    val_loader: TensorLoader
-    test_loader: TensorLoader
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    loss_fn: torch.nn.Module
-
-
-def build_training(config: TrainConfig, train_split: Split, val_split: Split, test_split: Split) -> TrainingParts:
-    """Model, loaders, optimizer, schedule and loss as `config` says, on the splits' device."""
-    device = train_split.images.device
-    # channels_last: the convolutions' fast layout on CPUs (and tensor cores on GPUs).
-    model_options = {"pretrained": config.pretrained} if config.pretrained else {}
-    model = create_model(config.model, **model_options).to(device=device, memory_format=torch.channels_last)
-    # Augmentation on the training batches only: validation and test see the images as they are.
-    augmentation = build_augmentation(
-        config.rotate_degrees, config.hflip, config.crop_padding, config.erase_prob, config.mean, config.std
-    )
-    train_loader = TensorLoader(
-        train_split, config.batch_size, shuffle=True, seed=config.seed,
-        mean=config.mean, std=config.std, augment=augmentation, limit_batches=config.limit_batches,
-    )
-    optimizer = build_optimizer(
-        model, config.optimizer, config.lr, config.weight_decay, config.momentum, config.nesterov
-    )
-    return TrainingParts(
-        model=model,
-        train_loader=train_loader,
-        val_loader=TensorLoader(val_split, config.eval_batch_size, mean=config.mean, std=config.std),
-        test_loader=TensorLoader(test_split, config.eval_batch_size, mean=config.mean, std=config.std),
-        optimizer=optimizer,
-        scheduler=build_scheduler(
-            optimizer, config.scheduler, config.epochs, len(train_loader),
-            config.max_lr, config.step_size, config.gamma,
-        ),
-        loss_fn=build_loss(config.loss, config.label_smoothing, config.focal_gamma, config.focal_alpha),
-    )
-
-
-def train_from_config(config: TrainConfig, command: list[str], resume: Path | None = None) -> RunResult:
-    """Train, validate every epoch, then test the best epoch's weights once.
-
-    With `resume` (a run folder, see resume.py), continue that run after its last completed epoch.
+    `progress` draws a bar per epoch on stderr. `details` (e.g. the command that started the run)
+    are recorded in config.json. Stops with TrainingInterrupted on Ctrl-C or SIGTERM (the folder can
+    be resumed) and NonFiniteLossError when the loss turns NaN.
     """
     started = time.perf_counter()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train() takes a TrainConfig, not {type(config).__name__}")
+    config.check_files()
     if config.tensorboard:
         require_tensorboard()  # fail now, not after training
     device = resolve_device(config.device)
-    data = load_splits(config.data_dir, config.val_size, config.split_seed)
-    print(f"data: {data.directory} (train {len(data.train):,}, val {len(data.val):,}, test {len(data.test):,})")
+    data = load_data(config)
+    check_batch_statistics(config, len(data.train))
+    path = create_run_folder(config)
+    with exclusive_lock(path, "run folder"):
+        try:
+            write_config(path, config, {
+                **(details or {}), "data": data_record(data), "environment": environment(device),
+            })
+            return run(path, config, data, device, None, progress, started)
+        except (FmnistError, OSError) as error:
+            if not (path / "metrics.csv").exists():  # nothing recorded: leave no half-made run behind
+                shutil.rmtree(path, ignore_errors=True)
+                if isinstance(error, FmnistError):
+                    error.args = (f"{error}; {path} was removed, as it recorded nothing",)
+            raise
+
+
+def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> RunResult:
+    """Continue the stopped run in `run_dir` after its last completed epoch, with its saved config.
+
+    Only `device` and `data_dir` may change (`changes`); anything else is refused.
+    """
+    started = time.perf_counter()
+    path = Path(run_dir)
+    config = config_to_resume(path, changes)
+    if config.tensorboard:
+        require_tensorboard()
+    check_writable(path, "--resume")  # a read-only folder fails now, not after an epoch of training
+    device = resolve_device(config.device)
+    with exclusive_lock(path, "--resume"):
+        data = load_data(config)
+        return run(path, config, data, device, path, progress, started)
+
+
+def check_batch_statistics(config: TrainConfig, train_images: int) -> None:
+    """BatchNorm1d cannot train on a batch of one image (it has no batch statistics then): say so now."""
+    if config.batch_size >= 2 and train_images >= 2:
+        return
+    if any(isinstance(module, torch.nn.BatchNorm1d) for module in create_model(config.model).modules()):
+        raise ConfigError(f"--batch-size {config.batch_size} with {train_images:,} training images: {config.model} "
+                          "has BatchNorm1d layers, which need at least 2 images per batch; use a larger batch")
+
+
+def load_data(config: TrainConfig) -> DataSplits:
+    data = load_splits(config.data_dir, config.val_size, config.split_seed, verify=not config.allow_unverified_data)
+    logger.info("data: %s (train %s, val %s, test %s)%s", data.directory, f"{len(data.train):,}",
+                f"{len(data.val):,}", f"{len(data.test):,}", "" if data.verified else ", NOT verified")
+    return data
+
+
+def data_record(data: DataSplits) -> dict:
+    return {"directory": str(data.directory), "verified": data.verified,
+            "train": len(data.train), "val": len(data.val), "test": len(data.test)}
+
+
+def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device, resume_from: Path | None,
+        progress: bool, started: float) -> RunResult:
+    """Build, restore (when resuming), fit, then test best.pt and write the summary and report."""
     # Seed after loading so the same seed gives the same run whatever the data path did.
     seed_everything(config.seed)
-    train_split, val_split, test_split = data.train.to(device), data.val.to(device), data.test.to(device)
-
-    parts = build_training(config, train_split, val_split, test_split)
-    model, optimizer, scheduler, train_loader = parts.model, parts.optimizer, parts.scheduler, parts.train_loader
-
-    if resume is None:
-        run, start_epoch = Run.create(config, device, command), 1
-    else:
-        run, start_epoch = restore_run(resume, config, model, optimizer, scheduler, train_loader)
-        print(f"resuming {run.path} at epoch {start_epoch}/{config.epochs}")
-    run.tensorboard = TensorBoardLog(run.path) if config.tensorboard else None
-    print(f"run: {run.path}  model {config.model} ({count_parameters(model):,} parameters) on {device}")
-    with stop_after_step() as stop:  # Ctrl-C ends training after the current step
-        history = fit(
-            model, train_loader, parts.val_loader, parts.loss_fn, optimizer,
-            scheduler, SCHEDULER_INTERVAL[config.scheduler], config.epochs, run, start_epoch, stop,
-            flip_tta=config.tta_flip,
-        )
-
-    best = load_checkpoint(run.path / "best.pt")
-    load_weights(model, best["model"], str(run.path / "best.pt"))
-    test = evaluate(model, parts.test_loader, config.tta_flip)
-    best_epoch = best["epoch"]
-    wall_seconds = time.perf_counter() - started
-    run.write_summary({
-        "model": config.model,
-        "parameters": count_parameters(model),
-        "epochs": config.epochs,
-        "best_epoch": best_epoch,
-        "best_val_accuracy": history[best_epoch - 1]["val_accuracy"],
-        "test_loss": test.loss,
-        "test_accuracy": test.accuracy,
-        "test_per_class_accuracy": test.per_class_accuracy(),
-        "train_seconds": sum(row["seconds"] for row in history),
-        "wall_seconds": wall_seconds,
-        "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
-        "device": str(device),
-    })
-    report_path = write_report(run.path, model, test_split, test, config)
-    print(f"report: {report_path}")
-    if run.tensorboard is not None:
-        run.tensorboard.log_confusion_matrix(test, best_epoch)
-        run.tensorboard.close()
-    return RunResult(run.path, test.accuracy, test.loss, best_epoch, wall_seconds)
-
-
-@dataclass
-class CheckpointEvaluation:
-    path: Path
-    state: dict
-    config: TrainConfig
-    model: torch.nn.Module
-    test_split: Split
-    result: EvalResult
+    training = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device))
+    point = restore_run(resume_from, config, training) if resume_from is not None else ResumePoint()
+    if resume_from is not None:
+        logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, config.epochs)
+    tensorboard = TensorBoardLog(path) if config.tensorboard else None
+    recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
+                           also=[tensorboard] if tensorboard else [])
+    logger.info("run: %s  model %s (%s parameters) on %s", path, config.model,
+                f"{count_parameters(training.model):,}", device)
+    train_batches = training.train_loader
+    if progress:
+        train_batches = WithProgress(train_batches, config.epochs, len(point.history) + 1)
+    with stop_after_step() as stop:
+        try:
+            history = fit(training.model, train_batches, training.val_loader, training.optimization, config.epochs,
+                          flip_tta=config.tta_flip, recorder=recorder, stop=stop)
+            test, best_epoch = test_best_weights(path, config, training)
+            if stop.requested:
+                raise TrainingInterrupted("during the final test evaluation", stop.signal_number)
+        except TrainingInterrupted as interruption:
+            raise interrupted(path, recorder, interruption, stop) from None
+        except NonFiniteLossError as error:
+            raise NonFiniteLossError(f"{error}; training stopped: {kept(path, recorder)} "
+                                     "(try a lower --lr or --max-lr)") from None
+        wall_seconds = time.perf_counter() - started
+        write_summary(path, {
+            "finished": True,
+            "model": config.model,
+            "parameters": count_parameters(training.model),
+            "epochs": config.epochs,
+            "best_epoch": best_epoch,
+            "best_val_accuracy": history[best_epoch - 1]["val_accuracy"],
+            "test_loss": test.loss,
+            "test_accuracy": test.accuracy,
+            "test_per_class_accuracy": test.per_class_accuracy(),
+            "train_seconds": sum(row["seconds"] for row in history),
+            "wall_seconds": wall_seconds,
+            "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
+            "device": str(device),
+        })
+        report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std,
+                                   {"directory": str(data.directory), "verified": data.verified})
+        logger.info("report: %s", report_path)
+        if tensorboard is not None:
+            tensorboard.log_confusion_matrix(test, best_epoch)
+            tensorboard.close()
+    return RunResult(path, test.accuracy, test.loss, best_epoch, history[best_epoch - 1]["val_accuracy"], wall_seconds)
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path, data_dir: str | None = None, device_name: str = "auto", batch_size: int = EVAL_BATCH_SIZE
-) -> CheckpointEvaluation:
-    """Rebuild a checkpoint's model and evaluate it on the test split, normalized as in its training."""
-    path = checkpoint_path(checkpoint)
-    state = load_checkpoint(path)
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    # Keys a newer fmnist wrote are ignored: the model and its normalization are all that is needed.
-    config = TrainConfig(**{key: value for key, value in state["config"].items() if key in known})
-    device = resolve_device(device_name)
-    model = model_from_checkpoint(state, path).to(device=device, memory_format=torch.channels_last)
-    test_split = read_split(find_data_dir(data_dir or config.data_dir), "test").to(device)
-    result = evaluate(model, TensorLoader(test_split, batch_size, mean=config.mean, std=config.std), config.tta_flip)
-    return CheckpointEvaluation(path, state, config, model, test_split, result)
+def test_best_weights(path: Path, config: TrainConfig, training: Training):
+    """The one test evaluation of a run: best.pt's weights on the test split."""
+    best = load_checkpoint(path / "best.pt")
+    load_weights(training.model, best["model"], str(path / "best.pt"))
+    return evaluate(training.model, training.test_loader, config.tta_flip), best["epoch"]
+
+
+def kept(path: Path, recorder: RunRecorder) -> str:
+    if recorder.history:
+        return f"epoch {recorder.history[-1]['epoch']} is saved in {path}"
+    return "no epoch was completed yet, so there is no checkpoint"
+
+
+def interrupted(path: Path, recorder: RunRecorder, interruption: TrainingInterrupted,
+                stop: StopRequest) -> TrainingInterrupted:
+    """The stop message: where training stopped and what the run folder still holds."""
+    error = TrainingInterrupted(f"stopped by {stop.signal_name} {interruption}; {kept(path, recorder)}",
+                                interruption.signal_number)
+    error.run_path = path  # for the CLI's "resume with" line
+    return error

@@ -1,13 +1,15 @@
-"""Stopping a run on purpose: Ctrl-C between steps, and a test-only hook that SIGKILLs the process.
+"""Stopping a run on purpose: Ctrl-C or SIGTERM between steps, and a test-only hook that SIGKILLs.
 
-Ctrl-C: `stop_after_step()` turns the first SIGINT into a request that the training loop checks
-after each optimizer step, so the step in flight completes and the run folder stays consistent.
-A second Ctrl-C interrupts at once, as usual.
+Ctrl-C and SIGTERM: `stop_after_step()` turns the first SIGINT or SIGTERM into a request that the
+training loop checks after each optimizer step, so the step in flight completes and the run folder
+stays consistent. A second signal interrupts at once.
 
 SIGKILL: the kill-and-resume test sets `FMNIST_KILL_AT=POINT:N` to make the process kill itself the
 N-th time it reaches POINT (`train-step`, `evaluate-batch`, or `write-<file name>` just before a
 finished temporary file replaces that file). A real SIGKILL: no handler, no cleanup, no flush, the
-same as a power cut or the out-of-memory killer. Unset (always, outside tests) it does nothing.
+same as a power cut or the out-of-memory killer. `FMNIST_KILL_AT=POINT:N:SIGINT` (or SIGTERM) sends
+that signal instead, so a test can press Ctrl-C at an exact point. Unset (always, outside tests) it
+does nothing.
 """
 
 from __future__ import annotations
@@ -27,43 +29,62 @@ def kill_point(point: str) -> None:
     target = os.environ.get(KILL_AT_VARIABLE)
     if not target:
         return
-    name, _, count = target.rpartition(":")
+    name, count, signal_name = (target.split(":") + ["SIGKILL"])[:3]
     if name != point:
         return
     _points_reached[point] += 1
     if _points_reached[point] == int(count):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, signal_name))
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C stopped training between two steps; the run folder holds the last completed epoch."""
+    """A stop request (Ctrl-C, SIGTERM) ended training between two steps; the run folder holds the
+    last completed epoch. The exit code follows the shell's convention: 128 + the signal number."""
 
-    exit_code = 130
+    def __init__(self, message: str, signal_number: int = signal.SIGINT):
+        super().__init__(message)
+        self.signal_number = signal_number
+        self.exit_code = 128 + signal_number
+        self.run_path = None  # set by whoever knows the run folder, for the "resume with" line
 
 
 class StopRequest:
-    """Set by the first Ctrl-C; the loop asks `requested` after each step."""
+    """Set by the first Ctrl-C or SIGTERM; the loop asks `requested` after each step."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal_number = signal.SIGINT
+
+    @property
+    def signal_name(self) -> str:
+        return "SIGTERM" if self.signal_number == signal.SIGTERM else "Ctrl-C"
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
 def stop_after_step() -> Iterator[StopRequest]:
-    """Within this block the first SIGINT sets a flag instead of raising KeyboardInterrupt."""
+    """Within this block the first SIGINT or SIGTERM sets a flag instead of ending the process.
+
+    SIGTERM is what `docker stop`, batch schedulers and torchrun send: it deserves the same clean
+    stop as Ctrl-C. A second signal stops at once (KeyboardInterrupt), as usual.
+    """
     request = StopRequest()
 
-    def on_sigint(signum, frame):
-        if request.requested:  # a second Ctrl-C: the user does not want to wait
+    def on_signal(signum, frame):
+        if request.requested:  # a second signal: the user does not want to wait
             raise KeyboardInterrupt
         request.requested = True
+        request.signal_number = signum
 
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = {number: signal.signal(number, on_signal) for number in STOP_SIGNALS}
     except ValueError:  # not the main thread: signals cannot be caught here, keep the default
         yield request
         return
     try:
         yield request
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)

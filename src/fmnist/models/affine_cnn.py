@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from fmnist.layers import LearnedAffine
+from fmnist.models.layers import LearnedAffine
 from fmnist.models.registry import register_model
 
 

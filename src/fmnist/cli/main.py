@@ -1,0 +1,407 @@
+"""The `fmnist` command: parse arguments, call the library, print. The library does the work.
+
+Only this module decides what reaches the terminal: it routes the library's `fmnist` loggers to
+stdout, turns a user's mistake (FmnistError, an unwritable path) into one line on stderr with exit
+code 2, and a Ctrl-C or SIGTERM into one line with the command that continues the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
+from fmnist.errors import FmnistError
+from fmnist.faults import TrainingInterrupted
+from fmnist.training.config import DEVICES, EVAL_BATCH_SIZE, build_config
+from fmnist.version import __version__
+
+
+class UsageError(FmnistError):
+    pass
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and exit 2), not usage text plus a line."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="fmnist", description="A fast, readable PyTorch lab for Fashion-MNIST.")
+    parser.add_argument("--version", action="version", version=f"fmnist {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> ArgumentParser:
+        return commands.add_parser(name, help=help, description=help)
+
+    def json_option(sub: ArgumentParser) -> None:
+        sub.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    def test_data_options(sub: ArgumentParser) -> None:
+        sub.add_argument("--data-dir", help="folder holding the four IDX files (default: searched)")
+        sub.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
+        sub.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help=f"default: {EVAL_BATCH_SIZE}")
+        sub.add_argument("--allow-unverified-data", action="store_true",
+                         help="test on IDX files that are not the official Fashion-MNIST (recorded as such)")
+
+    train = command("train", "train a model; prints the test accuracy and the run folder")
+    add_train_options(train)
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a stopped run from its last completed epoch, with its saved config")
+    json_option(train)
+
+    evaluate = command("evaluate", "test loss, accuracy and per-class accuracy of a checkpoint")
+    evaluate.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    test_data_options(evaluate)
+    json_option(evaluate)
+
+    report = command("report", "evaluate a run's best checkpoint and write its figures and report.md")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    test_data_options(report)
+
+    summary = command("summary", "layer table: output shapes, parameters, multiply-adds per image")
+    summary.add_argument("model", metavar="MODEL")
+
+    compare = command("compare", "table and validation curves of several runs side by side")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of them (a sweep)")
+    compare.add_argument("--out", default="comparison", help="folder for comparison.md/.csv/.png (default: comparison)")
+
+    sweep = command("sweep", "train a grid of --set values x seeds, then compare (mean ± std)")
+    add_train_options(sweep)
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                       help="an option and its values (repeatable; the grid is every combination)")
+    sweep.add_argument("--seeds", type=int, default=1, help="runs per grid point, seeds --seed, --seed + 1, ...")
+
+    predict = command("predict", "classify image files (PNG, JPEG, BMP, WebP, GIF) or folders of them")
+    predict.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per image (1-10)")
+    predict.add_argument("--no-invert", dest="invert", action="store_false",
+                         help="never invert (by default images on a light background are inverted to light on black)")
+    json_option(predict)
+
+    export = command("export", "write a checkpoint's model as ONNX (pip install -e '.[onnx]')")
+    export.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="only onnx for now")
+    export.add_argument("--out", metavar="FILE", help="where to write (default: RUN_DIR/model.onnx)")
+    export.add_argument("--force", action="store_true", help="replace an existing file (never a checkpoint)")
+
+    json_option(command("models", "list the registered models with parameter counts"))
+    json_option(command("recipes", "list the named recipes, their source project and its claim"))
+
+    bench = command("bench", "training/evaluation images/s against the conventional DataLoader loop")
+    bench.add_argument("--recipe", help="benchmark this recipe's model and batch size")
+    bench.add_argument("--model", help="model name (default: the recipe's, else affine-cnn)")
+    bench.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
+    bench.add_argument("--steps", type=int, default=200, help="timed training batches (default 200)")
+    bench.add_argument("--warmup", type=int, default=20, help="untimed batches first (default 20)")
+    bench.add_argument("--no-conventional", action="store_true", help="skip the conventional loop")
+    bench.add_argument("--device", choices=DEVICES)
+    bench.add_argument("--data-dir")
+    bench.add_argument("--val-size", type=int, help="validation images held out, as in training (default 5000)")
+    bench.add_argument("--allow-unverified-data", action="store_true", default=None,
+                       help="run on IDX files that are not the official Fashion-MNIST")
+    bench.add_argument("--time-to-accuracy", metavar="RECIPE",
+                       help="train RECIPE, timing when test accuracy first reaches 0.90, 0.91, ..., 0.95")
+    bench.add_argument("--seeds", type=int, default=1, help="with --time-to-accuracy: seeds 42, 43, ... (mean ± std)")
+    bench.add_argument("--epochs", type=int, help="with --time-to-accuracy: override the recipe's epochs")
+    json_option(bench)
+
+    data = command("data", "find, verify or download the data set")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    info = data_commands.add_parser("info", help="where the files are, verification, counts, mean and std")
+    info.add_argument("--data-dir")
+    json_option(info)
+    download = data_commands.add_parser("download", help="download and verify the four files")
+    download.add_argument("--dir", help="target folder (default: the user cache, ~/.cache/fmnist)")
+    download.add_argument("--mirror", action="append", help="base URL to try (repeatable; default: official mirrors)")
+    download.add_argument("--force", action="store_true", help="replace files there that are not the official ones")
+    ensure = data_commands.add_parser("ensure", help="find the data set, else install it (apt) or download it")
+    ensure.add_argument("--data-dir")
+    ensure.add_argument("--mirror", action="append", help="base URL to try when downloading")
+    ensure.add_argument("--no-apt", action="store_true", help="never try apt-get")
+    return parser
+
+
+def print_json(value) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fmnist.experiment import resume, train
+
+    overrides = overrides_from(args)
+    progress = sys.stderr.isatty()
+    if args.resume:
+        if args.config:
+            raise UsageError("--config with --resume: a resumed run keeps its own config; drop --config")
+        result = resume(args.resume, progress=progress, **overrides)
+    else:
+        config = build_config(args.config, overrides)
+        details = {"command": [Path(sys.argv[0]).name, *sys.argv[1:]], "rerun": rerun_command(config),
+                   "options_given": {name: getattr(config, name) for name in sorted(config.given)}}
+        result = train(config, progress=progress, details=details)
+    if args.json:
+        print_json({"path": str(result.path), "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+                    "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                    "wall_seconds": result.wall_seconds})
+        return 0
+    print(f"test accuracy {result.test_accuracy:.4f}  test loss {result.test_loss:.4f}  "
+          f"(best epoch {result.best_epoch}, {result.wall_seconds:.1f} s)")
+    print(f"run folder: {result.path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fmnist.data.fashion import CLASS_NAMES
+    from fmnist.inference import evaluate_checkpoint
+
+    check_positive(args.batch_size, "--batch-size")
+    evaluation = evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.batch_size,
+                                     args.allow_unverified_data)
+    result, state = evaluation.result, evaluation.state
+    per_class = dict(zip(CLASS_NAMES, result.per_class_accuracy(), strict=True))
+    if args.json:
+        print_json({"checkpoint": str(evaluation.path), "model": state["model_name"], "epoch": state["epoch"],
+                    "test_loss": result.loss, "test_accuracy": result.accuracy, "images": len(result.labels),
+                    "per_class_accuracy": per_class, "data_dir": str(evaluation.data_dir),
+                    "data_verified": evaluation.data_verified})
+        return 0
+    print(f"checkpoint: {evaluation.path} ({state['model_name']}, epoch {state['epoch']})")
+    print(f"test loss {result.loss:.4f}  test accuracy {result.accuracy:.4f}  ({len(result.labels):,} images)")
+    for name, accuracy in per_class.items():
+        print(f"  {name:<12} {accuracy:.4f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fmnist.reports.report import report_run
+
+    check_positive(args.batch_size, "--batch-size")
+    path = report_run(args.run_dir, args.data_dir, args.device, args.batch_size, args.allow_unverified_data)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from fmnist.models.summary import model_summary
+
+    print(model_summary(args.model))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fmnist.reports.compare import compare_runs
+
+    print(compare_runs(args.run_dirs, args.out))
+    print(f"written: {args.out}/comparison.md, comparison.csv, comparison.png")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fmnist.tools.sweep import run_sweep
+
+    command = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    try:
+        sweep_dir, table = run_sweep(args.config, overrides_from(args), args.set, args.seeds,
+                                     {"command": command}, progress=sys.stderr.isatty())
+    except TrainingInterrupted as interruption:
+        interruption.continue_command = shlex.join(command)
+        raise
+    print(table)
+    print(f"sweep folder: {sweep_dir} (comparison.md/.csv/.png: per grid point; runs.md/.csv: per run)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fmnist.data.fashion import NUM_CLASSES
+    from fmnist.inference import load_model, predict
+
+    if not 1 <= args.top_k <= NUM_CLASSES:
+        raise UsageError(f"--top-k {args.top_k}: must be between 1 and {NUM_CLASSES}")
+    predictions = predict(load_model(args.checkpoint), args.images, invert=args.invert, skip_unreadable=True)
+    failures = [prediction for prediction in predictions if prediction.error is not None]
+    for failure in failures:
+        print(f"fmnist: error: {failure.error}", file=sys.stderr)
+    if args.json:
+        print_json([prediction.to_dict(args.top_k) for prediction in predictions])
+    else:
+        for prediction in predictions:
+            if prediction.error is None:
+                print(prediction.to_line(args.top_k))
+    return 1 if failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fmnist.tools.export import export_onnx
+
+    written = export_onnx(args.checkpoint, args.out, args.force)
+    print(f"wrote {written} (ONNX; input 'images' (N, 1, 28, 28) normalized, output 'logits' (N, 10))")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from fmnist.models import count_parameters, create_model, list_models
+
+    counts = {name: count_parameters(create_model(name)) for name in list_models()}
+    if args.json:
+        print_json([{"name": name, "parameters": count} for name, count in counts.items()])
+        return 0
+    for name, count in counts.items():
+        print(f"{name:<16} {count:>12,} parameters")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from fmnist.training.recipes import list_recipes
+
+    recipes = list_recipes()
+    if args.json:
+        print_json([{"name": recipe.name, "source": recipe.source, "claim": recipe.claim,
+                     "description": recipe.description, "options": recipe.overrides} for recipe in recipes])
+        return 0
+    for recipe in recipes:
+        print(f"{recipe.name:<20} {recipe.source:<10} claimed: {recipe.claim}")
+        print(f"{'':<20} {recipe.description}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from fmnist.data import download
+    from fmnist.data.fashion import CLASS_NAMES
+    from fmnist.data.locate import find_data_dir
+    from fmnist.data.splits import describe_split, read_split
+    from fmnist.data.verify import verify_dir
+
+    if args.data_command == "download":
+        print(f"Fashion-MNIST is in {download.download(args.dir, args.mirror, force=args.force)}")
+        return 0
+    if args.data_command == "ensure":
+        download.ensure(args.data_dir, args.mirror, use_apt=not args.no_apt)
+        return 0
+    directory = find_data_dir(args.data_dir)
+    files = verify_dir(directory)
+    verified = all(problem is None for problem in files.values())
+    splits = {split: describe_split(read_split(directory, split)) for split in ("train", "test")}
+    if args.json:
+        print_json({"location": str(directory), "verified": verified,
+                    "files": {stem: problem or "verified" for stem, problem in files.items()},
+                    "splits": {split: {**info, "per_class": dict(zip(CLASS_NAMES, info["per_class"], strict=True))}
+                               for split, info in splits.items()}})
+        return 0 if verified else 1
+    print(f"location: {directory}")
+    for stem, problem in files.items():
+        print(f"  {stem}: {'verified (SHA-256 of the content)' if problem is None else problem}")
+    for split, info in splits.items():
+        print(f"{split}: {info['count']:,} images, pixel mean {info['mean']:.4f}, std {info['std']:.4f}")
+        print("  " + ", ".join(f"{name} {count:,}" for name, count in zip(CLASS_NAMES, info["per_class"], strict=True)))
+    print("verification: " + ("all four files match the official Fashion-MNIST" if verified else "FAILED"))
+    return 0 if verified else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fmnist.tools import bench
+
+    check_positive(args.steps, "--steps")
+    check_positive(args.seeds, "--seeds")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup {args.warmup}: must be 0 or more")
+    overrides = {
+        "recipe": args.time_to_accuracy or args.recipe, "model": args.model, "batch_size": args.batch_size,
+        "device": args.device, "data_dir": args.data_dir, "val_size": args.val_size, "epochs": args.epochs,
+        "allow_unverified_data": args.allow_unverified_data,
+    }
+    if args.epochs is not None and not args.time_to_accuracy:
+        raise UsageError("--epochs applies to --time-to-accuracy only; the throughput benchmark times --steps batches")
+    if args.time_to_accuracy:
+        configs = [build_config(None, {**overrides, "seed": 42 + offset}) for offset in range(args.seeds)]
+        results = [bench.time_to_accuracy(config) for config in configs]
+        summary = bench.summarize_seeds(results)
+        document = {"summary": summary, "runs": results}
+        print(json.dumps(document, indent=2) if args.json else bench.format_time_to_accuracy(summary))
+        return 0
+    if args.seeds != 1:
+        raise UsageError("--seeds applies to --time-to-accuracy only")
+    config = build_config(None, overrides)
+    result = bench.benchmark(config, warmup=args.warmup, steps=args.steps, conventional=not args.no_conventional)
+    print(json.dumps(result, indent=2) if args.json else bench.format_result(result))
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "summary": cmd_summary,
+    "compare": cmd_compare,
+    "sweep": cmd_sweep,
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "models": cmd_models,
+    "recipes": cmd_recipes,
+    "bench": cmd_bench,
+    "data": cmd_data,
+}
+
+OUTPUT_HANDLER_NAME = "fmnist-cli"
+
+
+def show_library_logs(stream) -> None:
+    """Route the library's INFO messages (data found, epochs, report written) to `stream`, plainly."""
+    stop_showing_library_logs()
+    logger = logging.getLogger("fmnist")
+    handler = logging.StreamHandler(stream)
+    handler.set_name(OUTPUT_HANDLER_NAME)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def stop_showing_library_logs() -> None:
+    """Take the CLI's handler off again: a program that called main() keeps its own logging as it was."""
+    logger = logging.getLogger("fmnist")
+    for handler in [handler for handler in logger.handlers if handler.get_name() == OUTPUT_HANDLER_NAME]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+
+
+def stopped(interruption: TrainingInterrupted) -> int:
+    """The one line of a stop by signal, then the command that continues the work."""
+    print(f"fmnist: {interruption}", file=sys.stderr)
+    continue_command = getattr(interruption, "continue_command", None)
+    if continue_command is not None:
+        print(f"continue with: {continue_command}", file=sys.stderr)
+    elif interruption.run_path is not None:
+        print(f"resume with: fmnist train --resume {shlex.quote(str(interruption.run_path))}", file=sys.stderr)
+    return interruption.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name in another encoding must not crash the output
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        args = build_parser().parse_args(argv)
+        show_library_logs(sys.stderr if getattr(args, "json", False) else sys.stdout)
+        return COMMANDS[args.command](args)
+    except FmnistError as error:
+        print(f"fmnist: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except TrainingInterrupted as interruption:
+        return stopped(interruption)
+    except OSError as error:  # a full disk, a read-only folder: say which file, in one line
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"fmnist: error: {where}{error.strerror or error}; free some space or choose a writable place",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fmnist: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        stop_showing_library_logs()

@@ -1,0 +1,73 @@
+"""TrainConfig options as command-line flags, and back: one flag per config field, help and
+defaults taken from the config itself, and the `fmnist train` command that rebuilds a config."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from fmnist.errors import ConfigError
+from fmnist.models.resnet import FROM_TORCHVISION_CACHE
+from fmnist.training.config import FIELDS, TrainConfig, declared_type, flag, parse_text
+
+# Flags whose value may be left out, and what they mean then: `--pretrained` alone is the cache.
+FLAG_DEFAULT_WHEN_BARE = {"pretrained": FROM_TORCHVISION_CACHE}
+# Fields a re-run should not copy: a fixed --name would collide with the existing run folder.
+NOT_REPEATED = ("name",)
+
+
+def help_text(name: str) -> str:
+    default = FIELDS[name].metadata["default"]
+    shown = "none" if default is None else ("on" if default is True else "off" if default is False else default)
+    return f"{FIELDS[name].metadata['help']} (default: {shown})"
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; unset flags stay None so the recipe's and the file's values win."""
+    for name in FIELDS:
+        metavar = FIELDS[name].metadata["metavar"] or name.upper()
+        if declared_type(name) == "bool":
+            parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text(name))
+        elif name in FLAG_DEFAULT_WHEN_BARE:
+            parser.add_argument(flag(name), dest=name, nargs="?", const=FLAG_DEFAULT_WHEN_BARE[name], default=None,
+                                metavar=metavar, help=help_text(name))
+        else:
+            parser.add_argument(flag(name), dest=name, default=None, metavar=metavar, help=help_text(name))
+    parser.add_argument("--config", help="TOML file of options (keys as above, with _ for -); flags override it")
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    """The options given on the command line, parsed by the config's own rules; None = not given."""
+    overrides = {}
+    for name in FIELDS:
+        value = getattr(args, name)
+        if isinstance(value, str) and declared_type(name) != "str":
+            value = parse_text(name, value)
+        overrides[name] = value
+    return overrides
+
+
+def rerun_command(config: TrainConfig) -> str:
+    """An `fmnist train` command with explicit flags that rebuilds `config` (all but its --name).
+
+    Flags are given for every option that differs from what the recipe (or the defaults) would set,
+    so the command stays short yet does not depend on anything but the recipe's own values.
+    """
+    baseline = TrainConfig(recipe=config.recipe) if config.recipe else TrainConfig()
+    arguments = ["fmnist", "train"]
+    if config.recipe:
+        arguments += ["--recipe", config.recipe]
+    for name, value in config.to_dict().items():
+        if name in NOT_REPEATED or name == "recipe" or value is None or value == getattr(baseline, name):
+            continue
+        if isinstance(value, bool):
+            arguments.append(flag(name) if value else "--no-" + name.replace("_", "-"))
+        else:
+            arguments += [flag(name), repr(value) if isinstance(value, float) else str(value)]
+    return shlex.join(arguments)
+
+
+def check_positive(value: int, option: str) -> None:
+    if value < 1:
+        raise ConfigError(f"{option} {value}: must be at least 1")

@@ -1,0 +1,1 @@
+"""Fashion-MNIST from disk to batches: find, verify, read, split, batch and augment."""

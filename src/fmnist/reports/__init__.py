@@ -1,0 +1,1 @@
+"""What runs show: figures, the written report, comparisons of several runs, TensorBoard."""

@@ -1,0 +1,166 @@
+"""The figures of a run and of a comparison, as PNG files (matplotlib's Agg backend: no display needed).
+
+Each function draws one figure from plain data (lists, tensors) and saves it atomically; none of
+them trains or evaluates anything, so the report code decides what is shown.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # render to files; must come before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fmnist.files import atomic_write_bytes  # noqa: E402
+
+DPI = 100  # small files, fast to write; enough to read every label
+
+
+def save(figure, path: Path) -> Path:
+    """Render to PNG in memory, write atomically, and free the figure (pyplot keeps them otherwise).
+
+    Figures use layout="constrained" (labels do not overlap colorbars or neighbours) and are cropped
+    with bbox_inches="tight" (nothing cut at the edges).
+    """
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def epoch_curves(history: list[dict], metric: str, ylabel: str, path: Path) -> Path:
+    """Train and validation `metric` ("loss" or "accuracy") per epoch."""
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+    axes.plot(epochs, [row[f"train_{metric}"] for row in history], marker="o", label="train (running, in the epoch)")
+    axes.plot(epochs, [row[f"val_{metric}"] for row in history], marker="o", label="validation (end of epoch)")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(ylabel)
+    axes.set_xticks(epochs)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return save(figure, path)
+
+
+def learning_rate_steps(learning_rates: list[float], steps_per_epoch: int | None, path: Path) -> Path:
+    """The learning rate used at every training step, with epoch boundaries marked."""
+    figure, axes = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    axes.plot(range(1, len(learning_rates) + 1), learning_rates)
+    if steps_per_epoch:
+        for boundary in range(steps_per_epoch, len(learning_rates), steps_per_epoch):
+            axes.axvline(boundary + 0.5, color="grey", alpha=0.3, linestyle="--")
+    axes.set_xlabel("training step (dashed: epoch boundaries)")
+    axes.set_ylabel("learning rate")
+    axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    axes.grid(alpha=0.3)
+    return save(figure, path)
+
+
+def draw_matrix(axes, figure, values: torch.Tensor, class_names: list[str], title: str, text) -> None:
+    """One class-by-class matrix as a heat map with every non-zero cell written in it."""
+    image = axes.imshow(values.numpy(), cmap="Blues")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    threshold = values.max().item() / 2
+    for row in range(len(class_names)):
+        for column in range(len(class_names)):
+            value = values[row, column].item()
+            if value:
+                axes.text(column, row, text(value), ha="center", va="center", fontsize=7,
+                          color="white" if value > threshold else "black")
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+
+
+def confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path) -> Path:
+    """Counts beside row-normalized rates (each row: where the images of one true class went)."""
+    counts = matrix.to(torch.float64)
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    figure, panels = plt.subplots(1, 2, figsize=(15, 6.5), layout="constrained")
+    draw_matrix(panels[0], figure, counts, class_names, "counts", lambda v: f"{int(v)}")
+    draw_matrix(panels[1], figure, rates, class_names, "row-normalized (recall on the diagonal)", lambda v: f"{v:.2f}")
+    return save(figure, path)
+
+
+def per_class_bars(values: list[float], class_names: list[str], xlabel: str, path: Path) -> Path:
+    """One horizontal bar per class, value written at its end."""
+    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+    positions = range(len(class_names))
+    axes.barh(positions, values, color="tab:blue")
+    for position, value in zip(positions, values, strict=True):
+        axes.text(min(value, 1.0) + 0.01, position, f"{value:.3f}", va="center", fontsize=8)
+    axes.set_yticks(positions, class_names)
+    axes.invert_yaxis()  # first class on top, as in the confusion matrix
+    axes.set_xlim(0, 1.12)
+    axes.set_xlabel(xlabel)
+    axes.grid(axis="x", alpha=0.3)
+    return save(figure, path)
+
+
+def image_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int = 8) -> Path:
+    """uint8 images (N, 28, 28), each with a title; an empty set draws a note instead."""
+    count = len(images)
+    rows = max(1, -(-count // columns))
+    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75), squeeze=False,
+                                layout="constrained")
+    for index, axes in enumerate(grid.flat):
+        axes.axis("off")
+        if index < count:
+            axes.imshow(images[index].numpy(), cmap="gray", vmin=0, vmax=255)
+            axes.set_title(titles[index], fontsize=7)
+    if count == 0:
+        grid[0, 0].text(0, 0.5, "no misclassified images", fontsize=12)
+    return save(figure, path)
+
+
+def probability_bars(image: torch.Tensor, probabilities: list[float], class_names: list[str], title: str,
+                     path: Path) -> Path:
+    """One test image beside the model's probability for every class."""
+    figure, (picture, bars) = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [1, 2]},
+                                           layout="constrained")
+    picture.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
+    picture.axis("off")
+    picture.set_title(title, fontsize=9)
+    positions = range(len(class_names))
+    bars.barh(positions, probabilities, color="tab:orange")
+    bars.set_yticks(positions, class_names)
+    bars.invert_yaxis()
+    bars.set_xlim(0, 1)
+    bars.set_xlabel("probability (softmax of the logits)")
+    return save(figure, path)
+
+
+def overlaid_curves(curves: dict[str, list[dict]], path: Path) -> Path:
+    """Validation accuracy and loss per epoch, one line per run or grid point.
+
+    `curves` maps a label to rows with "epoch", "val_accuracy", "val_loss" and optionally
+    "val_accuracy_std" / "val_loss_std", drawn as a band (mean ± std over seeds).
+    """
+    figure, panels = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    banded = False
+    for label, rows in curves.items():
+        epochs = [row["epoch"] for row in rows]
+        for axes, metric in zip(panels, ("val_accuracy", "val_loss"), strict=True):
+            means = [row[metric] for row in rows]
+            line = axes.plot(epochs, means, marker="o", label=label)[0]
+            if rows and f"{metric}_std" in rows[0]:
+                banded = True
+                stds = [row[f"{metric}_std"] for row in rows]
+                axes.fill_between(epochs, [m - s for m, s in zip(means, stds, strict=True)],
+                                  [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2)
+    for axes, ylabel in zip(panels, ("validation accuracy", "validation loss"), strict=True):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("epoch (bands: ± one std over seeds)" if banded else "epoch")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+    panels[0].legend(fontsize=7)
+    return save(figure, path)

@@ -1,0 +1,247 @@
+"""What a finished run shows: figures, per-class metrics and a written report.md in its folder.
+
+`write_report` is called at the end of `fmnist train` and by `fmnist report RUN_DIR`. It reads the
+run's own files (config.json, metrics.csv, lr_steps.csv, summary.json) and one test evaluation of
+the best weights; every observation in report.md is computed from those numbers, none is typed in.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fmnist.data.fashion import CLASS_NAMES
+from fmnist.data.loader import normalize
+from fmnist.errors import CheckpointError
+from fmnist.files import atomic_write_text
+from fmnist.inference import evaluate_checkpoint
+from fmnist.models import count_parameters
+from fmnist.reports import plots
+from fmnist.runs.folder import read_history, read_learning_rates, read_saved_config, read_summary, write_summary
+from fmnist.training.config import EVAL_BATCH_SIZE
+from fmnist.training.loop import EvalResult
+from fmnist.training.metrics import classification_metrics, confusion_matrix, most_confused_pairs, weakest_classes
+
+MISCLASSIFIED_SHOWN = 32  # a 4 x 8 grid: enough to see a pattern, small enough to read
+PAIRS_SHOWN = 3
+WEAKEST_SHOWN = 3
+OVERFIT_GAP = 0.02  # train accuracy this far above validation is called a sign of overfitting
+
+
+# ---------------------------------------------------------------- figures and the report
+
+def probabilities_of(model: nn.Module, image: torch.Tensor, mean: float, std: float) -> list[float]:
+    """Softmax over the classes for one uint8 (28, 28) image, normalized as in training."""
+    parameter = next(model.parameters())
+    batch = normalize(image.unsqueeze(0), mean, std).to(parameter.device)
+    model.eval()
+    with torch.inference_mode():
+        return torch.softmax(model(batch.contiguous(memory_format=torch.channels_last)), dim=1)[0].tolist()
+
+
+def write_figures(run_path: Path, history: list[dict], learning_rates: list[float], matrix: torch.Tensor,
+                  metrics: dict, test_images: torch.Tensor, test: EvalResult, model: nn.Module,
+                  mean: float, std: float) -> dict[str, str]:
+    """Every PNG of the run; returns {caption: file name} in the order report.md shows them."""
+    names = list(CLASS_NAMES)
+    steps_per_epoch = len(learning_rates) // len(history) if history else None
+    wrong = (test.predictions != test.labels).nonzero().flatten()
+    shown = wrong[:MISCLASSIFIED_SHOWN]
+    titles = [f"true {names[test.labels[i]]}\npred {names[test.predictions[i]]}" for i in shown.tolist()]
+    # The probability bars show the first mistake (more telling than a confident hit), else image 0.
+    example = wrong[0].item() if len(wrong) else 0
+    example_title = (f"test image {example}\ntrue {names[test.labels[example]]}, "
+                     f"predicted {names[test.predictions[example]]}")
+    recalls = [metrics["per_class"][name]["recall"] for name in names]
+    figures = {
+        "Loss per epoch": plots.epoch_curves(history, "loss", "cross-entropy loss", run_path / "loss.png"),
+        "Accuracy per epoch": plots.epoch_curves(history, "accuracy", "accuracy", run_path / "accuracy.png"),
+        "Learning rate per step": plots.learning_rate_steps(learning_rates, steps_per_epoch,
+                                                            run_path / "learning_rate.png"),
+        "Confusion matrix (test)": plots.confusion_matrix(matrix, names, run_path / "confusion_matrix.png"),
+        "Per-class accuracy (test recall)": plots.per_class_bars(recalls, names, "accuracy on the class's test images",
+                                                                 run_path / "per_class_accuracy.png"),
+        f"Misclassified test images (first {len(shown)} of {len(wrong)})": plots.image_grid(
+            test_images[shown.to(test_images.device)].cpu(), titles, run_path / "misclassified.png"),
+        "Class probabilities for one test image": plots.probability_bars(
+            test_images[example].cpu(), probabilities_of(model, test_images[example], mean, std), names,
+            example_title, run_path / "probabilities.png"),
+    }
+    return {caption: path.name for caption, path in figures.items()}
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def observations(history: list[dict], matrix: torch.Tensor, metrics: dict) -> list[str]:
+    """Sentences computed from the run's numbers."""
+    best = max(history, key=lambda row: row["val_accuracy"])  # first of equals, as fit() keeps it
+    last = history[-1]
+    gap = best["train_accuracy"] - best["val_accuracy"]
+    verdict = (f"train accuracy is {gap:.1%} above validation: a sign of overfitting" if gap > OVERFIT_GAP
+               else "no sign of overfitting")
+    lines = [
+        f"Best epoch: {best['epoch']} of {len(history)} (validation accuracy {best['val_accuracy']:.4f}); "
+        f"its weights are the ones tested.",
+        f"Train/validation gap at the best epoch: accuracy {gap:+.4f}, "
+        f"loss {best['train_loss'] - best['val_loss']:+.4f} "
+        f"(train minus validation): {verdict}. Train figures are running averages over the epoch with dropout and "
+        "augmentation on, so they understate how well the weights at the end of the epoch fit the training data.",
+    ]
+    if last["val_accuracy"] < best["val_accuracy"]:
+        lines.append(f"Validation accuracy fell from {best['val_accuracy']:.4f} (epoch {best['epoch']}) to "
+                     f"{last['val_accuracy']:.4f} by the last epoch: more epochs did not help this run.")
+    pairs = most_confused_pairs(matrix, PAIRS_SHOWN)
+    if pairs:
+        described = "; ".join(
+            f"{pair['true']} → {pair['predicted']}: {pair['count']} images "
+            f"({pair['share_of_true_class']:.1%} of {pair['true']})" for pair in pairs
+        )
+        lines.append(f"Most-confused pairs (true → predicted, from the test confusion matrix): {described}.")
+    else:
+        lines.append("No test image was misclassified.")
+    weakest = "; ".join(f"{name} (recall {values['recall']:.3f}, F1 {values['f1']:.3f})"
+                        for name, values in weakest_classes(metrics, WEAKEST_SHOWN))
+    lines.append(f"Weakest classes: {weakest}.")
+    return lines
+
+
+def three(values: dict) -> str:
+    return " / ".join(f"{values[key]:.4f}" for key in ("precision", "recall", "f1"))
+
+
+def test_table(summary: dict, metrics: dict) -> str:
+    wall = f"{summary['wall_seconds']:.1f} s" if "wall_seconds" in summary else "?"
+    speed = f"{summary['images_per_second']:,.0f}" if "images_per_second" in summary else "?"
+    return markdown_table(["metric", "value"], [
+        ["test accuracy", f"{summary['test_accuracy']:.4f}"],
+        ["test loss (cross-entropy)", f"{summary['test_loss']:.4f}"],
+        ["macro precision / recall / F1", three(metrics["macro"])],
+        ["weighted precision / recall / F1", three(metrics["weighted"])],
+        ["best epoch", summary.get("best_epoch", "?")],
+        ["wall time", wall],
+        ["training images/s (mean over epochs)", speed],
+    ])
+
+
+def epoch_table(history: list[dict]) -> str:
+    header = ["epoch", "train loss", "train acc", "val loss", "val acc", "lr (last step)", "seconds", "images/s"]
+    return markdown_table(header, [
+        [row["epoch"], f"{row['train_loss']:.4f}", f"{row['train_accuracy']:.4f}", f"{row['val_loss']:.4f}",
+         f"{row['val_accuracy']:.4f}", f"{row['lr']:.2e}", f"{row['seconds']:.1f}", f"{row['images_per_second']:,.0f}"]
+        for row in history
+    ])
+
+
+def class_table(metrics: dict) -> str:
+    return markdown_table(["class", "precision", "recall (accuracy)", "F1", "images"], [
+        [name, f"{values['precision']:.4f}", f"{values['recall']:.4f}", f"{values['f1']:.4f}", values["support"]]
+        for name, values in metrics["per_class"].items()
+    ])
+
+
+def rerun_section(saved: dict) -> list[str]:
+    """How to train this run again: the CLI command recorded with it, else the Python call."""
+    lines = ["## Re-run it"]
+    if saved.get("rerun"):
+        lines += ["```bash\n" + saved["rerun"] + "\n```",
+                  "Explicit flags for every value that differs from the defaults and the recipe; without `--name` "
+                  "so that the re-run gets a folder of its own."]
+    given = {name: value for name, value in saved.get("options_given", {}).items() if name != "name"}
+    arguments = ", ".join(f"{name}={value!r}" for name, value in given.items())
+    python = f"from fmnist import TrainConfig, train\n\ntrain(TrainConfig({arguments}))"
+    lines += ["From Python:", f"```python\n{python}\n```"]
+    if saved.get("command"):
+        lines += ["The command that made this run was:", "```bash\n" + shlex.join(saved["command"]) + "\n```"]
+    return lines
+
+
+def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[dict], matrix: torch.Tensor,
+                    metrics: dict, figures: dict[str, str]) -> str:
+    config = saved.get("config", {})
+    parameters = f"{summary['parameters']:,}" if "parameters" in summary else "?"
+    recipe = f", recipe `{config['recipe']}`" if config.get("recipe") else ""
+    data = summary.get("test_data", {})
+    tested_on = ""
+    if data:
+        tested_on = f" Tested on {data.get('directory')} ({'verified' if data.get('verified') else 'NOT verified'})."
+    sections = [
+        f"# Run {run_path.name}",
+        f"Model `{config.get('model')}`{recipe}, {parameters} parameters, device {summary.get('device', '?')}."
+        + tested_on,
+        *rerun_section(saved),
+        "## Test metrics (best epoch's weights)",
+        test_table(summary, metrics),
+        "## Observations",
+        "\n".join(f"- {line}" for line in observations(history, matrix, metrics)),
+        "## Per epoch",
+        epoch_table(history),
+        "## Per class (test)",
+        class_table(metrics),
+        "Macro = unweighted mean over the 10 classes; weighted = mean weighted by the number of test images.",
+        "## Figures",
+        "\n\n".join(f"### {caption}\n\n![{caption}]({name})" for caption, name in figures.items()),
+        "## Resolved config",
+        "Options that the run's settings do not use are null.",
+        "```json\n" + json.dumps(config, indent=2) + "\n```",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, test: EvalResult,
+                 mean: float, std: float, test_data: dict | None = None) -> Path:
+    """Figures, per-class metrics into summary.json, and report.md, all in the run folder.
+
+    `test_data` says which data the test result came from (directory, verified); summary.json keeps it.
+    """
+    run_path = Path(run_path)
+    history = read_history(run_path)
+    if not history:
+        raise CheckpointError(f"{run_path}: metrics.csv has no epochs yet; nothing to report")
+    saved = read_saved_config(run_path)
+    summary = read_summary(run_path)
+    matrix = confusion_matrix(test.labels, test.predictions)
+    metrics = classification_metrics(matrix)
+    summary.update({
+        "test_loss": test.loss,
+        "test_accuracy": test.accuracy,
+        "test_per_class_accuracy": test.per_class_accuracy(),
+        "test_precision_recall_f1": metrics,
+        "test_confusion_matrix": {"rows": "true class", "columns": "predicted class", "counts": matrix.tolist()},
+    })
+    if test_data is not None:
+        summary["test_data"] = test_data
+    figures = write_figures(run_path, history, read_learning_rates(run_path), matrix, metrics,
+                            test_images, test, model, mean, std)
+    write_summary(run_path, summary)
+    report_path = run_path / "report.md"
+    atomic_write_text(report_path, report_markdown(run_path, saved, summary, history, matrix, metrics, figures))
+    return report_path
+
+
+def report_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
+               batch_size: int = EVAL_BATCH_SIZE, allow_unverified_data: bool = False) -> Path:
+    """`fmnist report RUN_DIR`: evaluate the run's best checkpoint on the test split, then write the report.
+
+    It never changes whether the run can be resumed: a stopped run stays a stopped run.
+    """
+    run_path = Path(run_dir)
+    if not run_path.is_dir():
+        raise CheckpointError(f"{run_path}: no such run folder; give the folder that `fmnist train` printed")
+    read_saved_config(run_path)
+    evaluation = evaluate_checkpoint(run_path, data_dir, device, batch_size, allow_unverified_data)
+    model, state = evaluation.model, evaluation.state
+    if not read_summary(run_path):  # an interrupted run: say what was tested
+        write_summary(run_path, {"model": state["model_name"], "parameters": count_parameters(model.network),
+                                 "epochs": state["config"].get("epochs"), "best_epoch": state["epoch"],
+                                 "device": str(evaluation.test_split.images.device)})
+    test_data = {"directory": str(evaluation.data_dir), "verified": evaluation.data_verified}
+    return write_report(run_path, model.network, evaluation.test_split.images, evaluation.result,
+                        model.mean, model.std, test_data)

@@ -1,0 +1,119 @@
+"""Continuing a stopped run from its folder: `fmnist train --resume RUN_DIR`.
+
+Resume restarts the interrupted epoch: it loads last.pt, written at the end of the last completed
+epoch, and replays everything after it. That checkpoint holds the model, optimizer and scheduler
+states, the epoch, the step count, the metrics history (hence the best validation accuracy so far),
+and the state of every random generator (Python, NumPy, torch CPU and CUDA, and the loader's
+permutation generator). Nothing random happens between saving last.pt and the next epoch's first
+batch, so on the CPU a resumed run repeats the uninterrupted run exactly: same metrics, same weights.
+
+Nothing is ever overwritten on a guess: a folder whose last.pt is gone while it recorded epochs, a
+config.json that no longer matches last.pt, or a finished run is refused with one line. Only a
+folder stopped before its first epoch ended (nothing recorded yet) starts again from epoch 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fmnist.errors import CheckpointError, ConfigError
+from fmnist.runs.checkpoint import load_checkpoint, load_weights
+from fmnist.runs.folder import read_saved_config, read_summary
+from fmnist.training.build import Training
+from fmnist.training.config import TrainConfig
+from fmnist.training.runtime import set_rng_state
+
+# Options that may differ on resume: they say where the run happens, not what it computes.
+MAY_CHANGE_ON_RESUME = ("device", "data_dir")
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished when training wrote its final summary (a report of a stopped run does not)."""
+    return read_summary(run_dir).get("finished") is True
+
+
+def config_to_resume(run_dir: str | Path, overrides: dict) -> TrainConfig:
+    """The saved config of the run in `run_dir`, checked against any options given with --resume."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise CheckpointError(f"--resume {path}: no such run folder; check the path (runs/<name>)")
+    if not path.is_dir():
+        raise CheckpointError(f"--resume {path}: not a folder; give the run folder, not a file in it")
+    saved = read_saved_config(path)["config"]
+    if is_finished(path):
+        raise CheckpointError(f"--resume {path}: this run already finished; start a new run instead")
+    try:
+        config = TrainConfig.from_saved(saved)
+    except ConfigError as error:
+        raise CheckpointError(f"--resume {path}: config.json does not hold a valid config ({error}); "
+                              "restore it or start a new run") from None
+    last = path / "last.pt"
+    if last.exists():  # config.json edited by hand must still describe the run last.pt continues
+        state = load_checkpoint(last, for_resume=True)
+        recorded = TrainConfig.from_saved(state["config"])
+        differing = [name for name in recorded.to_dict()
+                     if name not in MAY_CHANGE_ON_RESUME and getattr(recorded, name) != getattr(config, name)]
+        if differing:
+            name = differing[0]
+            raise CheckpointError(
+                f"--resume {path}: config.json says {name} = {getattr(config, name)!r} but last.pt was trained "
+                f"with {getattr(recorded, name)!r}; restore config.json (the checkpoint's value) or start a new run"
+            )
+    changes = {}
+    for name, value in overrides.items():
+        if value is None or value == getattr(config, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name not in MAY_CHANGE_ON_RESUME:
+            raise ConfigError(
+                f"{flag} {value!r}: the run in {path} was started with {flag} {getattr(config, name)!r}; "
+                "--resume continues a run with its own config: drop the option or start a new run", name
+            )
+        changes[name] = value
+    return config.replace(**changes) if changes else config
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: the epochs and learning rates recorded so far."""
+
+    history: list[dict] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+
+
+def restore_run(run_dir: str | Path, config: TrainConfig, training: Training) -> ResumePoint:
+    """Load last.pt into the freshly built training objects; return what the run recorded so far.
+
+    Call it while holding the run folder's lock: it deletes temporary files that a crashed write
+    left behind, which are then nobody else's.
+    """
+    path = Path(run_dir)
+    for leftover in path.glob(".*.tmp"):  # a write cut short by a crash; the real file is intact
+        leftover.unlink()
+    last = path / "last.pt"
+    if not last.exists():
+        recorded = [name for name in ("best.pt", "metrics.csv") if (path / name).exists()]
+        if recorded:
+            raise CheckpointError(
+                f"--resume {path}: last.pt is missing but the run recorded epochs ({', '.join(recorded)}); "
+                "nothing was changed. Restore last.pt, or start a new run"
+            )
+        return ResumePoint()  # stopped before its first epoch ended: nothing to lose, start again
+    state = load_checkpoint(last, for_resume=True)
+    if state["model_name"] != config.model:
+        raise CheckpointError(
+            f"{last}: a checkpoint of {state['model_name']}, but the run's config.json says {config.model}"
+        )
+    optimization = training.optimization
+    load_weights(training.model, state["model"], str(last))
+    try:
+        optimization.optimizer.load_state_dict(state["optimizer"])
+        if optimization.scheduler is not None:
+            optimization.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        training.train_loader.generator.set_state(state["loader_rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{last}: cannot restore the training state ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); the checkpoint is damaged") from None
+    return ResumePoint(list(state["history"]), list(state["learning_rates"]))

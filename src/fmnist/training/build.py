@@ -1,0 +1,60 @@
+"""From a TrainConfig to the parts the loop needs: model, loaders, loss, optimizer and schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fmnist.data.augment import build_augmentation
+from fmnist.data.loader import TensorLoader
+from fmnist.data.splits import Split
+from fmnist.models import create_model
+from fmnist.training.config import TrainConfig
+from fmnist.training.loop import Optimization
+from fmnist.training.losses import build_loss
+from fmnist.training.optim import SCHEDULER_INTERVAL, build_optimizer, build_scheduler
+
+
+@dataclass
+class Training:
+    """What the training loop needs, built from one config."""
+
+    model: torch.nn.Module
+    train_loader: TensorLoader
+    val_loader: TensorLoader
+    test_loader: TensorLoader
+    optimization: Optimization
+
+
+def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The config's model on `device`, in channels-last: the convolutions' fast layout on CPUs (and
+    tensor cores on GPUs)."""
+    options = {"pretrained": config.pretrained} if config.pretrained else {}
+    return create_model(config.model, **options).to(device=device, memory_format=torch.channels_last)
+
+
+def build_training(config: TrainConfig, train: Split, val: Split, test: Split) -> Training:
+    """Model, loaders, optimizer, schedule and loss as `config` says, on the splits' device."""
+    model = build_model(config, train.images.device)
+    # Augmentation on the training batches only: validation and test see the images as they are.
+    augmentation = build_augmentation(
+        config.rotate_degrees, config.hflip, config.crop_padding, config.erase_prob, config.mean, config.std
+    )
+    train_loader = TensorLoader(
+        train, config.batch_size, shuffle=True, seed=config.seed,
+        mean=config.mean, std=config.std, augment=augmentation, limit_batches=config.limit_batches,
+    )
+    optimizer = build_optimizer(model, config)
+    return Training(
+        model=model,
+        train_loader=train_loader,
+        val_loader=TensorLoader(val, config.eval_batch_size, mean=config.mean, std=config.std),
+        test_loader=TensorLoader(test, config.eval_batch_size, mean=config.mean, std=config.std),
+        optimization=Optimization(
+            loss_fn=build_loss(config),
+            optimizer=optimizer,
+            scheduler=build_scheduler(optimizer, config, len(train_loader)),
+            scheduler_interval=SCHEDULER_INTERVAL[config.scheduler],
+        ),
+    )

@@ -1,0 +1,316 @@
+"""One typed training config: every option with its default, its help text and when it applies.
+
+    TrainConfig()                                  seed 000's recipe (the defaults)
+    TrainConfig.from_recipe("fast", epochs=3)      a named recipe, then your changes
+    config.replace(optimizer="adam")               a copy with changes, re-resolved
+
+This module is the one source of truth for defaults: the CLI's flags, the TOML keys, `fmnist sweep
+--set` and the library builders all take their values from here. A config is checked when it is
+made: a value out of range, of the wrong type, or for an option the chosen settings ignore (`lr`
+under OneCycle, `momentum` with Adam, ...) is a ConfigError naming the option, never a silent no-op.
+Options that do not apply to the chosen settings hold None, so config.json shows what was used.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import SimpleNamespace
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from fmnist.data.fashion import MEAN, SPLIT_SEED, STD, VAL_SIZE
+from fmnist.errors import ConfigError
+from fmnist.models import PRETRAINED_MODELS, list_models
+from fmnist.training.recipes import get_recipe
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("onecycle", "steplr", "cosine", "none")
+LOSSES = ("ce", "focal")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+# Small enough for a batch's activations to stay in the CPU cache: 3x faster than 1,000 (BENCHMARKS.md).
+EVAL_BATCH_SIZE = 256
+# Seeds go to torch's generators, which take 64-bit unsigned integers.
+MAX_SEED = 2**64 - 1
+
+UNSET = None  # an option left out; resolved to the recipe's value, else the default
+
+
+def option(default, help: str, metavar: str | None = None):
+    """A config field: its default and help text live together, and the CLI reads both."""
+    return field(default=UNSET, metadata={"default": default, "help": help, "metavar": metavar})
+
+
+# Options that only some settings use: field -> (does it apply?, why not, naming what does apply).
+CONDITIONAL = {
+    "lr": (lambda c: c.scheduler != "onecycle",
+           "--scheduler onecycle sets the learning rate itself, from --max-lr / 25 up to --max-lr; "
+           "give --max-lr instead, or choose another --scheduler"),
+    "max_lr": (lambda c: c.scheduler == "onecycle",
+               "only --scheduler onecycle has a peak rate; give --lr instead"),
+    "momentum": (lambda c: c.optimizer == "sgd",
+                 "only --optimizer sgd uses momentum (Adam and AdamW keep their own running averages)"),
+    "nesterov": (lambda c: c.optimizer == "sgd", "only --optimizer sgd has Nesterov momentum"),
+    "step_size": (lambda c: c.scheduler == "steplr", "only --scheduler steplr decays in steps"),
+    "gamma": (lambda c: c.scheduler == "steplr", "only --scheduler steplr has a decay factor"),
+    "label_smoothing": (lambda c: c.loss == "ce",
+                        "applies to --loss ce only (focal loss is shaped by --focal-gamma instead)"),
+    "focal_gamma": (lambda c: c.loss == "focal", "only --loss focal uses it"),
+    "focal_alpha": (lambda c: c.loss == "focal", "only --loss focal uses it"),
+    "pretrained": (lambda c: c.model in PRETRAINED_MODELS,
+                   f"only --model {', '.join(PRETRAINED_MODELS)} has pretrained weights"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. The defaults are seed 000's recipe."""
+
+    recipe: str | None = option(None, "start from a named recipe (see `fmnist recipes`); other options override it")
+    model: str = option("affine-cnn", "model name (see `fmnist models`)")
+    epochs: int = option(3, "passes over the training split")
+    batch_size: int = option(64, "training batch size")
+    optimizer: str = option("adamw", "one of " + ", ".join(OPTIMIZERS))
+    lr: float | None = option(1e-3, "learning rate (every --scheduler but onecycle, whose peak is --max-lr)")
+    weight_decay: float = option(0.01, "decoupled for AdamW, L2 for SGD and Adam")
+    momentum: float | None = option(0.9, "SGD momentum (--optimizer sgd)")
+    nesterov: bool | None = option(False, "SGD with Nesterov momentum (--optimizer sgd)")
+    scheduler: str = option("onecycle", "one of " + ", ".join(SCHEDULERS) + "; onecycle and cosine step every batch")
+    max_lr: float | None = option(0.01, "OneCycle's peak learning rate; it starts at max-lr/25 (--scheduler onecycle)")
+    step_size: int | None = option(1, "epochs between decays (--scheduler steplr)")
+    gamma: float | None = option(0.7, "decay factor (--scheduler steplr)")
+    loss: str = option("ce", "ce (cross-entropy) or focal; validation and test losses stay cross-entropy")
+    label_smoothing: float | None = option(0.0, "cross-entropy label smoothing in [0, 1) (--loss ce)")
+    focal_gamma: float | None = option(2.0, "how strongly confident, correct images are down-weighted (--loss focal)")
+    focal_alpha: float | None = option(1.0, "one weight for every class (--loss focal)")
+    mean: float = option(MEAN, "input normalization mean (0..1 scale)")
+    std: float = option(STD, "input normalization std (0..1 scale)")
+    rotate_degrees: float = option(0.0, "augment: rotate each training image by up to this many degrees either way")
+    hflip: bool = option(False, "augment: mirror each training image left-right with probability 1/2")
+    crop_padding: int = option(0, "augment: pad by this many pixels, then crop 28x28 at a random offset")
+    erase_prob: float = option(0.0, "augment: probability of erasing a random rectangle of each training image")
+    tta_flip: bool = option(False, "evaluate each validation and test image and its mirror image, averaging logits")
+    pretrained: str | None = option(None, "resnet18: ImageNet weights from PATH, or torchvision's cache if no PATH",
+                                    metavar="PATH")
+    val_size: int = option(VAL_SIZE, "training images held out for validation")
+    split_seed: int = option(SPLIT_SEED, "seed of the validation split (independent of --seed)")
+    seed: int = option(42, "seed for weights, dropout, augmentation and batch order")
+    device: str = option("auto", "one of " + ", ".join(DEVICES) + " (auto: CUDA, then MPS, then the CPU)")
+    eval_batch_size: int = option(EVAL_BATCH_SIZE, "batch size for validation and test")
+    limit_batches: int | None = option(None, "stop each training epoch after this many batches (smoke tests)")
+    data_dir: str | None = option(None, "folder holding the four IDX files (default: searched, see `fmnist data info`)")
+    allow_unverified_data: bool = option(False, "train on IDX files that are not the official Fashion-MNIST "
+                                                "(generated or modified data); the run records it")
+    out: str = option("runs", "folder for run folders")
+    name: str | None = option(None, "run folder name (default: time and model)")
+    tensorboard: bool = option(False, "also write TensorBoard event files into RUN_DIR/tensorboard "
+                                      "(pip install -e '.[tensorboard]')")
+
+    # The options given explicitly (not from a recipe or the defaults); replace() starts from them.
+    given: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        given = {f.name: getattr(self, f.name) for f in fields(self) if f.init and getattr(self, f.name) is not UNSET}
+        for name, value in given.items():
+            given[name] = check_type(name, value)
+        values = {f.name: f.metadata["default"] for f in fields(self) if f.init}
+        if given.get("recipe") is not None:
+            values.update(get_recipe(given["recipe"]).overrides)
+        values.update(given)
+        check_ranges(SimpleNamespace(**values), set(given))
+        for name, (applies, why_not) in CONDITIONAL.items():
+            if applies(SimpleNamespace(**values)):
+                continue
+            if name in given:
+                raise ConfigError(f"{flag(name)} {given[name]!r}: ignored by these settings: {why_not}", name)
+            values[name] = None  # a recipe's value the chosen settings do not use
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "given", frozenset(given))
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **overrides) -> TrainConfig:
+        """The named recipe (see list_recipes()), then `overrides`, e.g. from_recipe("fast", epochs=3, name="try")."""
+        return cls(recipe=recipe, **overrides)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainConfig:
+        """The config of a run as its config.json or a checkpoint recorded it.
+
+        Keys that another version of fmnist wrote are left out, and so are values for options the
+        run's settings do not use (older versions recorded those too).
+        """
+        if not isinstance(saved, dict):
+            raise ConfigError(f"a saved config must be a table of options, not {type(saved).__name__}")
+        values = {name: value for name, value in saved.items() if name in FIELDS and value is not None}
+        settings = SimpleNamespace(**{**{name: f.metadata["default"] for name, f in FIELDS.items()}, **values})
+        for name, (applies, _) in CONDITIONAL.items():
+            try:
+                used = applies(settings)
+            except TypeError:  # a value of the wrong type: the config itself will say which
+                used = True
+            if not used:
+                values.pop(name, None)
+        return cls(**values)
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with `changes`, resolved again from the options given so far.
+
+        Unlike dataclasses.replace, values that only followed from other choices are recomputed:
+        TrainConfig().replace(scheduler="cosine") gets the default `lr` that OneCycle did not use.
+        """
+        kept = {name: getattr(self, name) for name in self.given}
+        return TrainConfig(**{**kept, **changes})
+
+    def to_dict(self) -> dict:
+        """Every option, as config.json and checkpoints record it (None: not used by these settings)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    def check_files(self) -> None:
+        """Options naming files that must exist before any work starts (said before the data is loaded)."""
+        if self.pretrained is not None:
+            from fmnist.models.resnet import resolve_weights_file
+
+            resolve_weights_file(self.pretrained)
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig) if f.init}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def declared_type(name: str) -> str:
+    """'int', 'float', 'bool' or 'str' for a field (its annotation, without '| None')."""
+    annotation = str(FIELDS[name].type)
+    for kind in ("bool", "int", "float"):
+        if kind in annotation:
+            return kind
+    return "str"
+
+
+def check_type(name: str, value):
+    """A typed value (Python, TOML) checked against the field's type; ints are accepted as floats."""
+    kind = declared_type(name)
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{flag(name)} {value!r}: should be of type {kind}", name)
+    return value
+
+
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def parse_text(name: str, text: str):
+    """An option's value from text (a CLI flag, `sweep --set`): 'none' for optional fields."""
+    if name not in FIELDS:
+        raise ConfigError(f"unknown option {name!r}; valid options: {', '.join(FIELDS)}")
+    kind = declared_type(name)
+    if text.strip().lower() == "none" and "None" in str(FIELDS[name].type):
+        return None
+    try:
+        if kind == "bool":
+            if text.strip().lower() not in TRUE_WORDS + FALSE_WORDS:
+                raise ValueError
+            return text.strip().lower() in TRUE_WORDS
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag(name)} {text!r}: not a valid {kind}", name) from None
+    return text
+
+
+def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
+    """Raise ConfigError naming the option for the first out-of-range value."""
+
+    def require(condition: bool, name: str, rule: str) -> None:
+        if not condition:
+            raise ConfigError(f"{flag(name)} {getattr(config, name)!r}: {rule}", name)
+
+    for name in FIELDS:  # `--lr inf` passes `> 0` but would train on NaN
+        value = getattr(config, name)
+        if isinstance(value, float):
+            require(math.isfinite(value), name, "must be a finite number")
+    models = list_models()
+    require(config.model in models, "model", f"unknown model; choose one of {', '.join(models)}")
+    require(config.epochs >= 1, "epochs", "must be at least 1")
+    require(config.batch_size >= 1, "batch_size", "must be at least 1")
+    require(config.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+    require(config.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}")
+    require(config.scheduler in SCHEDULERS, "scheduler", f"choose one of {', '.join(SCHEDULERS)}")
+    require(config.loss in LOSSES, "loss", f"choose one of {', '.join(LOSSES)}")
+    require(config.lr > 0, "lr", "must be greater than 0")
+    require(config.max_lr > 0, "max_lr", "must be greater than 0")
+    require(config.weight_decay >= 0, "weight_decay", "must be 0 or more")
+    require(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
+    require(not (config.nesterov and config.optimizer == "sgd") or config.momentum > 0,
+            "nesterov", "needs --momentum greater than 0")
+    require(config.step_size >= 1, "step_size", "must be at least 1")
+    require(0 < config.gamma <= 1, "gamma", "must be in (0, 1]")
+    require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+    require(config.focal_gamma >= 0, "focal_gamma", "must be 0 or more (0 with alpha 1 is cross-entropy)")
+    require(config.focal_alpha > 0, "focal_alpha", "must be greater than 0")
+    require(0 <= config.mean <= 1, "mean", "must be in [0, 1] (the 0..1 pixel scale)")
+    require(config.std > 0, "std", "must be greater than 0")
+    require(0 <= config.rotate_degrees <= 180, "rotate_degrees", "must be in [0, 180]")
+    require(0 <= config.crop_padding <= 14, "crop_padding", "must be in 0..14 pixels")
+    require(0 <= config.erase_prob <= 1, "erase_prob", "must be in [0, 1]")
+    require(config.val_size >= 1, "val_size", "must be at least 1: model selection needs a validation split")
+    require(config.device in DEVICES, "device", f"choose one of {', '.join(DEVICES)}")
+    require(config.limit_batches is None or config.limit_batches >= 1, "limit_batches", "must be at least 1")
+    require(0 <= config.seed <= MAX_SEED, "seed", "must be in 0..2**64-1")
+    require(0 <= config.split_seed <= MAX_SEED, "split_seed", "must be in 0..2**64-1")
+    for name in ("out", "name", "data_dir"):
+        value = getattr(config, name)
+        require(value is None or (value.strip() != "" and "\0" not in value), name, "must be a non-empty path")
+    require(config.name is None or "/" not in config.name and config.name not in (".", ".."), "name",
+            "must be a folder name, not a path (use --out for the parent folder)")
+
+
+def read_toml(path: str | Path) -> dict:
+    """A config file's options, type-checked; an unknown key is an error (a typo must not be ignored)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise ConfigError(f"--config {path}: cannot read ({error.strerror or error}); check the path") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not UTF-8 text; save it as UTF-8 (TOML files must be)") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"--config {path}: not valid TOML ({error})") from None
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(FIELDS)}")
+    try:
+        return {name: check_type(name, value) for name, value in raw.items()}
+    except ConfigError as error:
+        raise ConfigError(f"--config {path}: {error}", error.field) from None
+
+
+def build_config(config_file: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """The recipe, then the TOML file, then explicit overrides (CLI flags; None = not given)."""
+    from_file = read_toml(config_file) if config_file else {}
+    values = {**from_file, **{key: value for key, value in (overrides or {}).items() if value is not None}}
+    try:
+        return TrainConfig(**values)
+    except ConfigError as error:
+        if error.field in from_file and (overrides or {}).get(error.field) is None:
+            raise ConfigError(f"--config {config_file}: {error}", error.field) from None
+        raise

@@ -1,0 +1,28 @@
+"""The walkthrough notebook runs top to bottom on the real data, as a learner would run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "walkthrough.ipynb"
+
+
+def test_the_notebook_is_committed_without_outputs():
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+
+
+@pytest.mark.slow
+def test_the_walkthrough_runs_top_to_bottom(real_data, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
+    outputs = "".join(output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", []))
+    assert "test accuracy" in outputs and "same as by hand: True" in outputs
