@@ -115,5 +115,6 @@ def restore_run(run_dir: str | Path, config: TrainConfig, training: Training) ->
         training.train_loader.generator.set_state(state["loader_rng"])
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"{last}: cannot restore the training state ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}); the checkpoint is damaged") from None
+                              f"{str(error).splitlines()[0] if str(error) else ''}); "
+                              "the checkpoint is damaged") from None
     return ResumePoint(list(state["history"]), list(state["learning_rates"]))
