@@ -92,6 +92,16 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--out", metavar="FILE", help="where to write (default: RUN_DIR/model.onnx)")
     export.add_argument("--force", action="store_true", help="replace an existing file (never a checkpoint)")
 
+    serve = command("serve", "a web page and a JSON API for a trained model (pip install -e '.[serve]')")
+    serve.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0,
+                       help="largest request body in MB; larger ones are answered 413 (default 10)")
+    serve.add_argument("--max-batch", type=int,
+                       help="most images per forward pass when requests arrive together (default 256; 1: no batching)")
+
     json_option(command("models", "list the registered models with parameter counts"))
     json_option(command("recipes", "list the named recipes, their source project and its claim"))
 
@@ -246,6 +256,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fmnist.serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: must be between 0 and 65535")
+    serve(args.checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+          max_batch=args.max_batch)
+    return 0  # stopped by Ctrl-C or SIGTERM after answering the requests in flight: a clean stop
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from fmnist.models import count_parameters, create_model, list_models
 
@@ -343,6 +363,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "predict": cmd_predict,
     "export": cmd_export,
+    "serve": cmd_serve,
     "models": cmd_models,
     "recipes": cmd_recipes,
     "bench": cmd_bench,
