@@ -46,7 +46,7 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
     from fmnist.serve.server import run_server
 
     if not max_upload_mb > 0:
-        raise ConfigError(f"--max-upload-mb {max_upload_mb}: must be more than 0")
+        raise ConfigError(f"--max-upload-mb {max_upload_mb:g}: must be more than 0")
     if max_batch is not None and max_batch < 1:
         raise ConfigError(f"--max-batch {max_batch}: must be at least 1")
     model = load_model(source)

@@ -1,10 +1,11 @@
 """One forward pass for the images of all requests waiting at that moment.
 
-On a CPU a small network costs about as much for 1 image as for 8 (3 ms against 6 ms for
-fast-cnn-16 on 2 cores; docs/serve.md has the figures), so when many clients ask at once, taking
-every image that arrived during the previous forward pass into the next one answers them several
-times sooner than one pass each. No request waits for company: a lone request goes through at
-once, alone, and batches form only while the model is busy.
+On a CPU a forward pass over 8 images costs about twice a pass over one (fast-cnn-16: 0.54 ms for
+one image, 0.14 ms per image in a batch of 8, one thread), so when many clients ask at once, every
+image that arrived during one forward pass goes into the next. No request waits for company: a
+lone request goes through at once, alone, and batches form only while the model is busy. With 32
+clients this took the server's CPU time per request from about 2.0 to 1.4 ms (fast-cnn-16;
+benchmarks/serve_load.py --compare-batching; docs/serve.md).
 
 Forward passes run one at a time on their own thread, so they never compete with each other for
 the cores (PyTorch already spreads one pass over them) and the event loop stays free to accept

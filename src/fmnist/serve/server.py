@@ -12,6 +12,7 @@ handler that does nothing, and `fmnist serve` returns normally: exit code 0.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -44,7 +45,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.listen(BACKLOG)
     except OSError as error:
         sock.close()
-        hint = "choose another --port, or stop what is using it" if port else "choose another --host"
+        in_use = error.errno == errno.EADDRINUSE
+        hint = "choose another --port, or stop what is using it" if in_use else "choose another --host or --port"
         raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror}); {hint}") from None
     return sock
 
