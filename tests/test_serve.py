@@ -24,6 +24,7 @@ from PIL import Image
 from conftest import write_dataset
 from fmnist.cli import main
 from fmnist.data.images import to_fashion_mnist
+from fmnist.errors import CheckpointError
 from fmnist.experiment import train
 from fmnist.inference import class_probabilities, load_model, predict
 from fmnist.runs.folder import read_summary
@@ -293,6 +294,16 @@ def test_the_default_limit_is_10_mb(client):
 def test_too_many_files_is_a_400_line(small_limit_client):
     files = [("file", (f"{index}.png", encoded(item(index)))) for index in range(4)]
     assert_one_line_error(small_limit_client.post("/predict", files=files), 400, "Too many files")
+
+
+def test_a_model_that_outputs_nan_is_a_500_line_not_a_traceback(model, monkeypatch):
+    def not_finite(model, images):
+        raise CheckpointError("the model's output is not finite (NaN or infinite weights?)")
+
+    monkeypatch.setattr("fmnist.serve.batching.class_probabilities", not_finite)
+    with TestClient(create_app(model)) as client:
+        assert_one_line_error(client.post("/predict", content=encoded(item(0))), 500, "not finite")
+        assert client.get("/healthz").status_code == 200
 
 
 # --- batching ----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 
 from fmnist.data.fashion import CLASS_NAMES, NUM_CLASSES
 from fmnist.data.images import IMAGE_FORMATS, MAX_PIXELS, read_image_bytes, to_fashion_mnist
-from fmnist.errors import CheckpointError, DataError, one_line_reason
+from fmnist.errors import CheckpointError, DataError, FmnistError, one_line_reason
 from fmnist.inference import Prediction, TrainedModel
 from fmnist.runs.folder import recorded_test_accuracy
 from fmnist.serve.batching import MAX_BATCH, InferenceQueue
@@ -105,9 +105,11 @@ def create_app(model: TrainedModel, settings: ServeSettings | None = None) -> Fa
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     add_error_handlers(app)
 
+    page_html = PAGE.read_text(encoding="utf-8")
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     @app.get("/model", summary="The model: name, recipe, test accuracy, classes, normalization, limits")
     async def get_model() -> dict:
@@ -167,7 +169,7 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
         fields = form.multi_items()
         uploads = [(key, value) for key, value in fields if key == "file"]
         if not uploads:
-            names = ", ".join(sorted({key for key, _ in fields})) or "none"
+            names = ", ".join(sorted({printable(key, 40) for key, _ in fields})) or "none"
             raise HTTPException(400, f"no multipart field `file` (fields sent: {names}); send the image as `file`")
         if any(not isinstance(value, UploadFile) for _, value in uploads):
             raise HTTPException(400, "the multipart field `file` holds text, not a file; send the image's bytes")
@@ -175,10 +177,13 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
 
 
 def upload_name(upload: UploadFile, index: int) -> str:
-    """The file name the client gave, as one short printable line (it goes into answers and errors)."""
-    name = (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(character for character in name if character.isprintable())[:100]
-    return name or f"file {index + 1}"
+    """The file name the client gave, without its folders (it goes into answers and errors)."""
+    return printable((upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1], 100) or f"file {index + 1}"
+
+
+def printable(text: str, length: int) -> str:
+    """A client's text as one short line: no line breaks or terminal escapes reach an answer or the log."""
+    return "".join(character for character in text if character.isprintable())[:length]
 
 
 class BodyLimit:
@@ -244,6 +249,10 @@ def add_error_handlers(app: FastAPI) -> None:
     async def body_too_large(request: Request, error: BodyTooLarge) -> JSONResponse:
         logger.info("%s %s: 413 body above the limit", request.method, request.url.path)
         return too_large_response(error.max_bytes)
+
+    @app.exception_handler(FmnistError)
+    async def model_error(request: Request, error: FmnistError) -> JSONResponse:
+        return answer(request, 500, str(error))  # the model's fault (say, NaN output), already one line
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
