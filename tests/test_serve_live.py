@@ -341,7 +341,9 @@ def test_a_stop_signal_finishes_the_request_in_flight_then_exits_0(real_run, tes
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
         connection.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
                            b"Content-Length: %d\r\n\r\n" % len(body) + body[:100])
-        time.sleep(0.5)  # the server has the request's head and waits for the rest of its body
+        # Once another connection is answered, the server has read this one's head (it came first)
+        # and waits for the rest of its body: a request in flight.
+        assert httpx.get(server.url + "healthz").status_code == 200
         server.process.send_signal(signal_number)
         time.sleep(0.5)
         assert server.process.poll() is None, "the server quit with a request in flight"
