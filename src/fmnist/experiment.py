@@ -18,12 +18,12 @@ import torch
 from fmnist.data.splits import DataSplits, load_splits
 from fmnist.errors import ConfigError, FmnistError
 from fmnist.faults import StopRequest, TrainingInterrupted, stop_after_step
-from fmnist.files import check_writable, exclusive_lock
+from fmnist.files import atomic_write_json, check_writable, exclusive_lock
 from fmnist.models import count_parameters, create_model
 from fmnist.reports.report import write_report
 from fmnist.reports.tensorboard_log import TensorBoardLog, require_tensorboard
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
-from fmnist.runs.folder import create_run_folder, environment, write_config, write_summary
+from fmnist.runs.folder import create_run_folder, environment, read_saved_config, write_config, write_summary
 from fmnist.runs.recorder import RunRecorder
 from fmnist.runs.resume import ResumePoint, config_to_resume, restore_run
 from fmnist.training.build import Training, build_training
@@ -68,6 +68,7 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
         try:
             write_config(path, config, {
                 **(details or {}), "data": data_record(data), "environment": environment(device),
+                "options_given": {name: getattr(config, name) for name in sorted(config.given)},
             })
             return run(path, config, data, device, None, progress, started)
         except (FmnistError, OSError) as error:
@@ -92,7 +93,15 @@ def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> RunResu
     device = resolve_device(config.device)
     with exclusive_lock(path, "--resume"):
         data = load_data(config)
+        record_resume(path, data, device)
         return run(path, config, data, device, path, progress, started)
+
+
+def record_resume(path: Path, data: DataSplits, device: torch.device) -> None:
+    """config.json keeps the first process's environment; each resume adds where it ran and on which data."""
+    saved = read_saved_config(path)
+    saved.setdefault("resumes", []).append({"data": data_record(data), "environment": environment(device)})
+    atomic_write_json(path / "config.json", saved)
 
 
 def check_batch_statistics(config: TrainConfig, train_images: int) -> None:
@@ -125,7 +134,7 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     point = restore_run(resume_from, config, training) if resume_from is not None else ResumePoint()
     if resume_from is not None:
         logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, config.epochs)
-    tensorboard = TensorBoardLog(path) if config.tensorboard else None
+    tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
     recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
                            also=[tensorboard] if tensorboard else [])
     logger.info("run: %s  model %s (%s parameters) on %s", path, config.model,

@@ -8,11 +8,12 @@ code 2, and a Ctrl-C or SIGTERM into one line with the command that continues th
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import shlex
 import sys
-from pathlib import Path
 
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
 from fmnist.errors import FmnistError
@@ -129,6 +130,11 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def typed_command() -> list[str]:
+    """The command as the user would type it again (`python -m fmnist` is the `fmnist` command)."""
+    return ["fmnist", *sys.argv[1:]]
+
+
 def print_json(value) -> None:
     print(json.dumps(value, indent=2))
 
@@ -144,9 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, progress=progress, **overrides)
     else:
         config = build_config(args.config, overrides)
-        details = {"command": [Path(sys.argv[0]).name, *sys.argv[1:]], "rerun": rerun_command(config),
-                   "options_given": {name: getattr(config, name) for name in sorted(config.given)}}
-        result = train(config, progress=progress, details=details)
+        result = train(config, progress=progress, details={"command": typed_command(), "rerun": rerun_command(config)})
     if args.json:
         print_json({"path": str(result.path), "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
                     "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
@@ -207,11 +211,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from fmnist.tools.sweep import run_sweep
 
-    command = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    command = typed_command()
     try:
         sweep_dir, table = run_sweep(args.config, overrides_from(args), args.set, args.seeds,
                                      {"command": command}, progress=sys.stderr.isatty())
     except TrainingInterrupted as interruption:
+        if args.name is None:  # the folder was named after the time it started: name it to continue it
+            command = [*command, "--out", str(interruption.sweep_path.parent), "--name", interruption.sweep_path.name]
         interruption.continue_command = shlex.join(command)
         raise
     print(table)
@@ -267,7 +273,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
                      "description": recipe.description, "options": recipe.overrides} for recipe in recipes])
         return 0
     for recipe in recipes:
-        print(f"{recipe.name:<20} {recipe.source:<10} claimed: {recipe.claim}")
+        print(f"{recipe.name:<20} {recipe.source:<26} claimed: {recipe.claim}")
         print(f"{'':<20} {recipe.description}")
     return 0
 
@@ -363,6 +369,13 @@ def show_library_logs(stream) -> None:
     logger.setLevel(logging.INFO)
 
 
+def os_error_line(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EROFS: "choose a writable place",
+            errno.EACCES: "choose a writable place", errno.EPERM: "choose a writable place"}.get(error.errno)
+    return f"{where}{error.strerror or error}" + (f"; {hint}" if hint else "")
+
+
 def stop_showing_library_logs() -> None:
     """Take the CLI's handler off again: a program that called main() keeps its own logging as it was."""
     logger = logging.getLogger("fmnist")
@@ -395,10 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except TrainingInterrupted as interruption:
         return stopped(interruption)
+    except BrokenPipeError:  # the reader went away (`fmnist recipes | head`): nothing left to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
+        return 141
     except OSError as error:  # a full disk, a read-only folder: say which file, in one line
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"fmnist: error: {where}{error.strerror or error}; free some space or choose a writable place",
-              file=sys.stderr)
+        print(f"fmnist: error: {os_error_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fmnist: interrupted", file=sys.stderr)

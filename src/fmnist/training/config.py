@@ -1,6 +1,6 @@
 """One typed training config: every option with its default, its help text and when it applies.
 
-    TrainConfig()                                  seed 000's recipe (the defaults)
+    TrainConfig()                                  the custom-layer assignment's recipe (the defaults)
     TrainConfig.from_recipe("fast", epochs=3)      a named recipe, then your changes
     config.replace(optimizer="adam")               a copy with changes, re-resolved
 
@@ -53,8 +53,9 @@ CONDITIONAL = {
            "give --max-lr instead, or choose another --scheduler"),
     "max_lr": (lambda c: c.scheduler == "onecycle",
                "only --scheduler onecycle has a peak rate; give --lr instead"),
-    "momentum": (lambda c: c.optimizer == "sgd",
-                 "only --optimizer sgd uses momentum (Adam and AdamW keep their own running averages)"),
+    "momentum": (lambda c: c.optimizer == "sgd" and c.scheduler != "onecycle",
+                 "only --optimizer sgd uses momentum, and --scheduler onecycle sets it itself (cycling it between "
+                 "0.95 and 0.85 against the learning rate); choose another --scheduler to set it"),
     "nesterov": (lambda c: c.optimizer == "sgd", "only --optimizer sgd has Nesterov momentum"),
     "step_size": (lambda c: c.scheduler == "steplr", "only --scheduler steplr decays in steps"),
     "gamma": (lambda c: c.scheduler == "steplr", "only --scheduler steplr has a decay factor"),
@@ -69,7 +70,7 @@ CONDITIONAL = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run. The defaults are seed 000's recipe."""
+    """Everything that defines a training run. The defaults are the custom-layer assignment's recipe."""
 
     recipe: str | None = option(None, "start from a named recipe (see `fmnist recipes`); other options override it")
     model: str = option("affine-cnn", "model name (see `fmnist models`)")
@@ -78,7 +79,7 @@ class TrainConfig:
     optimizer: str = option("adamw", "one of " + ", ".join(OPTIMIZERS))
     lr: float | None = option(1e-3, "learning rate (every --scheduler but onecycle, whose peak is --max-lr)")
     weight_decay: float = option(0.01, "decoupled for AdamW, L2 for SGD and Adam")
-    momentum: float | None = option(0.9, "SGD momentum (--optimizer sgd)")
+    momentum: float | None = option(0.9, "SGD momentum (--optimizer sgd; OneCycle cycles it 0.95-0.85 itself)")
     nesterov: bool | None = option(False, "SGD with Nesterov momentum (--optimizer sgd)")
     scheduler: str = option("onecycle", "one of " + ", ".join(SCHEDULERS) + "; onecycle and cosine step every batch")
     max_lr: float | None = option(0.01, "OneCycle's peak learning rate; it starts at max-lr/25 (--scheduler onecycle)")
@@ -260,8 +261,8 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
     require(config.max_lr > 0, "max_lr", "must be greater than 0")
     require(config.weight_decay >= 0, "weight_decay", "must be 0 or more")
     require(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
-    require(not (config.nesterov and config.optimizer == "sgd") or config.momentum > 0,
-            "nesterov", "needs --momentum greater than 0")
+    require(not (config.nesterov and config.optimizer == "sgd" and config.scheduler != "onecycle")
+            or config.momentum > 0, "nesterov", "needs --momentum greater than 0")
     require(config.step_size >= 1, "step_size", "must be at least 1")
     require(0 < config.gamma <= 1, "gamma", "must be in (0, 1]")
     require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
