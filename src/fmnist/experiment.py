@@ -61,6 +61,7 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
     if config.tensorboard:
         require_tensorboard()  # fail now, not after training
     device = resolve_device(config.device)
+    check_device_options(config, device)
     data = load_data(config)
     check_batch_statistics(config, len(data.train))
     path = create_run_folder(config)
@@ -91,10 +92,17 @@ def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> RunResu
         require_tensorboard()
     check_writable(path, "--resume")  # a read-only folder fails now, not after an epoch of training
     device = resolve_device(config.device)
+    check_device_options(config, device)
     with exclusive_lock(path, "--resume"):
         data = load_data(config)
         record_resume(path, data, device)
         return run(path, config, data, device, path, progress, started)
+
+
+def check_device_options(config: TrainConfig, device: torch.device) -> None:
+    if config.amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"--amp fp16: needs a CUDA device, and this run is on {device}; use --amp bf16 or none",
+                          "amp")
 
 
 def record_resume(path: Path, data: DataSplits, device: torch.device) -> None:
@@ -129,7 +137,7 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
         progress: bool, started: float) -> RunResult:
     """Build, restore (when resuming), fit, then test best.pt and write the summary and report."""
     # Seed after loading so the same seed gives the same run whatever the data path did.
-    seed_everything(config.seed)
+    seed_everything(config.seed, config.deterministic)
     training = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device))
     point = restore_run(resume_from, config, training) if resume_from is not None else ResumePoint()
     if resume_from is not None:
@@ -142,9 +150,11 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     train_batches = training.train_loader
     if progress:
         train_batches = WithProgress(train_batches, config.epochs, len(point.history) + 1)
+    # A compiled model shares the original's parameters; checkpoints keep saving the original.
+    network = torch.compile(training.model) if config.compile else training.model
     with stop_after_step() as stop:
         try:
-            history = fit(training.model, train_batches, training.val_loader, training.optimization, config.epochs,
+            history = fit(network, train_batches, training.val_loader, training.optimization, config.epochs,
                           flip_tta=config.tta_flip, recorder=recorder, stop=stop)
             test, best_epoch = test_best_weights(path, config, training)
             if stop.requested:

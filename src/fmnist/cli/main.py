@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
 from fmnist.errors import FmnistError
@@ -92,6 +93,17 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--format", default="onnx", choices=["onnx"], help="only onnx for now")
     export.add_argument("--out", metavar="FILE", help="where to write (default: RUN_DIR/model.onnx)")
     export.add_argument("--force", action="store_true", help="replace an existing file (never a checkpoint)")
+
+    lr_find = command("lr-find", "learning-rate range test: loss against an exponentially growing learning rate")
+    lr_find.add_argument("start", metavar="RECIPE|RUN_DIR",
+                         help="a recipe to test, or a run folder to start from (its best.pt, else last.pt; only read)")
+    add_train_options(lr_find)
+    lr_find.add_argument("--steps", type=int, default=200, help="batches, one learning rate each (default 200)")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default 1e-7)")
+    lr_find.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
+    lr_find.add_argument("--plot", metavar="PNG", help="where to draw the curve (default: lr-find-<name>.png)")
+    lr_find.add_argument("--force", action="store_true", help="replace an existing plot file")
+    json_option(lr_find)
 
     json_option(command("models", "list the registered models with parameter counts"))
     json_option(command("recipes", "list the named recipes, their source project and its claim"))
@@ -252,6 +264,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# lr-find drives the learning rate itself and trains no run: these options have no effect there.
+LR_FIND_IGNORES = ("recipe", "epochs", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema", "tta_flip",
+                   "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from fmnist.runs.checkpoint import load_checkpoint
+    from fmnist.runs.folder import check_output_file, is_run_folder, read_saved_config
+    from fmnist.tools.lr_find import find_lr, plot
+    from fmnist.training.config import TrainConfig, flag
+
+    overrides = overrides_from(args)
+    ignored = [name for name in LR_FIND_IGNORES if overrides[name] is not None]
+    if ignored:
+        raise UsageError(f"{flag(ignored[0])}: lr-find sweeps the learning rate itself over --steps batches and "
+                         "trains no run; drop it")
+    given = {name: value for name, value in overrides.items() if value is not None}
+    start = Path(args.start)
+    weights = None
+    if is_run_folder(start):
+        config = TrainConfig.from_saved({**read_saved_config(start)["config"], **given})
+        weights = load_checkpoint(start)["model"] if any(start.glob("*.pt")) else None
+        name = start.name
+    else:
+        config = build_config(args.config, {**given, "recipe": args.start})
+        name = args.start
+    out = Path(args.plot) if args.plot else Path(f"lr-find-{name}.png")
+    check_output_file(out, reads=list(start.glob("*.pt")) if start.is_dir() else [], force=args.force,
+                      option="--plot")
+    result = find_lr(config, args.start_lr, args.end_lr, args.steps, weights)
+    plot(result, out)
+    if args.json:
+        print_json({"suggested_lr": result.suggestion, "lowest_loss_lr": result.lowest_loss_at, "plot": str(out),
+                    "learning_rates": result.learning_rates, "smoothed_losses": result.losses})
+        return 0
+    if result.suggestion is None:
+        print(f"the loss was not finite from the first batch; try a lower --start-lr (plot: {out})")
+        return 1
+    print(f"lowest smoothed loss at lr {result.lowest_loss_at:.2e}; suggested lr {result.suggestion:.2e} "
+          f"(one tenth of it; for OneCycle, a --max-lr)")
+    print(f"plot: {out}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from fmnist.models import count_parameters, create_model, list_models
 
@@ -349,6 +405,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "predict": cmd_predict,
     "export": cmd_export,
+    "lr-find": cmd_lr_find,
     "models": cmd_models,
     "recipes": cmd_recipes,
     "bench": cmd_bench,
