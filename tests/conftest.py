@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +75,65 @@ def real_data(monkeypatch) -> Path:
     if not location:
         pytest.fail("the real Fashion-MNIST is needed: run `make test`, or `fmnist data ensure` first")
     return Path(location)
+
+
+def tiny_train_args(data: Path, out: Path, name: str, epochs: int = 3) -> list[str]:
+    """`fmnist train` on generated data: 500 training images in batches of 50, cut to 4 batches."""
+    return [
+        "train", "--data-dir", str(data), "--out", str(out), "--name", name, "--epochs", str(epochs),
+        "--val-size", "100", "--batch-size", "50", "--limit-batches", "4", "--eval-batch-size", "40",
+        "--seed", "5", "--device", "cpu",  # bit-for-bit equality is promised on the CPU
+        "--allow-unverified-data",  # generated data
+    ]
+
+
+def fmnist_process(args: list[str], kill_at: str | None = None, env: dict | None = None,
+                   timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m fmnist ARGS` in a child process; `kill_at` sets FMNIST_KILL_AT (see fmnist.faults)."""
+    child_env = {key: value for key, value in os.environ.items() if key != "FMNIST_KILL_AT"}
+    child_env.update(env or {})
+    if kill_at:
+        child_env["FMNIST_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-m", "fmnist", *args], capture_output=True, text=True,
+                          env=child_env, timeout=timeout)
+
+
+def one_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The single stderr line of a failed command, after checking its exit code and the absence of a traceback."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
+
+
+@pytest.fixture
+def make_read_only():
+    """Make folders read-only for the test, also for root (chattr +i), and writable again afterwards."""
+    made: list[Path] = []
+
+    def make(path: Path) -> Path:
+        path = Path(path)
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+        else:
+            path.chmod(0o555)
+        made.append(path)
+        try:
+            handle, probe = tempfile.mkstemp(dir=path)
+        except OSError:
+            return path
+        os.close(handle)
+        os.unlink(probe)
+        pytest.skip("this file system cannot make a folder read-only for this user (chattr +i failed)")
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        else:
+            path.chmod(0o755)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file of a folder and its bytes, to show that a command changed nothing."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != ".lock"}  # the lock file only names its last holder

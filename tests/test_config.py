@@ -140,6 +140,7 @@ IGNORED = [
     ({"max_lr": 0.1}, {"scheduler": "steplr"}, "--lr"),
     ({"momentum": 0.5}, {"optimizer": "adam"}, "--optimizer sgd"),
     ({"momentum": 0.5}, {"optimizer": "adamw"}, "--optimizer sgd"),
+    ({"momentum": 0.5}, {"optimizer": "sgd"}, "--scheduler onecycle sets it itself"),  # OneCycle cycles it
     ({"nesterov": True}, {"optimizer": "adam"}, "--optimizer sgd"),
     ({"step_size": 2}, {"scheduler": "cosine"}, "--scheduler steplr"),
     ({"gamma": 0.5}, {"scheduler": "onecycle"}, "--scheduler steplr"),

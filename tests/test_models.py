@@ -80,7 +80,7 @@ def test_duplicate_name_is_an_error(monkeypatch):
     assert "brand-new" in list_models()
 
 
-# The seeds' own figures: seed 003's torchinfo summaries, LeNet's and the quickstart MLP's layer sizes.
+# The seeds' own figures: the BatchNorm study's torchinfo summaries, LeNet's and the quickstart MLP's layer sizes.
 SEED_PARAMETER_COUNTS = {
     "v1": 39_358,
     "v1-5-5": 25_993_898,

@@ -18,12 +18,12 @@ import torch
 from fmnist.data.splits import DataSplits, load_splits
 from fmnist.errors import ConfigError, FmnistError
 from fmnist.faults import StopRequest, TrainingInterrupted, stop_after_step
-from fmnist.files import check_writable, exclusive_lock
+from fmnist.files import atomic_write_json, check_writable, exclusive_lock
 from fmnist.models import count_parameters, create_model
 from fmnist.reports.report import write_report
 from fmnist.reports.tensorboard_log import TensorBoardLog, require_tensorboard
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
-from fmnist.runs.folder import create_run_folder, environment, write_config, write_summary
+from fmnist.runs.folder import create_run_folder, environment, read_saved_config, write_config, write_summary
 from fmnist.runs.recorder import RunRecorder
 from fmnist.runs.resume import ResumePoint, config_to_resume, restore_run
 from fmnist.training.build import Training, build_training
@@ -61,6 +61,7 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
     if config.tensorboard:
         require_tensorboard()  # fail now, not after training
     device = resolve_device(config.device)
+    check_device_options(config, device)
     data = load_data(config)
     check_batch_statistics(config, len(data.train))
     path = create_run_folder(config)
@@ -68,6 +69,7 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
         try:
             write_config(path, config, {
                 **(details or {}), "data": data_record(data), "environment": environment(device),
+                "options_given": {name: getattr(config, name) for name in sorted(config.given)},
             })
             return run(path, config, data, device, None, progress, started)
         except (FmnistError, OSError) as error:
@@ -90,9 +92,24 @@ def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> RunResu
         require_tensorboard()
     check_writable(path, "--resume")  # a read-only folder fails now, not after an epoch of training
     device = resolve_device(config.device)
+    check_device_options(config, device)
     with exclusive_lock(path, "--resume"):
         data = load_data(config)
+        record_resume(path, data, device)
         return run(path, config, data, device, path, progress, started)
+
+
+def check_device_options(config: TrainConfig, device: torch.device) -> None:
+    if config.amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"--amp fp16: needs a CUDA device, and this run is on {device}; use --amp bf16 or none",
+                          "amp")
+
+
+def record_resume(path: Path, data: DataSplits, device: torch.device) -> None:
+    """config.json keeps the first process's environment; each resume adds where it ran and on which data."""
+    saved = read_saved_config(path)
+    saved.setdefault("resumes", []).append({"data": data_record(data), "environment": environment(device)})
+    atomic_write_json(path / "config.json", saved)
 
 
 def check_batch_statistics(config: TrainConfig, train_images: int) -> None:
@@ -120,12 +137,12 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
         progress: bool, started: float) -> RunResult:
     """Build, restore (when resuming), fit, then test best.pt and write the summary and report."""
     # Seed after loading so the same seed gives the same run whatever the data path did.
-    seed_everything(config.seed)
+    seed_everything(config.seed, config.deterministic)
     training = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device))
     point = restore_run(resume_from, config, training) if resume_from is not None else ResumePoint()
     if resume_from is not None:
         logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, config.epochs)
-    tensorboard = TensorBoardLog(path) if config.tensorboard else None
+    tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
     recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
                            also=[tensorboard] if tensorboard else [])
     logger.info("run: %s  model %s (%s parameters) on %s", path, config.model,
@@ -133,9 +150,11 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     train_batches = training.train_loader
     if progress:
         train_batches = WithProgress(train_batches, config.epochs, len(point.history) + 1)
+    # A compiled model shares the original's parameters; checkpoints keep saving the original.
+    network = torch.compile(training.model) if config.compile else training.model
     with stop_after_step() as stop:
         try:
-            history = fit(training.model, train_batches, training.val_loader, training.optimization, config.epochs,
+            history = fit(network, train_batches, training.val_loader, training.optimization, config.epochs,
                           flip_tta=config.tta_flip, recorder=recorder, stop=stop)
             test, best_epoch = test_best_weights(path, config, training)
             if stop.requested:

@@ -26,7 +26,10 @@ class WriteError(FmnistError):
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (temporary file, fsync, rename)."""
     path = Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
     try:
         # mkstemp creates the file 0600; give it the permissions a plain open() would.
         os.chmod(temp_name, 0o666 & ~current_umask())
@@ -36,8 +39,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(temp_file.fileno())
         kill_point(f"write-{path.name}")  # test-only: a SIGKILL with the new file written, not yet in place
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:  # a full disk: name the file it hit
+            raise OSError(error.errno, error.strerror, str(path)) from None
         raise
 
 

@@ -8,8 +8,10 @@ code 2, and a Ctrl-C or SIGTERM into one line with the command that continues th
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -102,6 +104,17 @@ def build_parser() -> ArgumentParser:
     serve.add_argument("--max-batch", type=int,
                        help="most images per forward pass when requests arrive together (default 256; 1: no batching)")
 
+    lr_find = command("lr-find", "learning-rate range test: loss against an exponentially growing learning rate")
+    lr_find.add_argument("start", metavar="RECIPE|RUN_DIR",
+                         help="a recipe to test, or a run folder to start from (its best.pt, else last.pt; only read)")
+    add_train_options(lr_find)
+    lr_find.add_argument("--steps", type=int, default=200, help="batches, one learning rate each (default 200)")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default 1e-7)")
+    lr_find.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
+    lr_find.add_argument("--plot", metavar="PNG", help="where to draw the curve (default: lr-find-<name>.png)")
+    lr_find.add_argument("--force", action="store_true", help="replace an existing plot file")
+    json_option(lr_find)
+
     json_option(command("models", "list the registered models with parameter counts"))
     json_option(command("recipes", "list the named recipes, their source project and its claim"))
 
@@ -139,6 +152,11 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def typed_command() -> list[str]:
+    """The command as the user would type it again (`python -m fmnist` is the `fmnist` command)."""
+    return ["fmnist", *sys.argv[1:]]
+
+
 def print_json(value) -> None:
     print(json.dumps(value, indent=2))
 
@@ -154,9 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, progress=progress, **overrides)
     else:
         config = build_config(args.config, overrides)
-        details = {"command": [Path(sys.argv[0]).name, *sys.argv[1:]], "rerun": rerun_command(config),
-                   "options_given": {name: getattr(config, name) for name in sorted(config.given)}}
-        result = train(config, progress=progress, details=details)
+        result = train(config, progress=progress, details={"command": typed_command(), "rerun": rerun_command(config)})
     if args.json:
         print_json({"path": str(result.path), "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
                     "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
@@ -217,11 +233,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from fmnist.tools.sweep import run_sweep
 
-    command = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    command = typed_command()
     try:
         sweep_dir, table = run_sweep(args.config, overrides_from(args), args.set, args.seeds,
                                      {"command": command}, progress=sys.stderr.isatty())
     except TrainingInterrupted as interruption:
+        if args.name is None:  # the folder was named after the time it started: name it to continue it
+            command = [*command, "--out", str(interruption.sweep_path.parent), "--name", interruption.sweep_path.name]
         interruption.continue_command = shlex.join(command)
         raise
     print(table)
@@ -266,6 +284,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0  # stopped by Ctrl-C or SIGTERM after answering the requests in flight: a clean stop
 
 
+# lr-find drives the learning rate itself and trains no run: these options have no effect there.
+LR_FIND_IGNORES = ("recipe", "epochs", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema", "tta_flip",
+                   "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from fmnist.runs.checkpoint import load_checkpoint
+    from fmnist.runs.folder import check_output_file, is_run_folder, read_saved_config
+    from fmnist.tools.lr_find import find_lr, plot
+    from fmnist.training.config import TrainConfig, flag
+
+    overrides = overrides_from(args)
+    ignored = [name for name in LR_FIND_IGNORES if overrides[name] is not None]
+    if ignored:
+        raise UsageError(f"{flag(ignored[0])}: lr-find sweeps the learning rate itself over --steps batches and "
+                         "trains no run; drop it")
+    given = {name: value for name, value in overrides.items() if value is not None}
+    start = Path(args.start)
+    weights = None
+    if is_run_folder(start):
+        config = TrainConfig.from_saved({**read_saved_config(start)["config"], **given})
+        weights = load_checkpoint(start)["model"] if any(start.glob("*.pt")) else None
+        name = start.name
+    else:
+        config = build_config(args.config, {**given, "recipe": args.start})
+        name = args.start
+    out = Path(args.plot) if args.plot else Path(f"lr-find-{name}.png")
+    check_output_file(out, reads=list(start.glob("*.pt")) if start.is_dir() else [], force=args.force,
+                      option="--plot")
+    result = find_lr(config, args.start_lr, args.end_lr, args.steps, weights)
+    plot(result, out)
+    if args.json:
+        print_json({"suggested_lr": result.suggestion, "lowest_loss_lr": result.lowest_loss_at, "plot": str(out),
+                    "learning_rates": result.learning_rates, "smoothed_losses": result.losses})
+        return 0
+    if result.suggestion is None:
+        print(f"the loss was not finite from the first batch; try a lower --start-lr (plot: {out})")
+        return 1
+    print(f"lowest smoothed loss at lr {result.lowest_loss_at:.2e}; suggested lr {result.suggestion:.2e} "
+          f"(one tenth of it; for OneCycle, a --max-lr)")
+    print(f"plot: {out}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from fmnist.models import count_parameters, create_model, list_models
 
@@ -287,7 +349,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
                      "description": recipe.description, "options": recipe.overrides} for recipe in recipes])
         return 0
     for recipe in recipes:
-        print(f"{recipe.name:<20} {recipe.source:<10} claimed: {recipe.claim}")
+        print(f"{recipe.name:<20} {recipe.source:<26} claimed: {recipe.claim}")
         print(f"{'':<20} {recipe.description}")
     return 0
 
@@ -363,6 +425,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "predict": cmd_predict,
     "export": cmd_export,
+    "lr-find": cmd_lr_find,
     "serve": cmd_serve,
     "models": cmd_models,
     "recipes": cmd_recipes,
@@ -382,6 +445,13 @@ def show_library_logs(stream) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+
+def os_error_line(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EROFS: "choose a writable place",
+            errno.EACCES: "choose a writable place", errno.EPERM: "choose a writable place"}.get(error.errno)
+    return f"{where}{error.strerror or error}" + (f"; {hint}" if hint else "")
 
 
 def stop_showing_library_logs() -> None:
@@ -416,10 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except TrainingInterrupted as interruption:
         return stopped(interruption)
+    except BrokenPipeError:  # the reader went away (`fmnist recipes | head`): nothing left to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
+        return 141
     except OSError as error:  # a full disk, a read-only folder: say which file, in one line
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"fmnist: error: {where}{error.strerror or error}; free some space or choose a writable place",
-              file=sys.stderr)
+        print(f"fmnist: error: {os_error_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fmnist: interrupted", file=sys.stderr)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional
+
+from fmnist.data.fashion import NUM_CLASSES
 
 # Random erasing's rectangle, as torchvision's RandomErasing draws it: 2-33% of the image,
 # aspect ratio (height / width) between 0.3 and 3.3, on a log scale so tall and wide are as likely.
@@ -121,3 +124,64 @@ def build_augmentation(
     """The augmentation these options ask for, or None when all are off (the loader's fast path)."""
     augmentation = Augmentation(rotate_degrees, hflip, crop_padding, erase_prob, fill=-mean / std)
     return augmentation if augmentation.enabled else None
+
+
+# ---------------------------------------------------------------- mixing images and labels
+
+def beta_draw(alpha: float, generator: torch.Generator) -> float:
+    """One draw from Beta(alpha, alpha), seeded from `generator` so that a checkpoint of the
+    generator's state repeats it (torch's own Beta sampler only uses the global generator)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def one_hot(labels: torch.Tensor) -> torch.Tensor:
+    return functional.one_hot(labels, NUM_CLASSES).float()
+
+
+def mixup(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, alpha: float):
+    """Blend each image with another of the batch, weight lam ~ Beta(alpha, alpha), labels likewise
+    (Zhang et al., 2018). One lam per batch and a random pairing, as timm and torchvision do."""
+    lam = beta_draw(alpha, generator)
+    partner = torch.randperm(len(images), generator=generator).to(images.device)
+    targets = one_hot(labels)
+    return lam * images + (1 - lam) * images[partner], lam * targets + (1 - lam) * targets[partner]
+
+
+def cutmix(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, alpha: float):
+    """Paste a box of another image of the batch into each image; the labels are mixed by the box's
+    share of the area (Yun et al., 2019). The box covers 1 - lam of the image, lam ~ Beta(alpha, alpha),
+    centred anywhere and clipped at the edges; lam is then recomputed from the clipped box."""
+    lam = beta_draw(alpha, generator)
+    partner = torch.randperm(len(images), generator=generator).to(images.device)
+    size = images.shape[-1]
+    side = size * math.sqrt(1 - lam)
+    centre_row, centre_column = (torch.rand(2, generator=generator) * size).tolist()
+    top, bottom = int(max(0, round(centre_row - side / 2))), int(min(size, round(centre_row + side / 2)))
+    left, right = int(max(0, round(centre_column - side / 2))), int(min(size, round(centre_column + side / 2)))
+    mixed = images.clone()
+    mixed[:, :, top:bottom, left:right] = images[partner][:, :, top:bottom, left:right]
+    lam = 1 - (bottom - top) * (right - left) / (size * size)
+    targets = one_hot(labels)
+    return mixed, lam * targets + (1 - lam) * targets[partner]
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """Mixup and/or CutMix for TensorLoader's training batches: the labels become soft targets
+    (N, 10). With both on, each batch gets one of the two, as timm does."""
+
+    mixup: float = 0.0
+    cutmix: float = 0.0
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+        use_cutmix = self.cutmix > 0 and (self.mixup == 0 or bool(torch.rand(1, generator=generator) < 0.5))
+        if use_cutmix:
+            return cutmix(images, labels, generator, self.cutmix)
+        return mixup(images, labels, generator, self.mixup)
+
+
+def build_mixing(mixup_alpha: float | None, cutmix_alpha: float | None) -> Mixing | None:
+    """The mixing these options ask for, or None when both are off."""
+    mixup_alpha, cutmix_alpha = mixup_alpha or 0.0, cutmix_alpha or 0.0
+    return Mixing(mixup_alpha, cutmix_alpha) if mixup_alpha > 0 or cutmix_alpha > 0 else None

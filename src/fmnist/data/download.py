@@ -136,7 +136,8 @@ def ensure(
             raise  # an explicit folder that lacks the files: the user must fix that choice
     else:
         if checksums is SHA256:
-            require_verified(directory)
+            require_verified(directory, "replace it with `fmnist data download --dir DIR --force`, or point "
+                                        "--data-dir or $FMNIST_DATA at the official files")
         logger.info("Fashion-MNIST found in %s (verified)", directory)
         return directory
     if use_apt and apt_usable():

@@ -15,6 +15,8 @@ from fmnist.data.fashion import MEAN, STD
 from fmnist.data.splits import Split
 
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# (images, labels, generator) -> (images, soft targets (N, 10)): mixup and cutmix (augment.Mixing).
+BatchMixing = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 def normalize(images: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
@@ -29,7 +31,8 @@ class TensorLoader:
 
     `shuffle` draws a fresh permutation each epoch from the loader's own generator, whose state a
     checkpoint can save; `augment` (train only) changes each image of a normalized batch, again
-    drawing from that generator. Batches are channels-last, the faster layout for CPU convolutions.
+    drawing from that generator, and `mix` (train only: mixup, cutmix) mixes images and turns the
+    labels into soft targets. Batches are channels-last, the faster layout for CPU convolutions.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class TensorLoader:
         std: float = STD,
         augment: BatchTransform | None = None,
         limit_batches: int | None = None,
+        mix: BatchMixing | None = None,
     ):
         self.split = split
         self.batch_size = batch_size
@@ -50,6 +54,7 @@ class TensorLoader:
         self.std = std
         self.augment = augment
         self.limit_batches = limit_batches
+        self.mix = mix
         # CPU generator even for CUDA data: randperm on the CPU is reproducible across devices.
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -78,4 +83,6 @@ class TensorLoader:
             images = normalize(raw_images, self.mean, self.std)
             if self.augment is not None:
                 images = self.augment(images, self.generator)
+            if self.mix is not None:
+                images, labels = self.mix(images, labels, self.generator)
             yield images.contiguous(memory_format=torch.channels_last), labels

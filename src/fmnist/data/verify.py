@@ -1,7 +1,7 @@
 """Is this really Fashion-MNIST? The SHA-256 of each file's decompressed content says.
 
 Valid IDX files with other images (MNIST, a damaged copy, a different data set) would train
-without complaint, so fmnist checks the content, not just the format. Hashing the 47 MB of the
+without complaint, so fmnist checks the content, not just the format. Hashing the 55 MB of the
 four files takes a fraction of a second; the result is still remembered per file (by path, size
 and modification time) in the user cache, so a run does not pay for it twice.
 """
@@ -93,17 +93,19 @@ def verify_dir(directory: Path, checksums: dict[str, str] = SHA256, use_cache: b
     return results
 
 
-def unverified_files(directory: Path) -> list[DataError]:
+ALLOW_HINT = "get the data set again, or pass --allow-unverified-data to use these files anyway"
+
+
+def unverified_files(directory: Path, hint: str = ALLOW_HINT) -> list[DataError]:
     """One DataError per file that is not the official Fashion-MNIST (empty: all four verified)."""
     return [
-        DataError(f"{directory}: {stem} is not the official Fashion-MNIST ({problem}); get the data set again, "
-                  "or pass --allow-unverified-data to use these files anyway")
+        DataError(f"{directory}: {stem} is not the official Fashion-MNIST ({problem}); {hint}")
         for stem, problem in verify_dir(directory).items() if problem is not None
     ]
 
 
-def require_verified(directory: Path) -> None:
+def require_verified(directory: Path, hint: str = ALLOW_HINT) -> None:
     """Raise a one-line DataError unless all four files are the official Fashion-MNIST."""
-    problems = unverified_files(directory)
+    problems = unverified_files(directory, hint)
     if problems:
         raise problems[0]

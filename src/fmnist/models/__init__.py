@@ -1,6 +1,6 @@
 """The model zoo. Importing this package registers every model family."""
 
-from fmnist.models import affine_cnn, fast_cnn, lenet, mlp, resnet, seed003, small_cnn  # noqa: F401
+from fmnist.models import affine_cnn, batchnorm_study, fast_cnn, lenet, mlp, resnet, small_cnn  # noqa: F401
 from fmnist.models.registry import count_parameters, create_model, list_models, register_model
 from fmnist.models.resnet import PRETRAINED_MODELS
 

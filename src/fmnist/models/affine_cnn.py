@@ -1,4 +1,4 @@
-"""Seed 000's network: a two-block CNN with a LearnedAffine layer before its classifier."""
+"""The custom-layer assignment's network: a two-block CNN with a LearnedAffine layer before its classifier."""
 
 from torch import nn
 

@@ -1,4 +1,4 @@
-"""Seed 002's small LeNet-style CNN."""
+"""The LeNet augmentation project's small LeNet-style CNN."""
 
 from torch import nn
 

@@ -1,4 +1,4 @@
-"""Seed 004's feed-forward network, which is the PyTorch quickstart's network."""
+"""The focal-loss study's feed-forward network, which is the PyTorch quickstart's network."""
 
 from torch import nn
 

@@ -1,4 +1,4 @@
-"""Seed 003's ResNet-18: torchvision's network with a 1-channel stem and a 10-class head.
+"""The BatchNorm study's ResNet-18: torchvision's network with a 1-channel stem and a 10-class head.
 
 `--pretrained [PATH]` starts from ImageNet weights. fmnist never downloads them: they come from
 PATH (a saved torchvision resnet18 state_dict) or from torchvision's own cache, where

@@ -1,4 +1,4 @@
-"""Seed 004's "CNN with 3x3 kernels". The seed shows no code for it, so this design is ours."""
+"""The focal-loss study's "CNN with 3x3 kernels". The project shows no code for it, so this design is ours."""
 
 from torch import nn
 

@@ -164,3 +164,20 @@ def overlaid_curves(curves: dict[str, list[dict]], path: Path) -> Path:
         axes.grid(alpha=0.3)
     panels[0].legend(fontsize=7)
     return save(figure, path)
+
+
+def lr_find_curve(learning_rates: list[float], losses: list[float], suggestion: float | None, path: Path) -> Path:
+    """The learning-rate range test: smoothed loss against the learning rate (log scale), the
+    suggested rate marked."""
+    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+    axes.plot(learning_rates, losses)
+    if suggestion is not None:
+        axes.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.2g}")
+        axes.legend()
+    axes.set_xscale("log")
+    if losses:  # the explosion at the end would flatten everything before it
+        axes.set_ylim(min(losses) * 0.95, min(max(losses), 2 * losses[0]) * 1.05)
+    axes.set_xlabel("learning rate (log scale)")
+    axes.set_ylabel("training loss (smoothed)")
+    axes.grid(alpha=0.3, which="both")
+    return save(figure, path)

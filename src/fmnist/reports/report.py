@@ -17,7 +17,7 @@ from torch import nn
 from fmnist.data.fashion import CLASS_NAMES
 from fmnist.data.loader import normalize
 from fmnist.errors import CheckpointError
-from fmnist.files import atomic_write_text
+from fmnist.files import atomic_write_text, exclusive_lock
 from fmnist.inference import evaluate_checkpoint
 from fmnist.models import count_parameters
 from fmnist.reports import plots
@@ -236,6 +236,12 @@ def report_run(run_dir: str | Path, data_dir: str | None = None, device: str = "
     if not run_path.is_dir():
         raise CheckpointError(f"{run_path}: no such run folder; give the folder that `fmnist train` printed")
     read_saved_config(run_path)
+    with exclusive_lock(run_path, "run folder"):  # not while the run is training or being resumed
+        return write_run_report(run_path, data_dir, device, batch_size, allow_unverified_data)
+
+
+def write_run_report(run_path: Path, data_dir: str | None, device: str, batch_size: int,
+                     allow_unverified_data: bool) -> Path:
     evaluation = evaluate_checkpoint(run_path, data_dir, device, batch_size, allow_unverified_data)
     model, state = evaluation.model, evaluation.state
     if not read_summary(run_path):  # an interrupted run: say what was tested

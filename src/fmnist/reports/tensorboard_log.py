@@ -33,12 +33,12 @@ def require_tensorboard() -> None:
 class TensorBoardLog:
     """A SummaryWriter plus the step counter that places each learning rate on the step axis."""
 
-    def __init__(self, run_path: Path):
+    def __init__(self, run_path: Path, first_step: int = 0):
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(Path(run_path) / "tensorboard"))
-        self.step = 0
+        self.step = first_step  # a resumed run continues the step axis where it stopped
 
     def log_epoch(self, row: dict, learning_rates: list[float]) -> None:
         """One metrics.csv row as scalars (x axis: epoch), and every step's learning rate (x axis: step)."""

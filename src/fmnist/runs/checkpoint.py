@@ -21,7 +21,9 @@ from torch import nn
 from fmnist.errors import CheckpointError, one_line_reason
 from fmnist.files import atomic_write_bytes
 from fmnist.models import create_model, list_models
+from fmnist.training.build import Training
 from fmnist.training.config import TrainConfig
+from fmnist.training.loop import weights_to_use
 from fmnist.training.runtime import rng_state
 from fmnist.version import __version__
 
@@ -30,12 +32,14 @@ FORMAT = "fmnist-checkpoint-1"
 RESUME_KEYS = ("optimizer", "history", "learning_rates", "rng", "loader_rng")
 
 
-def checkpoint_state(
-    config: TrainConfig, model: nn.Module, optimizer, scheduler, loader_generator: torch.Generator,
-    history: list[dict], learning_rates: list[float],
-) -> dict:
-    """Everything needed to use the model and to resume the run, as plain types and tensors."""
-    return {
+def checkpoint_state(config: TrainConfig, training: Training, history: list[dict], learning_rates: list[float]) -> dict:
+    """Everything needed to use the model and to resume the run, as plain types and tensors.
+
+    "model" holds the weights to use: the moving average with --ema, whose raw weights (what
+    training continues from) are in "raw_model".
+    """
+    optimization = training.optimization
+    state = {
         "format": FORMAT,
         "fmnist_version": __version__,
         "config": config.to_dict(),
@@ -44,12 +48,18 @@ def checkpoint_state(
         "history": history,
         "learning_rates": list(learning_rates),  # lets a resumed run rewrite lr_steps.csv
         "step": len(learning_rates),  # optimizer steps so far
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "model": weights_to_use(training.model, optimization).state_dict(),
+        "optimizer": optimization.optimizer.state_dict(),
+        "scheduler": optimization.scheduler.state_dict() if optimization.scheduler is not None else None,
         "rng": rng_state(),
-        "loader_rng": loader_generator.get_state(),
+        "loader_rng": training.train_loader.generator.get_state(),
     }
+    if optimization.ema is not None:
+        state["raw_model"] = training.model.state_dict()
+        state["ema_updates"] = int(optimization.ema.n_averaged)
+    if optimization.grad_scaler is not None:
+        state["grad_scaler"] = optimization.grad_scaler.state_dict()
+    return state
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

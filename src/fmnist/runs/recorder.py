@@ -38,11 +38,7 @@ class RunRecorder:
         write_metrics(self.path, self.history, self.learning_rates)
         for logger in self.also:
             logger.log_epoch(row, learning_rates)
-        optimization = self.training.optimization
-        state = checkpoint_state(
-            self.config, self.training.model, optimization.optimizer, optimization.scheduler,
-            self.training.train_loader.generator, self.history, self.learning_rates,
-        )
+        state = checkpoint_state(self.config, self.training, self.history, self.learning_rates)
         if is_best:
             save_checkpoint(state, self.path / "best.pt")
         save_checkpoint(state, self.path / "last.pt")

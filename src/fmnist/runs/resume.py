@@ -106,11 +106,20 @@ def restore_run(run_dir: str | Path, config: TrainConfig, training: Training) ->
             f"{last}: a checkpoint of {state['model_name']}, but the run's config.json says {config.model}"
         )
     optimization = training.optimization
-    load_weights(training.model, state["model"], str(last))
+    if optimization.ema is not None:  # "model" holds the average; training continues from the raw weights
+        if "raw_model" not in state:
+            raise CheckpointError(f"{last}: no raw weights next to the moving average; the checkpoint is damaged")
+        load_weights(training.model, state["raw_model"], str(last))
+        load_weights(optimization.ema.module, state["model"], str(last))
+        optimization.ema.n_averaged.fill_(state["ema_updates"])
+    else:
+        load_weights(training.model, state["model"], str(last))
     try:
         optimization.optimizer.load_state_dict(state["optimizer"])
         if optimization.scheduler is not None:
             optimization.scheduler.load_state_dict(state["scheduler"])
+        if optimization.grad_scaler is not None:
+            optimization.grad_scaler.load_state_dict(state["grad_scaler"])
         set_rng_state(state["rng"])
         training.train_loader.generator.set_state(state["loader_rng"])
     except (KeyError, ValueError, TypeError, RuntimeError) as error:

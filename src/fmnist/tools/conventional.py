@@ -1,4 +1,4 @@
-"""Seed 000's recipe done the conventional way, as a yardstick for fmnist's fast path.
+"""The custom-layer assignment's recipe done the conventional way, as a yardstick for fmnist's fast path.
 
 torchvision's FashionMNIST dataset, per-image ToTensor/Normalize transforms and a DataLoader
 (shuffled, no workers: what the projects did). Same model, optimizer, schedule, training images and

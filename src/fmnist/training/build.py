@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from fmnist.data.augment import build_augmentation
+from fmnist.data.augment import build_augmentation, build_mixing
 from fmnist.data.loader import TensorLoader
 from fmnist.data.splits import Split
 from fmnist.models import create_model
@@ -42,8 +43,8 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split) -
         config.rotate_degrees, config.hflip, config.crop_padding, config.erase_prob, config.mean, config.std
     )
     train_loader = TensorLoader(
-        train, config.batch_size, shuffle=True, seed=config.seed,
-        mean=config.mean, std=config.std, augment=augmentation, limit_batches=config.limit_batches,
+        train, config.batch_size, shuffle=True, seed=config.seed, mean=config.mean, std=config.std,
+        augment=augmentation, limit_batches=config.limit_batches, mix=build_mixing(config.mixup, config.cutmix),
     )
     optimizer = build_optimizer(model, config)
     return Training(
@@ -56,5 +57,20 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split) -
             optimizer=optimizer,
             scheduler=build_scheduler(optimizer, config, len(train_loader)),
             scheduler_interval=SCHEDULER_INTERVAL[config.scheduler],
+            clip_grad_norm=config.clip_grad_norm,
+            ema=build_ema(model, config.ema),
+            autocast=AUTOCAST_DTYPES[config.amp],
+            grad_scaler=torch.amp.GradScaler("cuda") if config.amp == "fp16" else None,
         ),
     )
+
+
+AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_ema(model: torch.nn.Module, decay: float | None) -> AveragedModel | None:
+    """A moving average of the weights, BatchNorm's running statistics included (use_buffers): after
+    each step, average = decay * average + (1 - decay) * weights; the first step copies the weights."""
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

@@ -1,6 +1,6 @@
 """One typed training config: every option with its default, its help text and when it applies.
 
-    TrainConfig()                                  seed 000's recipe (the defaults)
+    TrainConfig()                                  the custom-layer assignment's recipe (the defaults)
     TrainConfig.from_recipe("fast", epochs=3)      a named recipe, then your changes
     config.replace(optimizer="adam")               a copy with changes, re-resolved
 
@@ -33,6 +33,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("onecycle", "steplr", "cosine", "none")
 LOSSES = ("ce", "focal")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+AMP_MODES = ("none", "bf16", "fp16")
 # Small enough for a batch's activations to stay in the CPU cache: 3x faster than 1,000 (BENCHMARKS.md).
 EVAL_BATCH_SIZE = 256
 # Seeds go to torch's generators, which take 64-bit unsigned integers.
@@ -53,8 +54,9 @@ CONDITIONAL = {
            "give --max-lr instead, or choose another --scheduler"),
     "max_lr": (lambda c: c.scheduler == "onecycle",
                "only --scheduler onecycle has a peak rate; give --lr instead"),
-    "momentum": (lambda c: c.optimizer == "sgd",
-                 "only --optimizer sgd uses momentum (Adam and AdamW keep their own running averages)"),
+    "momentum": (lambda c: c.optimizer == "sgd" and c.scheduler != "onecycle",
+                 "only --optimizer sgd uses momentum, and --scheduler onecycle sets it itself (cycling it between "
+                 "0.95 and 0.85 against the learning rate); choose another --scheduler to set it"),
     "nesterov": (lambda c: c.optimizer == "sgd", "only --optimizer sgd has Nesterov momentum"),
     "step_size": (lambda c: c.scheduler == "steplr", "only --scheduler steplr decays in steps"),
     "gamma": (lambda c: c.scheduler == "steplr", "only --scheduler steplr has a decay factor"),
@@ -62,6 +64,8 @@ CONDITIONAL = {
                         "applies to --loss ce only (focal loss is shaped by --focal-gamma instead)"),
     "focal_gamma": (lambda c: c.loss == "focal", "only --loss focal uses it"),
     "focal_alpha": (lambda c: c.loss == "focal", "only --loss focal uses it"),
+    "mixup": (lambda c: c.loss == "ce", "mixed labels need --loss ce (focal loss takes one class per image)"),
+    "cutmix": (lambda c: c.loss == "ce", "mixed labels need --loss ce (focal loss takes one class per image)"),
     "pretrained": (lambda c: c.model in PRETRAINED_MODELS,
                    f"only --model {', '.join(PRETRAINED_MODELS)} has pretrained weights"),
 }
@@ -69,7 +73,7 @@ CONDITIONAL = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run. The defaults are seed 000's recipe."""
+    """Everything that defines a training run. The defaults are the custom-layer assignment's recipe."""
 
     recipe: str | None = option(None, "start from a named recipe (see `fmnist recipes`); other options override it")
     model: str = option("affine-cnn", "model name (see `fmnist models`)")
@@ -78,7 +82,7 @@ class TrainConfig:
     optimizer: str = option("adamw", "one of " + ", ".join(OPTIMIZERS))
     lr: float | None = option(1e-3, "learning rate (every --scheduler but onecycle, whose peak is --max-lr)")
     weight_decay: float = option(0.01, "decoupled for AdamW, L2 for SGD and Adam")
-    momentum: float | None = option(0.9, "SGD momentum (--optimizer sgd)")
+    momentum: float | None = option(0.9, "SGD momentum (--optimizer sgd; OneCycle cycles it 0.95-0.85 itself)")
     nesterov: bool | None = option(False, "SGD with Nesterov momentum (--optimizer sgd)")
     scheduler: str = option("onecycle", "one of " + ", ".join(SCHEDULERS) + "; onecycle and cosine step every batch")
     max_lr: float | None = option(0.01, "OneCycle's peak learning rate; it starts at max-lr/25 (--scheduler onecycle)")
@@ -94,7 +98,23 @@ class TrainConfig:
     hflip: bool = option(False, "augment: mirror each training image left-right with probability 1/2")
     crop_padding: int = option(0, "augment: pad by this many pixels, then crop 28x28 at a random offset")
     erase_prob: float = option(0.0, "augment: probability of erasing a random rectangle of each training image")
+    mixup: float | None = option(0.0, "mixup: blend pairs of training images and their labels with a weight drawn "
+                                      "from Beta(a, a); 0 is off (--loss ce)", metavar="ALPHA")
+    cutmix: float | None = option(0.0, "cutmix: paste a box of one training image into another, labels mixed by "
+                                       "area, box size from Beta(a, a); 0 is off; with --mixup, one of the two per "
+                                       "batch (--loss ce)", metavar="ALPHA")
     tta_flip: bool = option(False, "evaluate each validation and test image and its mirror image, averaging logits")
+    ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
+                                     "0.999): validation, best.pt, evaluate, predict and export use it",
+                               metavar="DECAY")
+    clip_grad_norm: float | None = option(None, "clip the gradients' total norm to this before each step",
+                                          metavar="NORM")
+    amp: str = option("none", "mixed precision for training: none; bf16 (autocast; slower than float32 on CPUs "
+                              "without AMX, like the lab's); fp16 (CUDA only, with a gradient scaler)")
+    compile: bool = option(False, "torch.compile the model (trains at about half the speed on the lab's 2-core CPU; "
+                                  "for GPUs)")
+    deterministic: bool = option(True, "deterministic algorithms, cuDNN included: the same seed repeats the run; "
+                                       "--no-deterministic lets cuDNN pick the fastest (GPU speed, not repeatable)")
     pretrained: str | None = option(None, "resnet18: ImageNet weights from PATH, or torchvision's cache if no PATH",
                                     metavar="PATH")
     val_size: int = option(VAL_SIZE, "training images held out for validation")
@@ -260,8 +280,8 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
     require(config.max_lr > 0, "max_lr", "must be greater than 0")
     require(config.weight_decay >= 0, "weight_decay", "must be 0 or more")
     require(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
-    require(not (config.nesterov and config.optimizer == "sgd") or config.momentum > 0,
-            "nesterov", "needs --momentum greater than 0")
+    require(not (config.nesterov and config.optimizer == "sgd" and config.scheduler != "onecycle")
+            or config.momentum > 0, "nesterov", "needs --momentum greater than 0")
     require(config.step_size >= 1, "step_size", "must be at least 1")
     require(0 < config.gamma <= 1, "gamma", "must be in (0, 1]")
     require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
@@ -272,6 +292,12 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
     require(0 <= config.rotate_degrees <= 180, "rotate_degrees", "must be in [0, 180]")
     require(0 <= config.crop_padding <= 14, "crop_padding", "must be in 0..14 pixels")
     require(0 <= config.erase_prob <= 1, "erase_prob", "must be in [0, 1]")
+    require(config.mixup >= 0, "mixup", "must be 0 (off) or more")
+    require(config.cutmix >= 0, "cutmix", "must be 0 (off) or more")
+    require(config.ema is None or 0 < config.ema < 1, "ema", "must be in (0, 1), e.g. 0.999")
+    require(config.clip_grad_norm is None or config.clip_grad_norm > 0, "clip_grad_norm", "must be greater than 0")
+    require(config.amp in AMP_MODES, "amp", f"choose one of {', '.join(AMP_MODES)}")
+    require(config.amp != "fp16" or config.device in ("cuda", "auto"), "amp", "fp16 needs --device cuda")
     require(config.val_size >= 1, "val_size", "must be at least 1: model selection needs a validation split")
     require(config.device in DEVICES, "device", f"choose one of {', '.join(DEVICES)}")
     require(config.limit_batches is None or config.limit_batches >= 1, "limit_batches", "must be at least 1")

@@ -11,11 +11,13 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from fmnist.errors import FmnistError
 from fmnist.faults import StopRequest, TrainingInterrupted, kill_point
@@ -37,13 +39,20 @@ class Optimization:
     """Everything a training step does to the weights, besides the model and the batch.
 
     `scheduler_interval` says when the scheduler steps: "batch" (OneCycle, cosine), "epoch"
-    (StepLR) or None (no scheduler).
+    (StepLR) or None (no scheduler). The rest is optional: `clip_grad_norm` bounds the gradients'
+    total norm, `ema` keeps a moving average of the weights (updated after every step; validation
+    uses it), `autocast` runs the forward pass in that lower precision, and `grad_scaler` (fp16 on
+    CUDA) keeps small fp16 gradients from rounding to zero.
     """
 
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scheduler_interval: str | None = None
+    clip_grad_norm: float | None = None
+    ema: AveragedModel | None = None
+    autocast: torch.dtype | None = None
+    grad_scaler: torch.amp.GradScaler | None = None
 
 
 @dataclass
@@ -64,8 +73,10 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over the training batches, updating the weights after each batch.
 
-    The batches must already be on the model's device. `stop` (set by Ctrl-C or SIGTERM, see
-    faults.stop_after_step) ends the epoch early, after a whole step, with TrainingInterrupted.
+    The batches must already be on the model's device. Labels are class indices (N,), or soft
+    targets (N, 10) when images were mixed (mixup, cutmix); accuracy then counts the larger share.
+    `stop` (set by Ctrl-C or SIGTERM, see faults.stop_after_step) ends the epoch early, after a
+    whole step, with TrainingInterrupted.
     """
     loss_fn, optimizer = optimization.loss_fn, optimization.optimizer
     batch_scheduler = optimization.scheduler if optimization.scheduler_interval == "batch" else None
@@ -78,18 +89,21 @@ def train_one_epoch(
     learning_rates = []
     start = time.perf_counter()
     for batch_index, (images, labels) in enumerate(batches):
-        logits = model(images)
-        loss = loss_fn(logits, labels)
+        with autocast(optimization, device):
+            logits = model(images)
+            loss = loss_fn(logits, labels)
         if device.type == "cpu" and not math.isfinite(loss.item()):  # free on the CPU: no device sync
             raise NonFiniteLossError(f"loss became {loss.item()} at batch {batch_index + 1}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        backward_and_step(model, loss, optimization)
+        if optimization.ema is not None:
+            optimization.ema.update_parameters(model)
         learning_rates.append(optimizer.param_groups[0]["lr"])
         if batch_scheduler is not None:
             batch_scheduler.step()
         loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
+        classes = labels if labels.dim() == 1 else labels.argmax(dim=1)
+        correct += (logits.argmax(dim=1) == classes).sum()
         seen += len(labels)
         kill_point("train-step")  # test-only: a SIGKILL in the middle of an epoch
         if stop is not None and stop.requested:
@@ -100,6 +114,31 @@ def train_one_epoch(
     if not math.isfinite(mean_loss):  # on accelerators, checked once per epoch
         raise NonFiniteLossError(f"loss became {mean_loss} during the epoch")
     return EpochStats(mean_loss, correct.item() / seen, seen, time.perf_counter() - start, learning_rates)
+
+
+def autocast(optimization: Optimization, device: torch.device):
+    """The forward pass in lower precision when asked (--amp), else as it is."""
+    if optimization.autocast is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=optimization.autocast)
+
+
+def backward_and_step(model: nn.Module, loss: torch.Tensor, optimization: Optimization) -> None:
+    """Gradients, then one optimizer step: clipped first if asked, and through the gradient scaler
+    for fp16 (it multiplies the loss before backward and divides the gradients again before the step)."""
+    scaler = optimization.grad_scaler
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimization.optimizer)
+    if optimization.clip_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), optimization.clip_grad_norm)
+    if scaler is None:
+        optimization.optimizer.step()
+    else:
+        scaler.step(optimization.optimizer)
+        scaler.update()
 
 
 @dataclass
@@ -163,6 +202,11 @@ class EpochRecorder(Protocol):
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None: ...
 
 
+def weights_to_use(model: nn.Module, optimization: Optimization) -> nn.Module:
+    """The network to evaluate: the moving average of the weights when there is one (--ema)."""
+    return optimization.ema.module if optimization.ema is not None else model
+
+
 def format_epoch(row: dict, epochs: int) -> str:
     return (
         f"epoch {row['epoch']}/{epochs}  "
@@ -186,7 +230,8 @@ def fit(
     """Train for `epochs`, validating after each; return one metrics row per epoch.
 
     Model selection uses validation accuracy only (`is_best` tells the recorder which epoch to keep):
-    the test set is kept for the final figure. With a `recorder` that already holds epochs (a
+    the test set is kept for the final figure. With an EMA (optimization.ema), the averaged weights
+    are the ones validated. With a `recorder` that already holds epochs (a
     resumed run), training continues after them. `stop` (Ctrl-C, SIGTERM) ends training after the
     current step with TrainingInterrupted. `flip_tta`: see evaluate.
     """
@@ -201,7 +246,7 @@ def fit(
             raise NonFiniteLossError(f"epoch {epoch}: {error}") from None
         if optimization.scheduler is not None and optimization.scheduler_interval == "epoch":
             optimization.scheduler.step()
-        validation = evaluate(model, val_batches, flip_tta)
+        validation = evaluate(weights_to_use(model, optimization), val_batches, flip_tta)
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,

@@ -15,7 +15,7 @@ class FocalLoss(nn.Module):
     FL = -alpha * (1 - p_t)^gamma * log(p_t), where p_t is the probability of the true class.
     The factor (1 - p_t)^gamma shrinks the loss of images the model already gets right with
     confidence, so training spends its gradient on the hard ones. gamma = 0 and alpha = 1 give
-    plain cross-entropy. alpha is one scalar for every class here (seed 004 used alpha = 1).
+    plain cross-entropy. alpha is one scalar for every class here (the focal-loss study used alpha = 1).
     """
 
     def __init__(self, gamma: float, alpha: float):

@@ -11,18 +11,23 @@ from fmnist.training.config import TrainConfig
 # When each schedule steps. OneCycle and cosine change the rate every batch (their curves are
 # defined over the whole run); StepLR decays every `step_size` epochs.
 SCHEDULER_INTERVAL = {"onecycle": "batch", "cosine": "batch", "steplr": "epoch", "none": None}
+# OneCycle's own momentum cycle (torch's defaults): it starts at the maximum and overwrites what the
+# optimizer was given.
+ONECYCLE_MAX_MOMENTUM = 0.95
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov), Adam or AdamW over the model's parameters, as `config` says.
 
-    Under OneCycle the `lr` given here is only a placeholder: the schedule sets every step's rate.
+    Under OneCycle the `lr` and SGD's `momentum` given here are only placeholders: the schedule sets
+    both at every step (and Adam's first beta), so the config holds None for them.
     """
     parameters = model.parameters()
     lr = config.lr if config.lr is not None else config.max_lr
     if config.optimizer == "sgd":
+        momentum = config.momentum if config.momentum is not None else ONECYCLE_MAX_MOMENTUM
         return torch.optim.SGD(
-            parameters, lr=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+            parameters, lr=lr, momentum=momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
         )
     if config.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=lr, weight_decay=config.weight_decay)

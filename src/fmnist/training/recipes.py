@@ -14,7 +14,7 @@ from fmnist.errors import ConfigError
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    source: str  # which project it re-runs, e.g. "seed 000", or "fmnist"
+    source: str  # which project it re-runs, e.g. "the custom-layer assignment", or "fmnist"
     claim: str  # the figure the source claimed, or "none claimed"
     description: str
     overrides: dict = field(default_factory=dict)
@@ -42,24 +42,25 @@ def list_recipes() -> list[Recipe]:
 
 add_recipe(Recipe(
     name="affine-onecycle",
-    source="seed 000",
+    source="custom-layer assignment",
     claim="test accuracy 0.88-0.90",
-    description="LearnedAffine CNN, AdamW lr 1e-3 wd 0.01, OneCycle max_lr 0.01 per batch, batch 64, 3 epochs",
+    description="LearnedAffine CNN, AdamW wd 0.01, OneCycle to max_lr 0.01 per batch, batch 64, 3 epochs "
+    "(the project gave AdamW lr 1e-3, which OneCycle replaces)",
     overrides={},  # the defaults are this recipe
 ))
 add_recipe(Recipe(
     name="affine-steplr",
-    source="seed 001",
+    source="custom-layer course repo",
     claim="none claimed",
     description="LearnedAffine CNN, AdamW lr 1e-3, StepLR (every epoch, gamma 0.7), 3 epochs, CPU",
     overrides={"scheduler": "steplr", "step_size": 1, "gamma": 0.7, "device": "cpu"},
 ))
 
-# Seed 002: the augmentation was in the transform shared by train and test, so its test figure
-# came from rotated and flipped test images; here only the training batches are augmented.
+# The LeNet augmentation project put its augmentation in the transform shared by train and test, so
+# its test figure came from rotated and flipped test images; here only the training batches are augmented.
 add_recipe(Recipe(
     name="lenet-aug",
-    source="seed 002",
+    source="LeNet augmentation project",
     claim="test accuracy ~0.86",
     description="LeNet-style CNN, rotation ±10° + horizontal flip, normalize (0.5, 0.5), Adam lr 1e-3, "
     "batch 64, 5 epochs, no schedule (the seed also augmented its test images; fmnist does not)",
@@ -70,70 +71,72 @@ add_recipe(Recipe(
     },
 ))
 
-# Seeds 003 and 004 follow the PyTorch quickstart (seed 003 even keeps its `print(f"Using {device}
-# device")`): inputs scaled to 0..1 by ToTensor with no standardization, CrossEntropyLoss, plain
-# SGD lr 1e-3 without momentum, batch 64, 5 epochs. Seed 003 names none of these but the batch
-# size (64 in its summaries); we assume the quickstart's values and say so.
+# The BatchNorm study and the focal-loss study follow the PyTorch quickstart (the BatchNorm study even
+# keeps its `print(f"Using {device} device")`): inputs scaled to 0..1 by ToTensor with no
+# standardization, CrossEntropyLoss, plain SGD lr 1e-3 without momentum, batch 64, 5 epochs. The
+# BatchNorm study names none of these but the batch size (64 in its summaries); we assume the
+# quickstart's values and say so.
 QUICKSTART = {
     "optimizer": "sgd", "lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "scheduler": "none",
     "batch_size": 64, "epochs": 5, "mean": 0.0, "std": 1.0,
 }
 QUICKSTART_TEXT = "SGD lr {lr} (no momentum), batch 64, 5 epochs, no schedule, pixels 0..1"
-SEED_003_ASSUMED = "; seed 003 gives only batch 64: the rest is the PyTorch quickstart's, which it follows"
+BATCHNORM_STUDY_ASSUMED = "; the study gives only batch 64: the rest is the PyTorch quickstart's, which it follows"
 
 add_recipe(Recipe(
     name="v1",
-    source="seed 003",
+    source="BatchNorm study",
     claim="none claimed",
-    description="v1 (two 1-channel convs, its pipeline test), " + QUICKSTART_TEXT.format(lr="1e-3") + SEED_003_ASSUMED,
+    description="v1 (two 1-channel convs, its pipeline test), " + QUICKSTART_TEXT.format(lr="1e-3")
+    + BATCHNORM_STUDY_ASSUMED,
     overrides={**QUICKSTART, "model": "v1"},
 ))
 add_recipe(Recipe(
     name="v1-5-5",
-    source="seed 003",
+    source="BatchNorm study",
     claim="none claimed",
     description="v1-5-5 (six 'same' convs, 26M parameters, no BatchNorm), " + QUICKSTART_TEXT.format(lr="1e-3")
-    + SEED_003_ASSUMED + "; about 12 min per epoch on 2 CPU cores done the conventional way",
+    + BATCHNORM_STUDY_ASSUMED + "; about 12 min per epoch on 2 CPU cores done the conventional way",
     overrides={**QUICKSTART, "model": "v1-5-5"},
 ))
 for multiplier in (1, 2, 4, 8):
-    # Seed 003's BatchNorm study: the same network at static learning rates x1, x2, x4 and x8.
+    # The BatchNorm study: the same network at static learning rates x1, x2, x4 and x8.
     rate = 1e-3 * multiplier
     add_recipe(Recipe(
         name="v1-5-5-bn" if multiplier == 1 else f"v1-5-5-bn-lr{multiplier}",
-        source="seed 003",
+        source="BatchNorm study",
         claim="none claimed (higher rates learned faster)" if multiplier > 1 else "none claimed",
         description=f"v1-5-5 with BatchNorm, learning rate x{multiplier}: "
-        + QUICKSTART_TEXT.format(lr=f"{rate:g}") + SEED_003_ASSUMED + "; as slow as v1-5-5",
+        + QUICKSTART_TEXT.format(lr=f"{rate:g}") + BATCHNORM_STUDY_ASSUMED + "; as slow as v1-5-5",
         overrides={**QUICKSTART, "model": "v1-5-5-bn", "lr": rate},
     ))
 add_recipe(Recipe(
     name="resnet18",
-    source="seed 003",
+    source="BatchNorm study",
     claim="none claimed",
-    description="ResNet-18 with a 1-channel stem, " + QUICKSTART_TEXT.format(lr="1e-3") + SEED_003_ASSUMED
+    description="ResNet-18 with a 1-channel stem, " + QUICKSTART_TEXT.format(lr="1e-3") + BATCHNORM_STUDY_ASSUMED
     + "; from scratch: the seed started from ImageNet weights, add --pretrained [PATH] for that",
     overrides={**QUICKSTART, "model": "resnet18"},
 ))
 
-# Seed 004 is the quickstart itself; its CNN "with 3x3 kernels" had no code or figure shown.
+# The focal-loss study is the quickstart itself; its CNN "with 3x3 kernels" had no code or figure shown.
 add_recipe(Recipe(
     name="mlp-sgd-ce",
-    source="seed 004",
+    source="focal-loss study",
     claim="test accuracy 0.646",
     description="784-512-512-10 MLP, cross-entropy, " + QUICKSTART_TEXT.format(lr="1e-3"),
     overrides={**QUICKSTART, "model": "mlp", "loss": "ce"},
 ))
 add_recipe(Recipe(
     name="mlp-sgd-focal",
-    source="seed 004",
+    source="focal-loss study",
     claim="test accuracy 0.678",
     description="784-512-512-10 MLP, focal loss gamma 2 alpha 1, " + QUICKSTART_TEXT.format(lr="1e-3"),
     overrides={**QUICKSTART, "model": "mlp", "loss": "focal", "focal_gamma": 2.0, "focal_alpha": 1.0},
 ))
 add_recipe(Recipe(
     name="small-cnn-focal",
-    source="seed 004",
+    source="focal-loss study",
     claim="none claimed",
     description="two-block 3x3 CNN (our design: the seed shows none), focal loss gamma 2 alpha 1, "
     + QUICKSTART_TEXT.format(lr="1e-3") + " (the seed's optimizer for its MLPs; it gives none for the CNN)",
@@ -145,10 +148,11 @@ add_recipe(Recipe(
     name="fast",
     source="fmnist",
     claim="aimed at test accuracy >= 0.92 within 90 s of training on 2 CPU cores",
-    description="fast-cnn (3 conv-BN blocks, 104k parameters), SGD Nesterov momentum 0.9, weight decay 5e-4, "
+    description="fast-cnn (3 conv-BN blocks, 104k parameters), SGD with Nesterov momentum (OneCycle cycles it "
+    "0.95-0.85), weight decay 5e-4, "
     "OneCycle max_lr 0.2, batch 256, label smoothing 0.1, horizontal flips, 5 epochs",
     overrides={
-        "model": "fast-cnn", "optimizer": "sgd", "nesterov": True, "momentum": 0.9, "weight_decay": 5e-4,
+        "model": "fast-cnn", "optimizer": "sgd", "nesterov": True, "weight_decay": 5e-4,
         "scheduler": "onecycle", "max_lr": 0.2, "batch_size": 256, "label_smoothing": 0.1, "hflip": True,
         "epochs": 5,
     },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -23,14 +24,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so a run can be repeated exactly on the CPU."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a run can be repeated exactly on the CPU.
+
+    `deterministic` also asks for deterministic algorithms (cuDNN's included); without it, cuDNN's
+    autotuner picks the fastest algorithm by timing, which can differ between runs.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    # cuDNN's autotuner picks algorithms by timing, which can differ between runs.
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def rng_state() -> dict:

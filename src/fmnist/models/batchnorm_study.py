@@ -1,4 +1,4 @@
-"""Seed 003's networks: `v1` (its pipeline test) and `v1-5-5` with and without BatchNorm.
+"""The BatchNorm study's networks: `v1` (its pipeline test) and `v1-5-5` with and without BatchNorm.
 
 The originals ended in nn.Softmax and fed those probabilities to CrossEntropyLoss, which applies
 log_softmax itself: the loss then saw squashed values in [0, 1] and its gradients shrank. These

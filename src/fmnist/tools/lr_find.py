@@ -1,0 +1,91 @@
+"""The learning-rate range test (Smith, 2017; fastai's lr_find, Lightning's lr_finder).
+
+Train from the config's starting point for a few hundred batches while the learning rate grows
+exponentially from `start_lr` to `end_lr`, one rate per batch, and record the loss. The loss first
+falls, then flattens, then explodes: a good learning rate sits on the falling slope. The suggestion
+is the rate at the lowest smoothed loss divided by 10 (fastai's rule of thumb); for OneCycle, that
+is a reasonable --max-lr. Nothing is saved: the model is built for the test and thrown away, and a
+run folder it starts from is only read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.optim.lr_scheduler import LambdaLR
+
+from fmnist.data.splits import load_splits
+from fmnist.errors import ConfigError
+from fmnist.reports import plots
+from fmnist.tools.bench import endless
+from fmnist.training.build import build_training
+from fmnist.training.config import TrainConfig
+from fmnist.training.loop import NonFiniteLossError, Optimization, train_one_epoch
+from fmnist.training.runtime import resolve_device, seed_everything
+
+logger = logging.getLogger(__name__)
+SMOOTHING = 0.98  # exponential smoothing of the per-batch loss, with bias correction (as fastai does)
+DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
+
+
+@dataclass
+class LrFindResult:
+    learning_rates: list[float]
+    losses: list[float]  # smoothed
+    suggestion: float | None  # the rate at the lowest smoothed loss / 10
+    lowest_loss_at: float | None
+
+
+def find_lr(config: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200,
+            initial_weights: dict | None = None) -> LrFindResult:
+    """Run the range test on `config`'s model, data, batch size, optimizer, loss and augmentation.
+
+    `initial_weights` (a state_dict) starts from a trained model instead of a fresh one.
+    """
+    if not 0 < start_lr < end_lr or not math.isfinite(end_lr):
+        raise ConfigError(f"--start-lr {start_lr} and --end-lr {end_lr}: need 0 < start < end")
+    if steps < 10:
+        raise ConfigError(f"--steps {steps}: the range test needs at least 10 batches")
+    device = resolve_device(config.device)
+    data = load_splits(config.data_dir, config.val_size, config.split_seed, verify=not config.allow_unverified_data)
+    seed_everything(config.seed, config.deterministic)
+    # The test drives the learning rate itself: no schedule, and SGD keeps the config's momentum.
+    sweep = config.replace(scheduler="none", lr=start_lr, max_lr=None, step_size=None, gamma=None)
+    training = build_training(sweep, data.train.to(device), data.val.to(device), data.test.to(device))
+    if initial_weights is not None:
+        training.model.load_state_dict(initial_weights)
+    growth = (end_lr / start_lr) ** (1 / (steps - 1))
+    optimization = Optimization(
+        training.optimization.loss_fn, training.optimization.optimizer,
+        scheduler=LambdaLR(training.optimization.optimizer, lambda step: growth**step), scheduler_interval="batch",
+        clip_grad_norm=training.optimization.clip_grad_norm, autocast=training.optimization.autocast,
+    )
+    batches = endless(training.train_loader)
+    learning_rates, losses = [], []
+    average, lowest = 0.0, math.inf
+    for step in range(steps):
+        try:
+            stats = train_one_epoch(training.model, itertools.islice(batches, 1), optimization)
+        except NonFiniteLossError:
+            break
+        average = SMOOTHING * average + (1 - SMOOTHING) * stats.loss
+        smoothed = average / (1 - SMOOTHING ** (step + 1))
+        learning_rates.append(stats.learning_rates[0])
+        losses.append(smoothed)
+        lowest = min(lowest, smoothed)
+        if smoothed > DIVERGED * lowest:
+            break
+    if not losses:
+        return LrFindResult([], [], None, None)
+    lowest_at = learning_rates[losses.index(min(losses))]
+    logger.info("lr-find: %d batches from %.1e to %.1e; lowest smoothed loss %.4f at %.2e", len(losses),
+                learning_rates[0], learning_rates[-1], min(losses), lowest_at)
+    return LrFindResult(learning_rates, losses, lowest_at / 10, lowest_at)
+
+
+def plot(result: LrFindResult, path: Path) -> Path:
+    return plots.lr_find_curve(result.learning_rates, result.losses, result.suggestion, path)
