@@ -33,6 +33,14 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown option points at the subcommand's help, where the options are."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = " ".join(filter(None, [self.prog, getattr(parsed, "command", None)]))
+            raise UsageError(f"unrecognized arguments: {' '.join(extras)} (see `{command} --help`)")
+        return parsed
+
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="fmnist", description="A fast, readable PyTorch lab for Fashion-MNIST.")

@@ -42,6 +42,10 @@ def config_to_resume(run_dir: str | Path, overrides: dict) -> TrainConfig:
         raise CheckpointError(f"--resume {path}: not a folder; give the run folder, not a file in it")
     saved = read_saved_config(path)["config"]
     if is_finished(path):
+        diverged = read_summary(path).get("diverged")
+        if diverged:
+            raise CheckpointError(f"--resume {path}: this run stopped because its loss diverged ({diverged}); "
+                                  "start a new run, with a lower --lr or --max-lr")
         raise CheckpointError(f"--resume {path}: this run already finished; start a new run instead")
     try:
         config = TrainConfig.from_saved(saved)
