@@ -1,0 +1,1 @@
+"""Run folders on disk: the checkpoint format, the folder's files, recording epochs, resuming."""

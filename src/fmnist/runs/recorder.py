@@ -1,0 +1,44 @@
+"""What `fit` reports each epoch to when a run has a folder: metrics, then best.pt and last.pt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fmnist.runs.checkpoint import checkpoint_state, save_checkpoint
+from fmnist.runs.folder import write_metrics
+from fmnist.training.build import Training
+from fmnist.training.config import TrainConfig
+
+
+class RunRecorder:
+    """Writes a run folder as training goes: fit() calls `end_epoch` after every epoch.
+
+    `history` and `learning_rates` hold what earlier epochs recorded (a resumed run). `also` takes
+    other loggers with the same `log_epoch(row, learning_rates)` (TensorBoard).
+    """
+
+    def __init__(self, path: Path, config: TrainConfig, training: Training,
+                 history: list[dict] | None = None, learning_rates: list[float] | None = None, also=()):
+        self.path = Path(path)
+        self.config = config
+        self.training = training
+        self.history = list(history or [])
+        self.learning_rates = list(learning_rates or [])
+        self.also = list(also)
+
+    def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
+        """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
+
+        best.pt goes first: a crash between the two leaves last.pt at the previous epoch, and
+        resuming redoes this epoch and writes best.pt again. The other order could leave a last.pt
+        whose epoch was the best but a best.pt that never got it.
+        """
+        self.history.append(row)
+        self.learning_rates.extend(learning_rates)
+        write_metrics(self.path, self.history, self.learning_rates)
+        for logger in self.also:
+            logger.log_epoch(row, learning_rates)
+        state = checkpoint_state(self.config, self.training, self.history, self.learning_rates)
+        if is_best:
+            save_checkpoint(state, self.path / "best.pt")
+        save_checkpoint(state, self.path / "last.pt")
