@@ -124,6 +124,7 @@ def build_parser() -> ArgumentParser:
     bench.add_argument("--warmup", type=int, help=f"untimed batches first (default {BENCH_WARMUP})")
     bench.add_argument("--no-conventional", action="store_true", default=None, help="skip the conventional loop")
     bench.add_argument("--device", choices=DEVICES)
+    bench.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision, as in training")
     bench.add_argument("--data-dir")
     bench.add_argument("--val-size", type=int, help="validation images held out, as in training (default 5000)")
     bench.add_argument("--allow-unverified-data", action="store_true", default=None,
@@ -401,7 +402,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     overrides = {
         "recipe": args.time_to_accuracy or args.recipe, "model": args.model, "batch_size": args.batch_size,
         "device": args.device, "data_dir": args.data_dir, "val_size": args.val_size, "epochs": args.epochs,
-        "allow_unverified_data": args.allow_unverified_data,
+        "allow_unverified_data": args.allow_unverified_data, "amp": args.amp,
     }
     if args.time_to_accuracy:
         configs = [build_config(None, {**overrides, "seed": 42 + offset}) for offset in range(seeds)]
