@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fmnist.version import __version__
 from fmnist.errors import CheckpointError, one_line_reason
 from fmnist.files import atomic_write_bytes
 from fmnist.models import create_model, list_models
@@ -26,6 +25,7 @@ from fmnist.training.build import Training
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import weights_to_use
 from fmnist.training.runtime import rng_state
+from fmnist.version import __version__
 
 FORMAT = "fmnist-checkpoint-1"
 # What resuming needs on top of what using the model needs.

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist.errors import CheckpointError, ConfigError
+from fmnist.errors import CheckpointError, ConfigError, one_line_reason
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
 from fmnist.runs.folder import read_saved_config, read_summary
 from fmnist.training.build import Training
@@ -127,6 +127,6 @@ def restore_run(run_dir: str | Path, config: TrainConfig, training: Training) ->
         set_rng_state(state["rng"])
         training.train_loader.generator.set_state(state["loader_rng"])
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
-        raise CheckpointError(f"{last}: cannot restore the training state ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}); the checkpoint is damaged") from None
+        raise CheckpointError(f"{last}: cannot restore the training state ({one_line_reason(error)}); "
+                              "the checkpoint is damaged") from None
     return ResumePoint(list(state["history"]), list(state["learning_rates"]))
