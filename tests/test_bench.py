@@ -9,9 +9,8 @@ from fmnist.tools.bench import LoadMeter
 
 
 def test_bench_reports_both_loops_and_the_machine_load(tiny_data, capsys):
-    code = main(["bench", "--data-dir", str(tiny_data), "--allow-unverified-data", "--steps", "3", "--warmup",
-        "1", "--batch-size", "32",
-                 "--val-size", "100", "--json"])
+    code = main(["bench", "--data-dir", str(tiny_data), "--allow-unverified-data", "--steps", "3", "--warmup", "1",
+                 "--batch-size", "32", "--val-size", "100", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("train_images_per_second", "conventional_train_images_per_second", "eval_images_per_second"):
@@ -31,6 +30,17 @@ def test_load_meter_sees_no_negative_load():
 def test_bench_rejects_bad_counts(capsys):
     assert main(["bench", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_bench_refuses_the_options_of_the_other_measurement(capsys):
+    for arguments, flag in ((["--time-to-accuracy", "quick", "--steps", "10"], "--steps"),
+                            (["--time-to-accuracy", "quick", "--warmup", "0"], "--warmup"),
+                            (["--time-to-accuracy", "quick", "--no-conventional"], "--no-conventional"),
+                            (["--time-to-accuracy", "quick", "--recipe", "fast"], "--recipe"),
+                            (["--epochs", "3"], "--epochs"), (["--seeds", "2"], "--seeds")):
+        assert main(["bench", *arguments]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flag} applies to" in err
 
 
 def test_time_to_accuracy_reports_each_threshold_per_seed(tiny_data, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,28 @@ def test_data_info_reports_location_and_verification(real_data, capsys):
 def test_data_info_flags_files_that_are_not_fashion_mnist(tiny_data, capsys):
     assert main(["data", "info", "--data-dir", str(tiny_data)]) == 1
     assert "verification: FAILED" in capsys.readouterr().out
+
+
+def test_version_and_json_outputs(tiny_data, tmp_path, capsys):
+    from fmnist import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"fmnist {__version__}"
+    data_info = ["data", "info", "--data-dir", str(tiny_data), "--json"]
+    for arguments in (["models", "--json"], ["recipes", "--json"], data_info):
+        main(arguments)
+        assert json.loads(capsys.readouterr().out)
+    assert main(["train", "--data-dir", str(tiny_data), "--allow-unverified-data", "--val-size", "100",
+                 "--epochs", "1", "--limit-batches", "2", "--out", str(tmp_path), "--name", "j", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # only the summary on stdout; the epoch lines went to stderr
+    assert result["path"] == str(tmp_path / "j") and "epoch 1/1" in captured.err
+    assert main(["evaluate", str(tmp_path / "j"), "--allow-unverified-data", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] == result["test_accuracy"]
+
+
+def test_usage_errors_have_a_single_prefix(capsys):
+    assert main(["train", "--no-such-option"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fmnist: error: ") and err.count("fmnist: error") == 1 and "fmnist train --help" in err

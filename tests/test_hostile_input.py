@@ -207,12 +207,14 @@ def test_batchnorm1d_with_a_batch_of_one_is_refused_leaving_nothing(data, tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_diverging_first_epoch_says_there_is_no_checkpoint_and_leaves_no_folder(data, tmp_path):
+def test_a_diverging_first_epoch_says_there_is_no_checkpoint(data, tmp_path):
     arguments = ["train", "--optimizer", "sgd", "--scheduler", "none", "--lr", "1e12", "--data-dir", str(data),
                  "--allow-unverified-data", "--val-size", "100", "--out", str(tmp_path), "--name", "nan"]
     error = one_line(fmnist_process(arguments), code=3)
-    assert "no epoch was completed yet" in error and "last good checkpoint" not in error
-    assert not (tmp_path / "nan").exists()
+    assert "no epoch was completed yet, so there is no checkpoint" in error and "last good" not in error
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert "loss became" in summary["diverged"] and summary["epochs_completed"] == 0
+    assert "diverged" in one_line(fmnist_process(["train", "--resume", str(tmp_path / "nan")]))
 
 
 def test_bench_without_warm_up_and_with_more_steps_than_an_epoch(data):

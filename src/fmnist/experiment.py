@@ -73,7 +73,8 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
             })
             return run(path, config, data, device, None, progress, started)
         except (FmnistError, OSError) as error:
-            if not (path / "metrics.csv").exists():  # nothing recorded: leave no half-made run behind
+            diverged = isinstance(error, NonFiniteLossError)  # a result worth keeping (a sweep's too-high rate)
+            if not diverged and not (path / "metrics.csv").exists():  # nothing recorded: leave nothing behind
                 shutil.rmtree(path, ignore_errors=True)
                 if isinstance(error, FmnistError):
                     error.args = (f"{error}; {path} was removed, as it recorded nothing",)
@@ -95,7 +96,6 @@ def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> RunResu
     check_device_options(config, device)
     with exclusive_lock(path, "--resume"):
         data = load_data(config)
-        record_resume(path, data, device)
         return run(path, config, data, device, path, progress, started)
 
 
@@ -141,6 +141,7 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     training = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device))
     point = restore_run(resume_from, config, training) if resume_from is not None else ResumePoint()
     if resume_from is not None:
+        record_resume(path, data, device)
         logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, config.epochs)
     tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
     recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
@@ -162,8 +163,10 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
         except TrainingInterrupted as interruption:
             raise interrupted(path, recorder, interruption, stop) from None
         except NonFiniteLossError as error:
-            raise NonFiniteLossError(f"{error}; training stopped: {kept(path, recorder)} "
-                                     "(try a lower --lr or --max-lr)") from None
+            write_summary(path, {"finished": True, "diverged": str(error), "model": config.model,
+                                 "epochs": config.epochs, "epochs_completed": len(recorder.history)})
+            raise NonFiniteLossError(f"{error}; training stopped: {kept(path, recorder)}, and summary.json records "
+                                     "the divergence (try a lower --lr or --max-lr)") from None
         wall_seconds = time.perf_counter() - started
         write_summary(path, {
             "finished": True,

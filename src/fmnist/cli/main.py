@@ -33,6 +33,14 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown option points at the subcommand's help, where the options are."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = " ".join(filter(None, [self.prog, getattr(parsed, "command", None)]))
+            raise UsageError(f"unrecognized arguments: {' '.join(extras)} (see `{command} --help`)")
+        return parsed
+
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="fmnist", description="A fast, readable PyTorch lab for Fashion-MNIST.")
@@ -122,17 +130,18 @@ def build_parser() -> ArgumentParser:
     bench.add_argument("--recipe", help="benchmark this recipe's model and batch size")
     bench.add_argument("--model", help="model name (default: the recipe's, else affine-cnn)")
     bench.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
-    bench.add_argument("--steps", type=int, default=200, help="timed training batches (default 200)")
-    bench.add_argument("--warmup", type=int, default=20, help="untimed batches first (default 20)")
-    bench.add_argument("--no-conventional", action="store_true", help="skip the conventional loop")
+    bench.add_argument("--steps", type=int, help=f"timed training batches (default {BENCH_STEPS})")
+    bench.add_argument("--warmup", type=int, help=f"untimed batches first (default {BENCH_WARMUP})")
+    bench.add_argument("--no-conventional", action="store_true", default=None, help="skip the conventional loop")
     bench.add_argument("--device", choices=DEVICES)
+    bench.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision, as in training")
     bench.add_argument("--data-dir")
     bench.add_argument("--val-size", type=int, help="validation images held out, as in training (default 5000)")
     bench.add_argument("--allow-unverified-data", action="store_true", default=None,
                        help="run on IDX files that are not the official Fashion-MNIST")
     bench.add_argument("--time-to-accuracy", metavar="RECIPE",
                        help="train RECIPE, timing when test accuracy first reaches 0.90, 0.91, ..., 0.95")
-    bench.add_argument("--seeds", type=int, default=1, help="with --time-to-accuracy: seeds 42, 43, ... (mean ± std)")
+    bench.add_argument("--seeds", type=int, help="with --time-to-accuracy: seeds 42, 43, ... (mean ± std; default 1)")
     bench.add_argument("--epochs", type=int, help="with --time-to-accuracy: override the recipe's epochs")
     json_option(bench)
 
@@ -387,31 +396,43 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0 if verified else 1
 
 
+BENCH_STEPS, BENCH_WARMUP = 200, 20
+# Which of bench's own options each of its two measurements uses; the other's are refused.
+THROUGHPUT_ONLY = {"steps": "--steps", "warmup": "--warmup", "no_conventional": "--no-conventional",
+                   "recipe": "--recipe"}
+TIME_TO_ACCURACY_ONLY = {"seeds": "--seeds", "epochs": "--epochs"}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from fmnist.tools import bench
 
-    check_positive(args.steps, "--steps")
-    check_positive(args.seeds, "--seeds")
-    if args.warmup < 0:
-        raise UsageError(f"--warmup {args.warmup}: must be 0 or more")
+    wrong = THROUGHPUT_ONLY if args.time_to_accuracy else TIME_TO_ACCURACY_ONLY
+    for name, flag in wrong.items():
+        if getattr(args, name) is not None:
+            other = "the throughput benchmark" if args.time_to_accuracy else "--time-to-accuracy"
+            raise UsageError(f"{flag} applies to {other} only" + (
+                "; --time-to-accuracy RECIPE names the recipe" if name == "recipe" else ""))
+    steps = BENCH_STEPS if args.steps is None else args.steps
+    warmup = BENCH_WARMUP if args.warmup is None else args.warmup
+    seeds = 1 if args.seeds is None else args.seeds
+    check_positive(steps, "--steps")
+    check_positive(seeds, "--seeds")
+    if warmup < 0:
+        raise UsageError(f"--warmup {warmup}: must be 0 or more")
     overrides = {
         "recipe": args.time_to_accuracy or args.recipe, "model": args.model, "batch_size": args.batch_size,
         "device": args.device, "data_dir": args.data_dir, "val_size": args.val_size, "epochs": args.epochs,
-        "allow_unverified_data": args.allow_unverified_data,
+        "allow_unverified_data": args.allow_unverified_data, "amp": args.amp,
     }
-    if args.epochs is not None and not args.time_to_accuracy:
-        raise UsageError("--epochs applies to --time-to-accuracy only; the throughput benchmark times --steps batches")
     if args.time_to_accuracy:
-        configs = [build_config(None, {**overrides, "seed": 42 + offset}) for offset in range(args.seeds)]
+        configs = [build_config(None, {**overrides, "seed": 42 + offset}) for offset in range(seeds)]
         results = [bench.time_to_accuracy(config) for config in configs]
         summary = bench.summarize_seeds(results)
         document = {"summary": summary, "runs": results}
         print(json.dumps(document, indent=2) if args.json else bench.format_time_to_accuracy(summary))
         return 0
-    if args.seeds != 1:
-        raise UsageError("--seeds applies to --time-to-accuracy only")
     config = build_config(None, overrides)
-    result = bench.benchmark(config, warmup=args.warmup, steps=args.steps, conventional=not args.no_conventional)
+    result = bench.benchmark(config, warmup=warmup, steps=steps, conventional=not args.no_conventional)
     print(json.dumps(result, indent=2) if args.json else bench.format_result(result))
     return 0
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist.errors import CheckpointError, ConfigError
+from fmnist.errors import CheckpointError, ConfigError, one_line_reason
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
 from fmnist.runs.folder import read_saved_config, read_summary
 from fmnist.training.build import Training
@@ -42,6 +42,10 @@ def config_to_resume(run_dir: str | Path, overrides: dict) -> TrainConfig:
         raise CheckpointError(f"--resume {path}: not a folder; give the run folder, not a file in it")
     saved = read_saved_config(path)["config"]
     if is_finished(path):
+        diverged = read_summary(path).get("diverged")
+        if diverged:
+            raise CheckpointError(f"--resume {path}: this run stopped because its loss diverged ({diverged}); "
+                                  "start a new run, with a lower --lr or --max-lr")
         raise CheckpointError(f"--resume {path}: this run already finished; start a new run instead")
     try:
         config = TrainConfig.from_saved(saved)
@@ -123,7 +127,6 @@ def restore_run(run_dir: str | Path, config: TrainConfig, training: Training) ->
         set_rng_state(state["rng"])
         training.train_loader.generator.set_state(state["loader_rng"])
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
-        raise CheckpointError(f"{last}: cannot restore the training state ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}); "
+        raise CheckpointError(f"{last}: cannot restore the training state ({one_line_reason(error)}); "
                               "the checkpoint is damaged") from None
     return ResumePoint(list(state["history"]), list(state["learning_rates"]))

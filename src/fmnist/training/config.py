@@ -109,8 +109,9 @@ class TrainConfig:
                                metavar="DECAY")
     clip_grad_norm: float | None = option(None, "clip the gradients' total norm to this before each step",
                                           metavar="NORM")
-    amp: str = option("none", "mixed precision for training: none; bf16 (autocast; slower than float32 on CPUs "
-                              "without AMX, like the lab's); fp16 (CUDA only, with a gradient scaler)")
+    amp: str = option("none", "mixed precision for training: none; bf16 (autocast: faster only where the CPU has "
+                              "bf16 matrix instructions, AVX-512 BF16 or AMX, slower without them; see "
+                              "BENCHMARKS.md); fp16 (CUDA only, with a gradient scaler)")
     compile: bool = option(False, "torch.compile the model (trains at about half the speed on the lab's 2-core CPU; "
                                   "for GPUs)")
     deterministic: bool = option(True, "deterministic algorithms, cuDNN included: the same seed repeats the run; "
