@@ -6,13 +6,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: setup data train test lint clean
+.PHONY: setup data browser train test lint screenshot clean
 
 # Reinstall when the project's metadata changes; the package itself is installed editable, with the
-# optional extras (ONNX export, TensorBoard) so that their tests run too.
+# optional extras (ONNX export, TensorBoard, serve) so that their tests run too.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,serve]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -21,14 +21,28 @@ setup: $(VENV)/.installed
 data: setup
 	$(BIN)/fmnist data ensure
 
+# The browser test of `fmnist serve` drives Debian's chromium package (never `playwright install`,
+# whose downloads fail offline). As root, install it when missing; otherwise say how, and the test
+# fails with the same advice.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; \
+	else echo "make: the browser test needs chromium: sudo apt-get install chromium"; fi
+
 train: data
 	$(BIN)/fmnist train $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
-test: data lint
+test: data lint browser
 	$(BIN)/python -m pytest
+
+# docs/serve.png: the page as the browser test sees it.
+screenshot: data browser
+	FMNIST_SCREENSHOT=docs/serve.png $(BIN)/python -m pytest -q tests/test_serve_live.py -k browser
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -27,6 +27,7 @@ LAYERS = [
     ("fmnist.reports",),
     ("fmnist.experiment",),
     ("fmnist.tools",),
+    ("fmnist.serve",),
     ("fmnist.cli", "fmnist.__main__"),
 ]
 

@@ -15,6 +15,7 @@ The package is layered; each layer imports only from the ones above it in this l
     reports/                  figures, report.md, comparisons, TensorBoard
     experiment                train(config) and resume(run_dir): a config to a finished run folder
     tools/                    sweeps, benchmarks, the conventional yardstick, ONNX export
+    serve/                    `fmnist serve`: a web page and a JSON API for a model (optional extra)
     cli/                      the `fmnist` command
 
 Nothing in the library prints: it logs to the `fmnist` logger (`logging.basicConfig(level=logging.INFO,

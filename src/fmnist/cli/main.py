@@ -102,6 +102,16 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--out", metavar="FILE", help="where to write (default: RUN_DIR/model.onnx)")
     export.add_argument("--force", action="store_true", help="replace an existing file (never a checkpoint)")
 
+    serve = command("serve", "a web page and a JSON API for a trained model (pip install -e '.[serve]')")
+    serve.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0,
+                       help="largest request body in MB; larger ones are answered 413 (default 10)")
+    serve.add_argument("--max-batch", type=int,
+                       help="most images per forward pass when requests arrive together (default 256; 1: no batching)")
+
     lr_find = command("lr-find", "learning-rate range test: loss against an exponentially growing learning rate")
     lr_find.add_argument("start", metavar="RECIPE|RUN_DIR",
                          help="a recipe to test, or a run folder to start from (its best.pt, else last.pt; only read)")
@@ -273,6 +283,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fmnist.serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: must be between 0 and 65535")
+    serve(args.checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+          max_batch=args.max_batch)
+    return 0  # stopped by Ctrl-C or SIGTERM after answering the requests in flight: a clean stop
+
+
 # lr-find drives the learning rate itself and trains no run: these options have no effect there.
 LR_FIND_IGNORES = ("recipe", "epochs", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema", "tta_flip",
                    "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
@@ -427,6 +447,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "export": cmd_export,
     "lr-find": cmd_lr_find,
+    "serve": cmd_serve,
     "models": cmd_models,
     "recipes": cmd_recipes,
     "bench": cmd_bench,

@@ -1,7 +1,8 @@
 """Any image file -> the kind of input the model was trained on.
 
 Fashion-MNIST items are light on a black background, centred, and fill a 28x28 frame. A photo or
-a drawing rarely is, so `fmnist predict` turns an image into that form in four steps:
+a drawing rarely is, so `fmnist predict` and `fmnist serve` turn an image (a file, or the bytes of
+an upload) into that form in four steps:
 
 0. decode safely: at most MAX_PIXELS pixels (an image "bomb" of 12,000 x 12,000 is refused before
    it is decoded), large JPEGs decoded at a reduced size, and EXIF orientation applied (a photo
@@ -20,9 +21,11 @@ A Fashion-MNIST image saved as a 28x28 PNG comes out of steps 1-3 unchanged.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from struct import error as struct_error
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -33,6 +36,7 @@ from fmnist.data.loader import normalize
 from fmnist.errors import DataError, one_line_reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF")  # the same formats, as Pillow names its decoders
 LIGHT_BACKGROUND = 128  # border mean above this (0..255) counts as a light background
 # 40 megapixels: any photo a phone takes, far below Pillow's own limit of 179 M (which still decodes
 # 4 GB for a 16-bit bomb). Every image ends up 28x28, so nothing is lost by refusing more.
@@ -43,13 +47,27 @@ DRAFT_SIZE = (4 * IMAGE_SIZE, 4 * IMAGE_SIZE)
 
 def read_image(path: Path) -> Image.Image:
     """Open and decode an image file (the first frame of an animation), or raise a one-line DataError."""
+    return decode_image(path, str(path))
+
+
+def read_image_bytes(data: bytes, name: str, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """The same for an image held in memory (an upload), called `name` in errors.
+
+    `formats` limits the decoders Pillow may try (Pillow's format names, e.g. IMAGE_FORMATS): a server
+    should not hand a stranger's bytes to every decoder Pillow has.
+    """
+    return decode_image(io.BytesIO(data), name, formats)
+
+
+def decode_image(source: Path | BinaryIO, name: str, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Step 0 for a path or an open binary file: the decoded image, or a one-line DataError naming `name`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower cap decides
-            with Image.open(path) as image:
+            with Image.open(source, formats=formats) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
-                    raise DataError(f"{path}: {width} x {height} pixels is more than fmnist reads "
+                    raise DataError(f"{name}: {width} x {height} pixels is more than fmnist reads "
                                     f"({MAX_PIXELS // 1_000_000} megapixels); scale it down first")
                 if image.format == "JPEG":
                     image.draft(image.mode, DRAFT_SIZE)  # decode reduced: a 12 MP photo costs 1/64 of the work
@@ -58,17 +76,17 @@ def read_image(path: Path) -> Image.Image:
     except DataError:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours: the same answer
-        raise DataError(f"{path}: more pixels than fmnist reads ({MAX_PIXELS // 1_000_000} megapixels); "
+        raise DataError(f"{name}: more pixels than fmnist reads ({MAX_PIXELS // 1_000_000} megapixels); "
                         "scale it down first") from None
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        raise DataError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: a folder, not an image") from None
+        raise DataError(f"{name}: a folder, not an image") from None
     except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image Pillow can read (PNG, JPEG, BMP, WebP or GIF)") from None
+        raise DataError(f"{name}: not an image Pillow can read (PNG, JPEG, BMP, WebP or GIF)") from None
     except (OSError, ValueError, SyntaxError, struct_error) as error:
         reason = one_line_reason(error)
-        raise DataError(f"{path}: cannot decode the image ({reason})") from None
+        raise DataError(f"{name}: cannot decode the image ({reason})") from None
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:

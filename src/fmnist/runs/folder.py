@@ -139,6 +139,19 @@ def read_summary(path: Path) -> dict:
     return read_json(path / "summary.json")
 
 
+def recorded_test_accuracy(checkpoint: Path, model_name: str, epoch: int) -> float | None:
+    """The test accuracy summary.json records for this checkpoint's weights, or None.
+
+    summary.json describes best.pt, so it counts only when the checkpoint is of the same model and
+    epoch (a last.pt of a later epoch, or a checkpoint copied out of its run folder, has none).
+    """
+    summary = read_summary(checkpoint.parent)
+    accuracy = summary.get("test_accuracy")
+    if summary.get("model") != model_name or summary.get("best_epoch") != epoch:
+        return None
+    return float(accuracy) if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) else None
+
+
 def read_history(path: Path) -> list[dict]:
     """metrics.csv as rows of numbers (epoch as int)."""
     csv_path = path / "metrics.csv"

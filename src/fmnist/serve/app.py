@@ -1,0 +1,278 @@
+"""The web application of `fmnist serve`: the page, the JSON API, and its limits.
+
+    GET  /          the page (page.html: one file, no external assets)
+    POST /predict   images (multipart field `file`, once or several times, or the raw body) -> JSON
+    GET  /model     model, recipe, test accuracy, classes, normalization, limits
+    GET  /healthz   {"status": "ok", "images": ..., "forward_passes": ...}
+    GET  /docs      FastAPI's generated OpenAPI page
+
+An image goes the way `fmnist predict` takes a file (data/images.py, then inference.class_probabilities),
+so the page, the API and the command line give the same probabilities for the same bytes. Every
+error is a JSON object {"error": "one line"} with a 4xx status: a body above the size limit 413, a
+request without an image 400, an image that cannot be read (not an image, truncated, above the
+pixel cap, a mode that has no gray) 422.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from fmnist.data.fashion import CLASS_NAMES, NUM_CLASSES
+from fmnist.data.images import IMAGE_FORMATS, MAX_PIXELS, read_image_bytes, to_fashion_mnist
+from fmnist.errors import CheckpointError, DataError, FmnistError, one_line_reason
+from fmnist.inference import Prediction, TrainedModel
+from fmnist.runs.folder import recorded_test_accuracy
+from fmnist.serve.batching import MAX_BATCH, InferenceQueue
+from fmnist.version import __version__
+
+logger = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("page.html")
+MAX_UPLOAD_MB = 10.0
+MAX_FILES = 100  # images per request: the page sends one; a script sending more can split them
+RAW_BODY_NAME = "body"
+# Uploads are decoded on threads, this many at once: a burst of 40-megapixel uploads then holds a
+# few decoded images in memory (up to 160 MB each), not one per request.
+DECODE_THREADS = min(4, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_upload_bytes: int = int(MAX_UPLOAD_MB * 1_000_000)
+    max_files: int = MAX_FILES
+    max_batch: int = MAX_BATCH  # images per forward pass (1: no batching across requests)
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, max_bytes: int):
+        super().__init__(max_bytes)
+        self.max_bytes = max_bytes
+
+
+def model_card(model: TrainedModel, settings: ServeSettings) -> dict:
+    """What GET /model answers: the model and how it was trained and tested, and the server's limits."""
+    checkpoint = Path(model.info["checkpoint"])
+    try:
+        test_accuracy = recorded_test_accuracy(checkpoint, model.info["model"], model.info["epoch"])
+    except CheckpointError as error:  # a damaged summary.json should not stop the model from being served
+        logger.warning("no test accuracy to show: %s", error)
+        test_accuracy = None
+    return {
+        "model": model.info["model"],
+        "recipe": model.info["recipe"],
+        "epoch": model.info["epoch"],
+        "test_accuracy": test_accuracy,
+        "run": checkpoint.parent.name,  # names only: the server's folders are nobody else's business
+        "checkpoint": checkpoint.name,
+        "classes": list(CLASS_NAMES),
+        "normalization": {"mean": model.mean, "std": model.std},
+        "flip_tta": model.flip_tta,
+        "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_files": settings.max_files,
+                   "max_pixels": MAX_PIXELS, "formats": list(IMAGE_FORMATS)},
+        "fmnist_version": __version__,
+    }
+
+
+def create_app(model: TrainedModel, settings: ServeSettings | None = None) -> FastAPI:
+    """The application serving `model`; run it with uvicorn (server.py) or FastAPI's TestClient."""
+    settings = settings or ServeSettings()
+    card = model_card(model, settings)
+    queue = InferenceQueue(model, settings.max_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.decoders = anyio.CapacityLimiter(DECODE_THREADS)
+        async with queue.running():
+            yield
+
+    app = FastAPI(title="fmnist serve", version=__version__, lifespan=lifespan,
+                  description=f"A Fashion-MNIST classifier ({card['model']}): POST an image to /predict.")
+    app.state.queue = queue
+    app.state.card = card
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    add_error_handlers(app)
+
+    page_html = PAGE.read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(page_html)
+
+    @app.get("/model", summary="The model: name, recipe, test accuracy, classes, normalization, limits")
+    async def get_model() -> dict:
+        return card
+
+    @app.get("/healthz", summary="Liveness, and the images classified so far in how many forward passes")
+    async def healthz() -> dict:
+        return {"status": "ok", "images": queue.images, "forward_passes": queue.passes}
+
+    @app.post("/predict", summary="Classify images", openapi_extra=PREDICT_REQUEST_BODY)
+    async def post_predict(
+        request: Request,
+        top_k: int = Query(3, ge=1, le=NUM_CLASSES, description="classes to list per image, most likely first"),
+        invert: bool = Query(True, description="invert images on a light background (as `fmnist predict` does)"),
+    ) -> JSONResponse:
+        """One entry per image, in order, as `fmnist predict --json` prints them, with `input`: the 28x28
+        image the model saw (784 gray values, row by row). With several images, one that cannot be read
+        gets an `error` entry; a single image that cannot be read is a 422 answer."""
+        uploads = await read_uploads(request, settings)
+        prepared = []
+        for name, data in uploads:
+            try:
+                image = await anyio.to_thread.run_sync(prepare_image, data, name, invert,
+                                                       limiter=request.app.state.decoders)
+                prepared.append((name, image))
+            except DataError as error:
+                if len(uploads) == 1:
+                    raise HTTPException(422, str(error)) from None
+                prepared.append((name, error))
+        readable = [image for _, image in prepared if isinstance(image, torch.Tensor)]
+        rows = iter(await queue.classify(readable) if readable else [])
+        answers = []
+        for name, image in prepared:
+            if isinstance(image, DataError):
+                answers.append(Prediction(name, error=str(image)).to_dict(top_k))
+            else:
+                answers.append({**Prediction(name, next(rows)).to_dict(top_k), "input": image.flatten().tolist()})
+        return JSONResponse(answers)  # plain json.dumps: FastAPI's encoder walks the 784 values 8x slower
+
+    return app
+
+
+def prepare_image(data: bytes, name: str, invert: bool) -> torch.Tensor:
+    """An upload -> the uint8 (28, 28) image the model sees, as `fmnist predict` makes it from a file."""
+    return to_fashion_mnist(read_image_bytes(data, name, IMAGE_FORMATS), invert)
+
+
+async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image sent: the multipart field `file` (repeatable), else the whole body."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        body = await request.body()
+        if not body:
+            raise HTTPException(400, "no image: send it as the request body or as the multipart field `file`")
+        return [(RAW_BODY_NAME, body)]
+    async with request.form(max_files=settings.max_files, max_fields=settings.max_files) as form:
+        fields = form.multi_items()
+        uploads = [(key, value) for key, value in fields if key == "file"]
+        if not uploads:
+            names = ", ".join(sorted({printable(key, 40) for key, _ in fields})) or "none"
+            raise HTTPException(400, f"no multipart field `file` (fields sent: {names}); send the image as `file`")
+        if any(not isinstance(value, UploadFile) for _, value in uploads):
+            raise HTTPException(400, "the multipart field `file` holds text, not a file; send the image's bytes")
+        return [(upload_name(upload, index), await upload.read()) for index, (_, upload) in enumerate(uploads)]
+
+
+def upload_name(upload: UploadFile, index: int) -> str:
+    """The file name the client gave, without its folders (it goes into answers and errors)."""
+    return printable((upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1], 100) or f"file {index + 1}"
+
+
+def printable(text: str, length: int) -> str:
+    """A client's text as one short line: no line breaks or terminal escapes reach an answer or the log."""
+    return "".join(character for character in text if character.isprintable())[:length]
+
+
+class BodyLimit:
+    """ASGI middleware: a request body above `max_bytes` is answered 413 before it is all read.
+
+    A declared Content-Length decides at once; a chunked body is counted as it arrives.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            logger.info("%s %s: 413 body above the limit", scope["method"], scope["path"])
+            await too_large_response(self.max_bytes)(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def too_large_response(max_bytes: int) -> JSONResponse:
+    return JSONResponse({"error": f"the request body is larger than the server's limit of {max_bytes / 1e6:g} MB "
+                                  "(fmnist serve --max-upload-mb); send a smaller image"}, status_code=413)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as {"error": "one line"}: FastAPI's own (404, 405, 422 lists) and ours."""
+
+    def answer(request: Request, status: int, message: str, headers=None) -> JSONResponse:
+        if status >= 500:
+            logger.error("%s %s: %d %s", request.method, request.url.path, status, message)
+        else:
+            logger.info("%s %s: %d %s", request.method, request.url.path, status, message)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return answer(request, error.status_code, one_line_reason(Exception(str(error.detail))), error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = error.errors()
+        first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(part) for part in first.get("loc", ())[1:])
+        return answer(request, 422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, error: BodyTooLarge) -> JSONResponse:
+        logger.info("%s %s: 413 body above the limit", request.method, request.url.path)
+        return too_large_response(error.max_bytes)
+
+    @app.exception_handler(FmnistError)
+    async def model_error(request: Request, error: FmnistError) -> JSONResponse:
+        return answer(request, 500, str(error))  # the model's fault (say, NaN output), already one line
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        # A bug, not the client's doing: uvicorn logs the traceback; the client gets one line.
+        return JSONResponse({"error": f"internal error ({type(error).__name__}); the server's log has the details"},
+                            status_code=500)
+
+
+# /docs shows an upload button for POST /predict: the request body is read by hand (to take either
+# multipart or raw bytes, and to count them), so FastAPI cannot describe it on its own.
+PREDICT_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                             "description": "one or several image files (PNG, JPEG, BMP, WebP, GIF)"}}},
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
