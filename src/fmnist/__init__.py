@@ -9,12 +9,12 @@ The package is layered; each layer imports only from the ones above it in this l
     errors, faults, files     one-line errors, stop requests, atomic file writes
     data/                     the data set: find, verify, read, split, batch, augment, image files
     models/                   the model zoo, LearnedAffine, layer summaries
-    training/                 config and recipes, optimizer/schedule/loss builders, the epoch loop
+    training/                 config and recipes, optimizer/schedule/loss builders, the epoch loop, torchrun
     runs/                     run folders: checkpoint format, files, recording epochs, resuming
     inference                 load_model, predict, evaluate a checkpoint
     reports/                  figures, report.md, comparisons, TensorBoard
     experiment                train(config) and resume(run_dir): a config to a finished run folder
-    tools/                    sweeps, benchmarks, the conventional yardstick, ONNX export
+    tools/                    sweeps (in parallel too), Optuna searches, benchmarks, the yardstick, ONNX export
     serve/                    `fmnist serve`: a web page and a JSON API for a model (optional extra)
     cli/                      the `fmnist` command
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +27,21 @@ from fmnist.reports.tensorboard_log import TensorBoardLog, require_tensorboard
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
 from fmnist.runs.folder import create_run_folder, environment, read_saved_config, write_config, write_summary
 from fmnist.runs.recorder import RunRecorder
-from fmnist.runs.resume import ResumePoint, config_to_resume, restore_run
+from fmnist.runs.resume import ResumePoint, config_to_resume, remove_leftovers, restore_run
 from fmnist.training.build import Training, build_training
 from fmnist.training.config import TrainConfig
-from fmnist.training.loop import NonFiniteLossError, evaluate, fit
+from fmnist.training.distributed import (
+    DistributedRecorder,
+    Processes,
+    ShardedBatches,
+    agreed_stop,
+    is_main,
+    join_processes,
+    on_main,
+    together,
+    wrap_model,
+)
+from fmnist.training.loop import EpochRecorder, NonFiniteLossError, evaluate, fit
 from fmnist.training.progress import WithProgress
 from fmnist.training.runtime import resolve_device, seed_everything
 
@@ -47,12 +60,15 @@ class RunResult:
     wall_seconds: float
 
 
-def train(config: TrainConfig, *, progress: bool = False, details: dict | None = None) -> RunResult:
+def train(config: TrainConfig, *, progress: bool = False, details: dict | None = None,
+          after_epoch: Callable[[dict], None] | None = None) -> RunResult:
     """Train `config` in a new run folder, validate every epoch, then test the best epoch's weights once.
 
     `progress` draws a bar per epoch on stderr. `details` (e.g. the command that started the run)
-    are recorded in config.json. Stops with TrainingInterrupted on Ctrl-C or SIGTERM (the folder can
-    be resumed) and NonFiniteLossError when the loss turns NaN.
+    are recorded in config.json. `after_epoch(row)` is called once each epoch is saved (it may
+    raise to stop the run). Stops with TrainingInterrupted on Ctrl-C or SIGTERM (the folder can
+    be resumed) and NonFiniteLossError when the loss turns NaN. Under torchrun every process calls
+    this; rank 0 alone writes the folder, and every process returns the same result.
     """
     started = time.perf_counter()
     if not isinstance(config, TrainConfig):
@@ -60,43 +76,57 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
     config.check_files()
     if config.tensorboard:
         require_tensorboard()  # fail now, not after training
-    device = resolve_device(config.device)
-    check_device_options(config, device)
-    data = load_data(config)
-    check_batch_statistics(config, len(data.train))
-    path = create_run_folder(config)
-    with exclusive_lock(path, "run folder"):
-        try:
-            write_config(path, config, {
-                **(details or {}), "data": data_record(data), "environment": environment(device),
-                "options_given": {name: getattr(config, name) for name in sorted(config.given)},
-            })
-            return run(path, config, data, device, None, progress, started)
-        except (FmnistError, OSError) as error:
-            diverged = isinstance(error, NonFiniteLossError)  # a result worth keeping (a sweep's too-high rate)
-            if not diverged and not (path / "metrics.csv").exists():  # nothing recorded: leave nothing behind
-                shutil.rmtree(path, ignore_errors=True)
-                if isinstance(error, FmnistError):
-                    error.args = (f"{error}; {path} was removed, as it recorded nothing",)
-            raise
+    with join_processes(config) as group:  # None in one process, see training/distributed.py
+        device = group.device if group else resolve_device(config.device)
+        check_device_options(config, device)
+        data = together(group, lambda: load_data(config))
+        check_batch_statistics(config, len(data.train), group.world_size if group else 1)
+        path = on_main(group, lambda: create_run_folder(config))
+        with main_holds_lock(path, "run folder", group):
+            try:
+                on_main(group, lambda: write_config(path, config, {
+                    **(details or {}), "data": data_record(data), "environment": environment(device),
+                    "options_given": {name: getattr(config, name) for name in sorted(config.given)},
+                    **({"processes": group.world_size} if group else {}),
+                }))
+                return run(path, config, data, device, None, progress, started, group, after_epoch)
+            except (FmnistError, OSError) as error:
+                diverged = isinstance(error, NonFiniteLossError)  # a result worth keeping (a sweep's too-high rate)
+                if is_main(group) and not diverged and not (path / "metrics.csv").exists():
+                    shutil.rmtree(path, ignore_errors=True)  # nothing recorded: leave nothing behind
+                    if isinstance(error, FmnistError):
+                        error.args = (f"{error}; {path} was removed, as it recorded nothing",)
+                raise
 
 
 def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> RunResult:
     """Continue the stopped run in `run_dir` after its last completed epoch, with its saved config.
 
-    Only `device` and `data_dir` may change (`changes`); anything else is refused.
+    Only `device` and `data_dir` may change (`changes`); anything else is refused. Under torchrun,
+    with any number of processes.
     """
     started = time.perf_counter()
     path = Path(run_dir)
     config = config_to_resume(path, changes)
     if config.tensorboard:
         require_tensorboard()
-    check_writable(path, "--resume")  # a read-only folder fails now, not after an epoch of training
-    device = resolve_device(config.device)
-    check_device_options(config, device)
-    with exclusive_lock(path, "--resume"):
-        data = load_data(config)
-        return run(path, config, data, device, path, progress, started)
+    with join_processes(config) as group:
+        # A read-only folder fails now, not after an epoch of training.
+        on_main(group, lambda: check_writable(path, "--resume"))
+        device = group.device if group else resolve_device(config.device)
+        check_device_options(config, device)
+        with main_holds_lock(path, "--resume", group):
+            on_main(group, lambda: remove_leftovers(path))
+            data = together(group, lambda: load_data(config))
+            return run(path, config, data, device, path, progress, started, group)
+
+
+@contextmanager
+def main_holds_lock(path: Path, what: str, group: Processes | None) -> Iterator[None]:
+    """The run folder's lock, held by the process that writes the folder (rank 0 under torchrun)."""
+    with ExitStack() as held:
+        on_main(group, lambda: held.enter_context(exclusive_lock(path, what)))
+        yield
 
 
 def check_device_options(config: TrainConfig, device: torch.device) -> None:
@@ -112,13 +142,15 @@ def record_resume(path: Path, data: DataSplits, device: torch.device) -> None:
     atomic_write_json(path / "config.json", saved)
 
 
-def check_batch_statistics(config: TrainConfig, train_images: int) -> None:
+def check_batch_statistics(config: TrainConfig, train_images: int, processes: int = 1) -> None:
     """BatchNorm1d cannot train on a batch of one image (it has no batch statistics then): say so now."""
-    if config.batch_size >= 2 and train_images >= 2:
+    if config.batch_size // processes >= 2 and train_images >= 2:
         return
     if any(isinstance(module, torch.nn.BatchNorm1d) for module in create_model(config.model).modules()):
-        raise ConfigError(f"--batch-size {config.batch_size} with {train_images:,} training images: {config.model} "
-                          "has BatchNorm1d layers, which need at least 2 images per batch; use a larger batch")
+        per_process = f" ({config.batch_size // processes} per process)" if processes > 1 else ""
+        raise ConfigError(f"--batch-size {config.batch_size}{per_process} with {train_images:,} training images: "
+                          f"{config.model} has BatchNorm1d layers, which need at least 2 images per batch; "
+                          "use a larger batch")
 
 
 def load_data(config: TrainConfig) -> DataSplits:
@@ -134,61 +166,77 @@ def data_record(data: DataSplits) -> dict:
 
 
 def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device, resume_from: Path | None,
-        progress: bool, started: float) -> RunResult:
+        progress: bool, started: float, group: Processes | None = None,
+        after_epoch: Callable[[dict], None] | None = None) -> RunResult:
     """Build, restore (when resuming), fit, then test best.pt and write the summary and report."""
     # Seed after loading so the same seed gives the same run whatever the data path did.
     seed_everything(config.seed, config.deterministic)
     training = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device))
     point = restore_run(resume_from, config, training) if resume_from is not None else ResumePoint()
     if resume_from is not None:
-        record_resume(path, data, device)
+        on_main(group, lambda: record_resume(path, data, device))
         logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, config.epochs)
-    tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
-    recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
-                           also=[tensorboard] if tensorboard else [])
-    logger.info("run: %s  model %s (%s parameters) on %s", path, config.model,
-                f"{count_parameters(training.model):,}", device)
-    train_batches = training.train_loader
+    tensorboard = recorder = None
+    if is_main(group):  # the process that writes the run folder (the only one without torchrun)
+        tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
+        recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
+                               also=[tensorboard] if tensorboard else [], after_epoch=after_epoch)
+    network, train_batches = training.model, training.train_loader
+    if group is not None:  # one of several processes: see training/distributed.py
+        network = wrap_model(training.model, group, config.sync_bn)
+        training.model = network.module
+        train_batches = ShardedBatches(training.train_loader, group)
+        recorder = DistributedRecorder(group, recorder, point.history, train_batches.images_per_epoch())
+    logger.info("run: %s  model %s (%s parameters) on %s%s", path, config.model,
+                f"{count_parameters(training.model):,}", device, f" x {group.world_size} processes" if group else "")
     if progress:
         train_batches = WithProgress(train_batches, config.epochs, len(point.history) + 1)
     # A compiled model shares the original's parameters; checkpoints keep saving the original.
-    network = torch.compile(training.model) if config.compile else training.model
+    network = torch.compile(network) if config.compile else network
     with stop_after_step() as stop:
         try:
             history = fit(network, train_batches, training.val_loader, training.optimization, config.epochs,
-                          flip_tta=config.tta_flip, recorder=recorder, stop=stop)
-            test, best_epoch = test_best_weights(path, config, training)
-            if stop.requested:
-                raise TrainingInterrupted("during the final test evaluation", stop.signal_number)
+                          flip_tta=config.tta_flip, recorder=recorder, stop=agreed_stop(stop, group))
+            return on_main(group, lambda: finish(path, config, data, device, training, history, stop, tensorboard,
+                                                 started))
         except TrainingInterrupted as interruption:
             raise interrupted(path, recorder, interruption, stop) from None
         except NonFiniteLossError as error:
-            write_summary(path, {"finished": True, "diverged": str(error), "model": config.model,
-                                 "epochs": config.epochs, "epochs_completed": len(recorder.history)})
+            if is_main(group):  # no message between processes here: another one may not have diverged
+                write_summary(path, {"finished": True, "diverged": str(error), "model": config.model,
+                                     "epochs": config.epochs, "epochs_completed": len(recorder.history)})
             raise NonFiniteLossError(f"{error}; training stopped: {kept(path, recorder)}, and summary.json records "
                                      "the divergence (try a lower --lr or --max-lr)") from None
-        wall_seconds = time.perf_counter() - started
-        write_summary(path, {
-            "finished": True,
-            "model": config.model,
-            "parameters": count_parameters(training.model),
-            "epochs": config.epochs,
-            "best_epoch": best_epoch,
-            "best_val_accuracy": history[best_epoch - 1]["val_accuracy"],
-            "test_loss": test.loss,
-            "test_accuracy": test.accuracy,
-            "test_per_class_accuracy": test.per_class_accuracy(),
-            "train_seconds": sum(row["seconds"] for row in history),
-            "wall_seconds": wall_seconds,
-            "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
-            "device": str(device),
-        })
-        report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std,
-                                   {"directory": str(data.directory), "verified": data.verified})
-        logger.info("report: %s", report_path)
-        if tensorboard is not None:
-            tensorboard.log_confusion_matrix(test, best_epoch)
-            tensorboard.close()
+
+
+def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.device, training: Training,
+           history: list[dict], stop: StopRequest, tensorboard: TensorBoardLog | None, started: float) -> RunResult:
+    """After the last epoch: test best.pt once, then write the summary and the report."""
+    test, best_epoch = test_best_weights(path, config, training)
+    if stop.requested:
+        raise TrainingInterrupted("during the final test evaluation", stop.signal_number)
+    wall_seconds = time.perf_counter() - started
+    write_summary(path, {
+        "finished": True,
+        "model": config.model,
+        "parameters": count_parameters(training.model),
+        "epochs": config.epochs,
+        "best_epoch": best_epoch,
+        "best_val_accuracy": history[best_epoch - 1]["val_accuracy"],
+        "test_loss": test.loss,
+        "test_accuracy": test.accuracy,
+        "test_per_class_accuracy": test.per_class_accuracy(),
+        "train_seconds": sum(row["seconds"] for row in history),
+        "wall_seconds": wall_seconds,
+        "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
+        "device": str(device),
+    })
+    report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std,
+                               {"directory": str(data.directory), "verified": data.verified})
+    logger.info("report: %s", report_path)
+    if tensorboard is not None:
+        tensorboard.log_confusion_matrix(test, best_epoch)
+        tensorboard.close()
     return RunResult(path, test.accuracy, test.loss, best_epoch, history[best_epoch - 1]["val_accuracy"], wall_seconds)
 
 
@@ -199,13 +247,13 @@ def test_best_weights(path: Path, config: TrainConfig, training: Training):
     return evaluate(training.model, training.test_loader, config.tta_flip), best["epoch"]
 
 
-def kept(path: Path, recorder: RunRecorder) -> str:
+def kept(path: Path, recorder: EpochRecorder) -> str:
     if recorder.history:
         return f"epoch {recorder.history[-1]['epoch']} is saved in {path}"
     return "no epoch was completed yet, so there is no checkpoint"
 
 
-def interrupted(path: Path, recorder: RunRecorder, interruption: TrainingInterrupted,
+def interrupted(path: Path, recorder: EpochRecorder, interruption: TrainingInterrupted,
                 stop: StopRequest) -> TrainingInterrupted:
     """The stop message: where training stopped and what the run folder still holds."""
     error = TrainingInterrupted(f"stopped by {stop.signal_name} {interruption}; {kept(path, recorder)}",

@@ -14,12 +14,15 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
 from fmnist.errors import FmnistError
 from fmnist.faults import TrainingInterrupted
-from fmnist.training.config import DEVICES, EVAL_BATCH_SIZE, build_config
+from fmnist.training.config import DEVICES, EVAL_BATCH_SIZE, FIELDS, build_config
+from fmnist.training.distributed import launched_processes, process_rank
 from fmnist.version import __version__
 
 
@@ -87,6 +90,30 @@ def build_parser() -> ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
                        help="an option and its values (repeatable; the grid is every combination)")
     sweep.add_argument("--seeds", type=int, default=1, help="runs per grid point, seeds --seed, --seed + 1, ...")
+    sweep.add_argument("--jobs", type=int, default=1,
+                       help="runs trained at once, each in its own process (default 1: in turn, in this process)")
+    sweep.add_argument("--threads-per-job", type=int, metavar="T",
+                       help="torch threads of each job (default: the cores here divided by --jobs)")
+
+    tune = command("tune", "search options with Optuna; any number of processes and machines share one study "
+                           "(pip install -e '.[tune]')")
+    add_train_options(tune)
+    tune.add_argument("--space", metavar="SPACE.toml",
+                      help="the options to search: one [OPTION] table each, with low, high and log = true|false "
+                           "for a number, or choices = [...] (docs/scaling.md)")
+    tune.add_argument("--trials", type=int, help="trials this process runs (other processes on the study add theirs)")
+    tune.add_argument("--storage", required=True, metavar="URL",
+                      help="where the study lives: journal:PATH for a journal file (Optuna's JournalFileBackend: one "
+                           "machine, or a file system all machines share), or an SQLAlchemy URL: sqlite:///search.db, "
+                           "postgresql://USER@HOST/DB, mysql://USER@HOST/DB")
+    tune.add_argument("--study", required=True, metavar="NAME", help="the study; its trials' runs go to OUT/NAME/")
+    tune.add_argument("--pruner", choices=["median", "none"], default="median",
+                      help="median (default): stop a trial whose validation accuracy after an epoch is below the "
+                           "median of earlier trials at that epoch; none: every trial runs all its epochs")
+    tune.add_argument("--show", action="store_true",
+                      help="print the best trials and write optimization_history.png and param_importances.png "
+                           "to OUT/NAME; trains nothing")
+    tune.add_argument("--top", type=int, default=10, help="with --show: trials in the table (default 10)")
 
     predict = command("predict", "classify image files (PNG, JPEG, BMP, WebP, GIF) or folders of them")
     predict.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
@@ -245,7 +272,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     command = typed_command()
     try:
         sweep_dir, table = run_sweep(args.config, overrides_from(args), args.set, args.seeds,
-                                     {"command": command}, progress=sys.stderr.isatty())
+                                     {"command": command}, progress=sys.stderr.isatty(), jobs=args.jobs,
+                                     threads_per_job=args.threads_per_job)
     except TrainingInterrupted as interruption:
         if args.name is None:  # the folder was named after the time it started: name it to continue it
             command = [*command, "--out", str(interruption.sweep_path.parent), "--name", interruption.sweep_path.name]
@@ -253,6 +281,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise
     print(table)
     print(f"sweep folder: {sweep_dir} (comparison.md/.csv/.png: per grid point; runs.md/.csv: per run)")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fmnist.tools.tune import run_tune, show_study
+
+    overrides = overrides_from(args)
+    if args.show:
+        given = ["--" + name.replace("_", "-") for name, value in overrides.items()
+                 if value is not None and name != "out"]
+        given += [option for option in ("--space", "--trials") if getattr(args, option[2:]) is not None]
+        if given or args.config:
+            raise UsageError(f"--show reads the study and trains nothing; drop {(given or ['--config'])[0]}")
+        check_positive(args.top, "--top")
+        table, written = show_study(args.storage, args.study, args.out or FIELDS["out"].metadata["default"], args.top)
+        print(table)
+        for path in written:
+            print(f"written: {path}")
+        return 0
+    if args.space is None or args.trials is None:
+        raise UsageError("give --space SPACE.toml and --trials N (or --show to see the study)")
+    try:
+        study_dir, table = run_tune(args.config, overrides, args.space, args.trials, args.storage, args.study,
+                                    args.pruner, {"command": typed_command()})
+    except TrainingInterrupted as interruption:
+        interruption.continue_command = shlex.join(typed_command())
+        raise
+    print(table)
+    print(f"study folder: {study_dir} (trial-NNNN run folders; fmnist tune --show for the plots)")
     return 0
 
 
@@ -444,6 +501,7 @@ COMMANDS = {
     "summary": cmd_summary,
     "compare": cmd_compare,
     "sweep": cmd_sweep,
+    "tune": cmd_tune,
     "predict": cmd_predict,
     "export": cmd_export,
     "lr-find": cmd_lr_find,
@@ -490,14 +548,41 @@ def stopped(interruption: TrainingInterrupted) -> int:
     if continue_command is not None:
         print(f"continue with: {continue_command}", file=sys.stderr)
     elif interruption.run_path is not None:
-        print(f"resume with: fmnist train --resume {shlex.quote(str(interruption.run_path))}", file=sys.stderr)
+        print(f"resume with: {resume_command(interruption.run_path)}", file=sys.stderr)
     return interruption.exit_code
+
+
+def resume_command(run_path: Path) -> str:
+    """`fmnist train --resume RUN_DIR`, under torchrun when this run had several processes."""
+    command = f"fmnist train --resume {shlex.quote(str(run_path))}"
+    if launched_processes() == 1:
+        return command
+    per_node = os.environ.get("LOCAL_WORLD_SIZE", str(launched_processes()))
+    if per_node == str(launched_processes()):
+        return f"torchrun --nproc-per-node {per_node} -m {command}"
+    return f"torchrun <the same torchrun options> -m {command}"
+
+
+@contextmanager
+def only_rank_0_speaks() -> Iterator[None]:
+    """Under torchrun every process runs this command; rank 0 alone prints (its errors too: the others
+    raise the same ones). A crash's traceback still shows on every process."""
+    if process_rank() == 0:
+        yield
+        return
+    with open(os.devnull, "w") as nowhere, redirect_stdout(nowhere), redirect_stderr(nowhere):
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name in another encoding must not crash the output
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    with only_rank_0_speaks():
+        return run_command(argv)
+
+
+def run_command(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         show_library_logs(sys.stderr if getattr(args, "json", False) else sys.stdout)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from fmnist.errors import ConfigError
@@ -38,3 +40,12 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+@functools.cache
+def has_batch_norm(name: str) -> bool:
+    """Whether the registered model `name` has BatchNorm layers (built once per name to look: without
+    memory, on the meta device, and without touching the random number generator)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = create_model(name)
+    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fmnist.runs.checkpoint import checkpoint_state, save_checkpoint
@@ -14,17 +15,20 @@ class RunRecorder:
     """Writes a run folder as training goes: fit() calls `end_epoch` after every epoch.
 
     `history` and `learning_rates` hold what earlier epochs recorded (a resumed run). `also` takes
-    other loggers with the same `log_epoch(row, learning_rates)` (TensorBoard).
+    other loggers with the same `log_epoch(row, learning_rates)` (TensorBoard). `after_epoch(row)`
+    is called once the epoch is saved, so it may stop the run by raising (a search's pruner does).
     """
 
     def __init__(self, path: Path, config: TrainConfig, training: Training,
-                 history: list[dict] | None = None, learning_rates: list[float] | None = None, also=()):
+                 history: list[dict] | None = None, learning_rates: list[float] | None = None, also=(),
+                 after_epoch: Callable[[dict], None] | None = None):
         self.path = Path(path)
         self.config = config
         self.training = training
         self.history = list(history or [])
         self.learning_rates = list(learning_rates or [])
         self.also = list(also)
+        self.after_epoch = after_epoch
 
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
         """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
@@ -42,3 +46,5 @@ class RunRecorder:
         if is_best:
             save_checkpoint(state, self.path / "best.pt")
         save_checkpoint(state, self.path / "last.pt")
+        if self.after_epoch is not None:
+            self.after_epoch(row)

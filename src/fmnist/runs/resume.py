@@ -78,6 +78,15 @@ def config_to_resume(run_dir: str | Path, overrides: dict) -> TrainConfig:
     return config.replace(**changes) if changes else config
 
 
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete temporary files that a write cut short by a crash left behind (the real file is intact).
+
+    Call it while holding the run folder's lock: the files are then nobody else's.
+    """
+    for leftover in Path(run_dir).glob(".*.tmp"):
+        leftover.unlink()
+
+
 @dataclass
 class ResumePoint:
     """Where a resumed run continues: the epochs and learning rates recorded so far."""
@@ -87,14 +96,8 @@ class ResumePoint:
 
 
 def restore_run(run_dir: str | Path, config: TrainConfig, training: Training) -> ResumePoint:
-    """Load last.pt into the freshly built training objects; return what the run recorded so far.
-
-    Call it while holding the run folder's lock: it deletes temporary files that a crashed write
-    left behind, which are then nobody else's.
-    """
+    """Load last.pt into the freshly built training objects; return what the run recorded so far."""
     path = Path(run_dir)
-    for leftover in path.glob(".*.tmp"):  # a write cut short by a crash; the real file is intact
-        leftover.unlink()
     last = path / "last.pt"
     if not last.exists():
         recorded = [name for name in ("best.pt", "metrics.csv") if (path / name).exists()]

@@ -10,20 +10,31 @@ one sweep folder; the comparison (mean ± std over seeds per grid point) is writ
 A stopped sweep continues when the same command runs again: finished runs are kept, a run that was
 stopped is resumed from its last completed epoch, and the rest are started. A different sweep
 (another grid, seeds or options) in the same folder is refused.
+
+`--jobs N` trains N runs at once, each in a process of its own (tools/sweep_job.py) with
+`--threads-per-job` torch threads (default: the cores divided among the jobs). The sweep folder's
+lock keeps a second sweep out, and each run folder's lock (held by its job) keeps two processes
+from ever training one run. Each job's output goes to SWEEP_DIR/logs/RUN_NAME.log.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmnist.errors import CheckpointError, ConfigError
+import torch
+
+from fmnist.errors import CheckpointError, ConfigError, FmnistError
 from fmnist.experiment import resume, train
-from fmnist.faults import TrainingInterrupted
+from fmnist.faults import TrainingInterrupted, stop_after_step
 from fmnist.files import atomic_write_json, exclusive_lock
 from fmnist.reports.compare import compare_grid
 from fmnist.runs.folder import is_run_folder, read_json
@@ -124,23 +135,84 @@ def prepare_folder(sweep_dir: Path, record: dict) -> bool:
 
 
 def run_sweep(config_file: str | None, overrides: dict, set_arguments: list[str], seeds: int,
-              details: dict | None = None, progress: bool = False) -> tuple[Path, str]:
-    """Train the planned runs one after another, then write the comparison; returns (folder, table).
+              details: dict | None = None, progress: bool = False, jobs: int = 1,
+              threads_per_job: int | None = None) -> tuple[Path, str]:
+    """Train the planned runs, `jobs` at a time, then write the comparison; returns (folder, table).
 
-    Stopped (Ctrl-C, SIGTERM), it raises TrainingInterrupted; the same call continues it.
+    With `jobs` > 1 each run is a process of its own with `threads_per_job` torch threads (default:
+    the cores divided among the jobs). Stopped (Ctrl-C, SIGTERM), it raises TrainingInterrupted;
+    the same call continues it.
     """
     sweep_dir, grid, planned = plan_sweep(config_file, overrides, set_arguments, seeds)
+    threads = threads_for(jobs, threads_per_job, len(planned))
     record = sweep_record(grid, seeds, planned)
     continuing = prepare_folder(sweep_dir, record)
     with exclusive_lock(sweep_dir, "sweep folder"):
         if not continuing:
-            atomic_write_json(sweep_dir / "sweep.json", {**record, **(details or {})})
-        for index, run in enumerate(planned, start=1):
+            # `given`: the options each run was given, so that a job rebuilds its config as planned.
+            given = {run.name: {name: getattr(run.config, name) for name in sorted(run.config.given)}
+                     for run in planned}
+            atomic_write_json(sweep_dir / "sweep.json", {**record, "given": given, **(details or {})})
+        to_do = runs_to_do(sweep_dir, planned)
+        try:
+            if jobs == 1:
+                run_in_turn(sweep_dir, to_do, len(planned), details, progress, threads)
+            else:
+                run_in_parallel(sweep_dir, to_do, len(planned), jobs, threads)
+        except TrainingInterrupted as interruption:
+            interruption.sweep_path = sweep_dir
+            raise
+        table = compare_grid([sweep_dir], [key for key in grid if key != "seed"], sweep_dir)
+    return sweep_dir, table
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_for(jobs: int, threads_per_job: int | None, runs: int) -> int:
+    """Torch threads per job: --threads-per-job, else the cores divided among the jobs."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: must be at least 1 (the number of runs trained at once)")
+    if jobs > runs:
+        raise ConfigError(f"--jobs {jobs}: the sweep has {runs} run{'s' if runs > 1 else ''}; "
+                          f"use --jobs {runs} or fewer")
+    if threads_per_job is not None:
+        if threads_per_job < 1:
+            raise ConfigError(f"--threads-per-job {threads_per_job}: must be at least 1")
+        return threads_per_job
+    cores = available_cores()
+    if jobs > cores:
+        raise ConfigError(f"--jobs {jobs}: more jobs than the {cores} core{'s' if cores > 1 else ''} here would "
+                          "leave no thread per job; "
+                          f"use --jobs {cores} or fewer, or give --threads-per-job 1 to share cores anyway")
+    return cores // jobs
+
+
+def runs_to_do(sweep_dir: Path, planned: list[PlannedRun]) -> list[tuple[int, PlannedRun]]:
+    """(number, run) of every planned run that has not finished, in the planned order."""
+    to_do = []
+    for index, run in enumerate(planned, start=1):
+        run_dir = sweep_dir / run.name
+        if is_run_folder(run_dir) and is_finished(run_dir):
+            logger.info("sweep run %d/%d: %s (finished earlier)", index, len(planned), run.name)
+        else:
+            to_do.append((index, run))
+    return to_do
+
+
+def run_in_turn(sweep_dir: Path, to_do: list[tuple[int, PlannedRun]], total: int, details: dict | None,
+                progress: bool, threads: int) -> None:
+    """One run after another in this process."""
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for index, run in to_do:
             run_dir = sweep_dir / run.name
-            if is_run_folder(run_dir) and is_finished(run_dir):
-                logger.info("sweep run %d/%d: %s (finished earlier)", index, len(planned), run.name)
-                continue
-            logger.info("sweep run %d/%d: %s", index, len(planned), run.name)
+            logger.info("sweep run %d/%d: %s", index, total, run.name)
             try:
                 if is_run_folder(run_dir):
                     resume(run_dir, progress=progress)
@@ -150,9 +222,101 @@ def run_sweep(config_file: str | None, overrides: dict, set_arguments: list[str]
                 # A diverging learning rate is a result of the study, not a reason to drop the others.
                 logger.info("sweep run %s stopped: %s", run.name, error)
             except TrainingInterrupted as interruption:
-                stopped = TrainingInterrupted(f"sweep stopped in run {index}/{len(planned)} ({run.name}): "
-                                              f"{interruption}", interruption.signal_number)
-                stopped.sweep_path = sweep_dir
-                raise stopped from None
-        table = compare_grid([sweep_dir], [key for key in grid if key != "seed"], sweep_dir)
-    return sweep_dir, table
+                raise TrainingInterrupted(f"sweep stopped in run {index}/{total} ({run.name}): {interruption}",
+                                          interruption.signal_number) from None
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+@dataclass
+class Job:
+    index: int
+    run: PlannedRun
+    process: subprocess.Popen
+    log: Path
+    told_to_stop: bool = False
+
+
+def start_job(sweep_dir: Path, index: int, run: PlannedRun, threads: int) -> Job:
+    """A process that trains (or resumes) one run, its output in SWEEP_DIR/logs/NAME.log.
+
+    It gets a session of its own, so a Ctrl-C at the terminal reaches only the sweep, which passes
+    the stop on exactly once (a second signal would stop a job at once, without saving).
+    """
+    log = sweep_dir / "logs" / f"{run.name}.log"
+    log.parent.mkdir(exist_ok=True)
+    # OpenMP reads its variable at start-up; torch.set_num_threads in the job covers the rest.
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(log, "a") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fmnist.tools.sweep_job", str(sweep_dir), run.name, str(threads)],
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=environment,
+            start_new_session=True,
+        )
+    return Job(index, run, process, log)
+
+
+def last_line(path: Path) -> str:
+    """The last line a job wrote: its error, or how it stopped."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].removeprefix("fmnist: error: ").removeprefix("fmnist: ") if lines else "(no output)"
+
+
+def run_in_parallel(sweep_dir: Path, to_do: list[tuple[int, PlannedRun]], total: int, jobs: int,
+                    threads: int) -> None:
+    """Up to `jobs` runs at once, each in its own process.
+
+    Ctrl-C or SIGTERM to the sweep is passed on to every job, which finishes its step, saves and
+    stops like a single run. A job that ends without finishing its run (stopped on its own, or an
+    error) starts nothing new: the running jobs finish their runs, then the sweep says what stopped.
+    """
+    waiting, running, unfinished = list(to_do), [], []
+    with stop_after_step() as stop:
+        try:
+            while waiting or running:
+                while waiting and len(running) < jobs and not stop.requested and not unfinished:
+                    index, run = waiting.pop(0)
+                    job = start_job(sweep_dir, index, run, threads)
+                    logger.info("sweep run %d/%d: %s (job log %s)", index, total, run.name, job.log)
+                    running.append(job)
+                for job in running:
+                    if stop.requested and not job.told_to_stop:
+                        job.process.send_signal(stop.signal_number)
+                        job.told_to_stop = True
+                ended = [job for job in running if job.process.poll() is not None]
+                for job in ended:
+                    running.remove(job)
+                    outcome = job_outcome(job, total)
+                    if outcome is not None:
+                        unfinished.append((job, outcome))
+                if not ended:
+                    time.sleep(0.1)
+        except KeyboardInterrupt:  # a second Ctrl-C: the jobs get theirs too, and stop at once
+            for job in running:
+                job.process.send_signal(signal.SIGINT)
+                job.process.wait()
+            raise
+    errors = [outcome for _, outcome in unfinished if isinstance(outcome, FmnistError)]
+    if errors:
+        raise errors[0]
+    if stop.requested or unfinished:
+        signal_number = stop.signal_number if stop.requested else unfinished[0][1].signal_number
+        names = ", ".join(job.run.name for job, _ in unfinished) or "none"
+        raise TrainingInterrupted(f"sweep stopped: {len(unfinished)} run(s) stopped ({names}), "
+                                  f"{len(waiting)} not started", signal_number)
+
+
+def job_outcome(job: Job, total: int) -> FmnistError | TrainingInterrupted | None:
+    """Log how a job ended; None when its run is done (finished, or diverged: a result too)."""
+    code, name = job.process.returncode, job.run.name
+    if code == 0:
+        logger.info("sweep run %d/%d: %s finished", job.index, total, name)
+        return None
+    if code == NonFiniteLossError.exit_code:
+        logger.info("sweep run %s stopped: %s", name, last_line(job.log))
+        return None
+    stopped_by = code - 128 if code > 128 else -code if code < 0 else None
+    if stopped_by in (signal.SIGINT, signal.SIGTERM):
+        logger.info("sweep run %d/%d: %s stopped (%s)", job.index, total, name, last_line(job.log))
+        return TrainingInterrupted(f"run {name} stopped", stopped_by)
+    return FmnistError(f"sweep run {name} failed (exit code {code}): {last_line(job.log)}; its log: {job.log}")

@@ -26,7 +26,7 @@ else:  # pragma: no cover
 
 from fmnist.data.fashion import MEAN, SPLIT_SEED, STD, VAL_SIZE
 from fmnist.errors import ConfigError
-from fmnist.models import PRETRAINED_MODELS, list_models
+from fmnist.models import PRETRAINED_MODELS, has_batch_norm, list_models
 from fmnist.training.recipes import get_recipe
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -66,6 +66,8 @@ CONDITIONAL = {
     "focal_alpha": (lambda c: c.loss == "focal", "only --loss focal uses it"),
     "mixup": (lambda c: c.loss == "ce", "mixed labels need --loss ce (focal loss takes one class per image)"),
     "cutmix": (lambda c: c.loss == "ce", "mixed labels need --loss ce (focal loss takes one class per image)"),
+    "sync_bn": (lambda c: c.model in list_models() and has_batch_norm(c.model),
+                "only models with BatchNorm layers have statistics to synchronize"),
     "pretrained": (lambda c: c.model in PRETRAINED_MODELS,
                    f"only --model {', '.join(PRETRAINED_MODELS)} has pretrained weights"),
 }
@@ -118,6 +120,8 @@ class TrainConfig:
                                        "--no-deterministic lets cuDNN pick the fastest (GPU speed, not repeatable)")
     pretrained: str | None = option(None, "resnet18: ImageNet weights from PATH, or torchvision's cache if no PATH",
                                     metavar="PATH")
+    sync_bn: bool | None = option(False, "under torchrun on CUDA: BatchNorm statistics over the whole global batch "
+                                         "(SyncBatchNorm) instead of each process's slice (BatchNorm models)")
     val_size: int = option(VAL_SIZE, "training images held out for validation")
     split_seed: int = option(SPLIT_SEED, "seed of the validation split (independent of --seed)")
     seed: int = option(42, "seed for weights, dropout, augmentation and batch order")

@@ -1,0 +1,169 @@
+"""`torchrun -m fmnist train`: two gloo processes on the CPU train the weights of one process with the same
+global batch, rank 0 alone writes the run folder, a stop from torchrun stops both after the same step,
+and the checkpoints resume under torchrun or in one process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import write_dataset
+from fmnist.cli import main
+from fmnist.data.loader import TensorLoader
+from fmnist.data.splits import Split
+from fmnist.models import create_model
+from fmnist.training.distributed import ShardedBatches
+
+
+def train_args(data: Path, out: Path, name: str, epochs: int = 2, limit_batches: int = 3) -> list[str]:
+    # lenet has neither dropout nor BatchNorm: with the same global batch, two processes compute the
+    # gradient of one, so the weights match up to float rounding. SGD's step is linear in it.
+    return [
+        "train", "--model", "lenet", "--optimizer", "sgd", "--max-lr", "0.1", "--epochs", str(epochs),
+        "--batch-size", "50", "--limit-batches", str(limit_batches), "--val-size", "100", "--seed", "5",
+        "--device", "cpu", "--data-dir", str(data), "--allow-unverified-data", "--out", str(out), "--name", name,
+    ]
+
+
+def torchrun(args: list[str], kill_at: str | None = None) -> subprocess.Popen:
+    environment = {key: value for key, value in os.environ.items() if key != "FMNIST_KILL_AT"}
+    if kill_at:
+        environment["FMNIST_KILL_AT"] = kill_at
+    environment["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "fmnist", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+
+
+def finished(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, err
+
+
+def metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return write_dataset(tmp_path / "data")
+
+
+def test_two_processes_train_the_weights_of_one_and_write_the_run_folder_once(data, tmp_path, capsys):
+    assert main(train_args(data, tmp_path, "one")) == 0
+    capsys.readouterr()
+    run = tmp_path / "two"
+
+    # torchrun stops both processes after the same step (the 4th: epoch 2, batch 1) ...
+    code, out, err = finished(torchrun(train_args(data, tmp_path, "two"), kill_at="train-step:4:SIGTERM"))
+    assert code != 0
+    assert err.count("stopped by SIGTERM in epoch 2 after batch 1; epoch 1 is saved in") == 1, err
+    assert f"resume with: torchrun --nproc-per-node 2 -m fmnist train --resume {run}" in err
+    assert len(metrics(run)) == 1
+
+    # ... and resumes under torchrun: the run folder is written once, by rank 0.
+    code, out, err = finished(torchrun(["train", "--resume", str(run)]))
+    assert code == 0, err
+    assert out.count("test accuracy") == 1 and out.count("epoch 2/2  train loss") == 1 and out.count("data: ") == 1
+    assert [row["epoch"] for row in metrics(run)] == ["1", "2"]
+    assert len((run / "lr_steps.csv").read_text().splitlines()) == 1 + 2 * 3
+    assert json.loads((run / "config.json").read_text())["processes"] == 2
+    assert not list(run.glob(".*.tmp"))
+
+    torch.manual_seed(5)
+    initial = create_model("lenet").state_dict()  # what both runs started from
+    for checkpoint in ("best.pt", "last.pt"):
+        one, two = weights(tmp_path / "one" / checkpoint), weights(run / checkpoint)
+        assert one.keys() == two.keys()  # the unwrapped model's names: no "module." prefix
+        moved = max((one[key] - initial[key]).abs().max().item() for key in one)
+        assert max((one[key] - two[key]).abs().max().item() for key in one) < 1e-5 < moved / 100
+    for row_one, row_two in zip(metrics(tmp_path / "one"), metrics(run), strict=True):
+        for key in ("train_loss", "val_loss"):  # the training loss is the whole global batch's
+            assert float(row_one[key]) == pytest.approx(float(row_two[key]), abs=1e-5)
+
+    # Its test figure, by rank 0, is what `fmnist evaluate` gets in one process from the same weights.
+    assert main(["evaluate", str(run), "--data-dir", str(data), "--allow-unverified-data", "--device", "cpu",
+                 "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert (evaluated["test_accuracy"], evaluated["test_loss"]) == pytest.approx(
+        (summary["test_accuracy"], summary["test_loss"]))
+
+
+def test_sigterm_to_torchrun_stops_both_processes_cleanly_and_one_process_resumes(data, tmp_path, capsys):
+    run = tmp_path / "long"
+    process = torchrun(train_args(data, tmp_path, "long", epochs=60, limit_batches=1))
+    deadline = time.monotonic() + 240
+    while not (run / "metrics.csv").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it to both processes, at whatever step each is
+    code, _, err = finished(process)
+    assert code != 0
+    assert err.count("fmnist: stopped by SIGTERM") == 1 and "resume with: torchrun" in err, err
+    epochs_done = len(metrics(run))
+    assert 1 <= epochs_done < 60 and (run / "last.pt").is_file() and not (run / "summary.json").exists()
+
+    # The checkpoint holds the plain model: one process resumes it, as any run.
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert [int(row["epoch"]) for row in metrics(run)] == list(range(1, 61))
+
+
+def test_a_global_batch_that_does_not_divide_is_refused_naming_the_option(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before joining any process group
+    args = train_args(data, tmp_path, "odd")
+    args[args.index("--batch-size") + 1] = "51"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size 51: the global batch must divide evenly among the 2" in err
+    assert not (tmp_path / "odd").exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "world_size", "fragment"),
+    [
+        ("lenet", "1", "--sync-bn True: ignored by these settings: only models with BatchNorm layers"),
+        ("fast-cnn", "1", "--sync-bn: synchronizes BatchNorm across the processes of a torchrun run; this is one"),
+        ("fast-cnn", "2", "--sync-bn: SyncBatchNorm runs on CUDA only"),
+    ],
+)
+def test_sync_bn_is_refused_where_it_would_do_nothing(model, world_size, fragment, data, tmp_path, monkeypatch,
+                                                      capsys):
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    args = train_args(data, tmp_path, "bn")
+    args[args.index("--model") + 1] = model
+    assert main([*args, "--sync-bn"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+
+
+def test_each_process_takes_its_share_of_the_same_global_batches():
+    split = Split(torch.zeros(10, 28, 28, dtype=torch.uint8), torch.arange(10))
+    loader = TensorLoader(split, batch_size=4, shuffle=True, seed=3)
+    global_batches = [labels.tolist() for _, labels in TensorLoader(split, batch_size=4, shuffle=True, seed=3)]
+    shards = {}
+    for rank in (0, 1):
+        sharded = ShardedBatches(loader, SimpleNamespace(rank=rank, world_size=2))
+        loader.generator.manual_seed(3)  # every process draws the same permutation
+        shards[rank] = [labels.tolist() for _, labels in sharded]
+        assert len(sharded) == 3 and sharded.images_per_epoch() == 5
+    for batch, first, second in zip(global_batches, shards[0], shards[1], strict=True):
+        assert sorted(first + second) == sorted(batch) and abs(len(first) - len(second)) <= 1
+    # A last global batch smaller than the number of processes would leave one without images: left out.
+    assert len(ShardedBatches(loader, SimpleNamespace(rank=0, world_size=3))) == 2

@@ -1,0 +1,208 @@
+"""`fmnist tune`: Optuna studies shared by worker processes through a journal file or SQLite, every trial
+a run folder judged on validation accuracy, pruning after a saved epoch, dead workers' trials marked
+failed, and a bad space file refused in one line before anything starts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_dataset
+from fmnist.cli import main
+
+optuna = pytest.importorskip("optuna", reason="the optional extra: pip install -e '.[tune]'")
+
+SPACE = """
+[max_lr]
+low = 1e-3
+high = 3e-2
+log = true
+
+[optimizer]
+choices = ["adamw", "sgd"]
+"""
+
+
+def tune_args(data: Path, out: Path, space: Path, storage: str, trials: int) -> list[str]:
+    return [
+        "tune", "--space", str(space), "--trials", str(trials), "--storage", storage, "--study", "search",
+        "--model", "lenet", "--epochs", "2", "--batch-size", "50", "--limit-batches", "2", "--val-size", "100",
+        "--data-dir", str(data), "--allow-unverified-data", "--device", "cpu", "--out", str(out),
+    ]
+
+
+def worker(args: list[str], kill_at: str | None = None) -> subprocess.Popen:
+    environment = {key: value for key, value in os.environ.items() if key != "FMNIST_KILL_AT"}
+    if kill_at:
+        environment["FMNIST_KILL_AT"] = kill_at
+    return subprocess.Popen([sys.executable, "-m", "fmnist", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=environment)
+
+
+def finished(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, err
+
+
+def storage_url(kind: str, folder: Path) -> str:
+    return f"journal:{folder / 'search.log'}" if kind == "journal" else f"sqlite:///{folder / 'search.db'}"
+
+
+def load_study(url: str):
+    from fmnist.tools.tune import open_storage
+
+    return optuna.load_study(study_name="search", storage=open_storage(url))
+
+
+def reported_trials(output: str) -> list[int]:
+    return [int(line.split()[1].rstrip(":")) for line in output.splitlines() if line.startswith("trial ")]
+
+
+@pytest.fixture
+def search(tmp_path) -> tuple[Path, Path]:
+    (tmp_path / "space.toml").write_text(SPACE)
+    return write_dataset(tmp_path / "data"), tmp_path / "space.toml"
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_workers_share_one_study_and_no_trial_is_lost_or_run_twice(kind, search, tmp_path, capsys):
+    data, space = search
+    url = storage_url(kind, tmp_path)
+    args = tune_args(data, tmp_path / "runs", space, url, trials=2)
+    outcomes = [finished(process) for process in [worker(args), worker(args)]]
+    for code, _, err in outcomes:
+        assert code == 0, err
+    # Each worker ran two trials, and no trial was run by both.
+    by_worker = [reported_trials(out) for _, out, _ in outcomes]
+    assert [len(numbers) for numbers in by_worker] == [2, 2]
+    assert sorted(by_worker[0] + by_worker[1]) == [0, 1, 2, 3]
+
+    study = load_study(url)
+    assert [(trial.number, trial.state.name) for trial in study.trials] == [(n, "COMPLETE") for n in range(4)]
+    study_dir = tmp_path / "runs" / "search"
+    assert sorted(path.name for path in study_dir.iterdir()) == [f"trial-{n:04d}" for n in range(4)]
+    for trial in study.trials:
+        run = study_dir / f"trial-{trial.number:04d}"
+        saved = json.loads((run / "config.json").read_text())["config"]
+        assert (saved["max_lr"], saved["optimizer"]) == (trial.params["max_lr"], trial.params["optimizer"])
+        with open(run / "metrics.csv", newline="") as handle:
+            validation = [float(row["val_accuracy"]) for row in csv.DictReader(handle)]
+        # The objective is the best validation accuracy (never the test set), reported every epoch.
+        assert trial.intermediate_values == {1: validation[0], 2: validation[1]}
+        assert trial.value == max(validation) == json.loads((run / "summary.json").read_text())["best_val_accuracy"]
+        assert json.loads((run / "trial.json").read_text())["state"] == "complete"
+        assert trial.user_attrs["run_dir"] == str(run)
+
+    if kind == "journal":
+        capsys.readouterr()
+        assert main(["tune", "--show", "--storage", url, "--study", "search", "--out", str(tmp_path / "runs")]) == 0
+        printed = capsys.readouterr().out
+        assert printed.startswith("study search: 4 trials (4 complete)")
+        assert "| rank | trial | best val acc | max_lr | optimizer | epochs | run folder |" in printed
+        for name in ("optimization_history.png", "param_importances.png"):
+            assert (study_dir / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_killed_workers_trial_is_marked_failed_and_the_study_goes_on(search, tmp_path):
+    data, space = search
+    url = storage_url("journal", tmp_path)
+    args = tune_args(data, tmp_path / "runs", space, url, trials=1)
+    code, _, _ = finished(worker(args, kill_at="train-step:1"))  # SIGKILL in its first trial's first step
+    assert code == -9
+    assert [trial.state.name for trial in load_study(url).trials] == ["RUNNING"]
+
+    code, out, err = finished(worker(args))
+    assert code == 0, err
+    assert "trial 0 marked failed: its worker (process" in out
+    assert [(trial.number, trial.state.name) for trial in load_study(url).trials] == [(0, "FAIL"), (1, "COMPLETE")]
+    assert (tmp_path / "runs" / "search" / "trial-0001" / "summary.json").is_file()
+
+
+def test_a_pruned_trial_stops_after_its_epoch_is_saved(tmp_path):
+    from fmnist.tools.tune import Parameter, objective_for, record_trial
+
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return True
+
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    overrides = {"model": "lenet", "epochs": 3, "batch_size": 50, "limit_batches": 2, "val_size": 100,
+                 "data_dir": str(write_dataset(tmp_path / "data")), "allow_unverified_data": True, "device": "cpu"}
+    study_dir = tmp_path / "search"
+    objective = objective_for(optuna, study_dir, [Parameter("max_lr", 1e-3, 1e-2, log=True)], None, overrides, {})
+    study.optimize(objective, n_trials=1, callbacks=[record_trial(optuna, study_dir)])
+    [trial] = study.trials
+    assert trial.state.name == "PRUNED" and list(trial.intermediate_values) == [1]
+    run = study_dir / "trial-0000"
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2  # the header and epoch 1
+    assert (run / "last.pt").is_file() and not (run / "summary.json").exists()
+    assert json.loads((run / "trial.json").read_text())["state"] == "pruned"
+
+
+BAD_SPACES = [
+    ("[lrr]\nlow = 1e-3\nhigh = 1e-2\n", "[lrr]: unknown option"),
+    ("[max_lr]\nlow = 1e-2\nhigh = 1e-3\n", "[max_lr]: low 0.01 must be below high 0.001"),
+    ("[max_lr]\nlow = 0.0\nhigh = 1e-2\nlog = true\n", "log = true needs low > 0"),
+    ("[max_lr]\nlow = 1e-3\nhigh = 1e-2\nstep = 1e-3\n", "[max_lr]: unknown key(s) step"),
+    ("[epochs]\nlow = 1.5\nhigh = 3\n", "[epochs]: low 1.5 is not of the option's type, int"),
+    ("[optimizer]\nchoices = [\"adamw\", 3]\n", "[optimizer]: choice 3 is not of the option's type, str"),
+    ("[optimizer]\nlow = 1\nhigh = 2\n", "[optimizer]: a str option; give choices"),
+    ("[name]\nchoices = [\"a\", \"b\"]\n", "[name]: tune names and places the trials' run folders itself"),
+    ("[lr]\nlow = 1e-4\nhigh = 1e-2\n", "with lr = 0.0001: --lr 0.0001: ignored by these settings"),
+    ("[optimizer]\nchoices = [\"sgd\", \"adamw\"]\n[nesterov]\nchoices = [true, false]\n",
+     "with optimizer = 'adamw', nesterov = True: --nesterov True: ignored by these settings"),
+    ("[max_lr\n", "not valid TOML"),
+    ("", "no options to search"),
+]
+
+
+@pytest.mark.parametrize(("text", "fragment"), BAD_SPACES)
+def test_a_bad_space_file_is_one_line_before_anything_starts(text, fragment, tmp_path, capsys):
+    space = tmp_path / "space.toml"
+    space.write_text(text)
+    status = main(["tune", "--space", str(space), "--trials", "1", "--storage", f"journal:{tmp_path / 'j.log'}",
+                   "--study", "s", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and fragment in err and f"--space {space}" in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "j.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["--storage", "search.db", "--study", "s", "--show"], "give journal:PATH (a journal file) or an SQLAlchemy"),
+        (["--storage", "journal:{tmp}/j.log", "--study", "nope", "--show"], "--study nope: no such study"),
+        (["--storage", "journal:{tmp}/j.log", "--study", "s", "--show", "--lr", "0.1"], "drop --lr"),
+        (["--storage", "journal:{tmp}/j.log", "--study", "s"], "give --space SPACE.toml and --trials N"),
+        (["--study", "s"], "the following arguments are required: --storage"),
+    ],
+)
+def test_tune_usage_mistakes_are_one_line(arguments, fragment, tmp_path, capsys):
+    status = main(["tune", *(argument.replace("{tmp}", str(tmp_path)) for argument in arguments)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and fragment in err, err
+
+
+def test_a_second_worker_with_another_space_is_refused():
+    from fmnist.tools.tune import open_study
+
+    storage = optuna.storages.InMemoryStorage()
+    record = {"space": [{"name": "max_lr"}], "options": {"epochs": 2}}
+    open_study(optuna, storage, "memory", "s", "median", record)
+    open_study(optuna, storage, "memory", "s", "none", record)  # the same search: joins
+    with pytest.raises(Exception, match="searches with another --epochs"):
+        open_study(optuna, storage, "memory", "s", "median", {**record, "options": {"epochs": 3}})
+
+
+def test_tune_without_optuna_is_one_line_with_the_install_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` fail
+    status = main(["tune", "--space", str(tmp_path / "space.toml"), "--trials", "1", "--storage",
+                   f"journal:{tmp_path / 'j.log'}", "--study", "s"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "pip install -e '.[tune]'" in err
