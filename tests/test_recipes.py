@@ -30,6 +30,24 @@ def test_recipes_lists_every_recipe_with_its_source_and_claim(capsys):
     assert "0.646" in out and "0.678" in out and "~0.86" in out
 
 
+def test_fmnist_recipes_show_what_was_measured(capsys):
+    """fmnist's own recipes carry the figures BENCHMARKS.md measured, in text and JSON."""
+    assert main(["recipes", "--json"]) == 0
+    listed = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)}
+    for name in ("quick", "fast", "medium", "best", "top"):
+        assert listed[name]["source"] == "fmnist" and listed[name]["measured"], name
+    assert listed["lenet-aug"]["measured"] is None
+    assert main(["recipes"]) == 0
+    assert f"measured: {get_recipe('top').measured}" in capsys.readouterr().out
+
+
+def test_the_longer_recipes_add_crops_and_erasing_to_flips():
+    for name in ("top", "top-long"):
+        config = build_config(None, {"recipe": name})
+        assert config.model.startswith("res-cnn") and config.hflip and config.tta_flip
+        assert config.crop_padding > 0 and config.erase_prob > 0
+
+
 def test_recipes_say_what_the_seeds_said():
     lenet = build_config(None, {"recipe": "lenet-aug"})
     assert (lenet.model, lenet.optimizer, lenet.lr, lenet.batch_size, lenet.epochs) == ("lenet", "adam", 1e-3, 64, 5)

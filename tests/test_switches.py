@@ -145,6 +145,8 @@ def test_deterministic_decides_cudnns_autotuner():
     seed_everything(1, deterministic=True)
     assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
     assert torch.are_deterministic_algorithms_enabled()
+    # ... without filling every new tensor with NaN, which only slows the run down
+    assert not torch.utils.deterministic.fill_uninitialized_memory
 
 
 @pytest.mark.slow

@@ -412,11 +412,14 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     recipes = list_recipes()
     if args.json:
         print_json([{"name": recipe.name, "source": recipe.source, "claim": recipe.claim,
-                     "description": recipe.description, "options": recipe.overrides} for recipe in recipes])
+                     "description": recipe.description, "measured": recipe.measured or None,
+                     "options": recipe.overrides} for recipe in recipes])
         return 0
     for recipe in recipes:
         print(f"{recipe.name:<20} {recipe.source:<26} claimed: {recipe.claim}")
         print(f"{'':<20} {recipe.description}")
+        if recipe.measured:
+            print(f"{'':<20} measured: {recipe.measured} (BENCHMARKS.md)")
     return 0
 
 

@@ -18,6 +18,7 @@ class Recipe:
     claim: str  # the figure the source claimed, or "none claimed"
     description: str
     overrides: dict = field(default_factory=dict)
+    measured: str = ""  # fmnist's own recipes: what BENCHMARKS.md measured, with the machine and the date
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -147,6 +148,8 @@ add_recipe(Recipe(
 add_recipe(Recipe(
     name="fast",
     source="fmnist",
+    measured="test 0.9221 ± 0.0009; 0.92 reached after 105.3 ± 11.7 s "
+    "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23)",
     claim="aimed at test accuracy >= 0.92 within 90 s of training on 2 CPU cores",
     description="fast-cnn (3 conv-BN blocks, 104k parameters), SGD with Nesterov momentum (OneCycle cycles it "
     "0.95-0.85), weight decay 5e-4, "
@@ -160,6 +163,8 @@ add_recipe(Recipe(
 add_recipe(Recipe(
     name="quick",
     source="fmnist",
+    measured="test 0.9030 ± 0.0016; 0.90 reached after 15.2 ± 0.9 s "
+    "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23)",
     claim="aimed at test accuracy >= 0.90 within 20 s of training on 2 CPU cores",
     description="fast-cnn-16 (fast-cnn at half width, 29k parameters), the `fast` recipe's optimizer and "
     "augmentation with OneCycle max_lr 0.1, batch 128, 2 epochs",
@@ -168,6 +173,8 @@ add_recipe(Recipe(
 add_recipe(Recipe(
     name="medium",
     source="fmnist",
+    measured="test 0.9332 ± 0.0017; 0.93 reached after 215.4 ± 30.1 s "
+    "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23)",
     claim="aimed at test accuracy >= 0.93 within 3 min of training on 2 CPU cores",
     description="the `fast` recipe for 10 epochs, evaluated with flip test-time augmentation",
     overrides={**RECIPES["fast"].overrides, "epochs": 10, "tta_flip": True},
@@ -175,8 +182,37 @@ add_recipe(Recipe(
 add_recipe(Recipe(
     name="best",
     source="fmnist",
+    measured="test 0.9435 ± 0.0015; 0.94 reached after 535.8 ± 31.9 s "
+    "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23)",
     claim="aimed at test accuracy >= 0.94 within 10 min of training on 2 CPU cores",
     description="fast-vgg (fast-cnn with a second conv in its 14x14 and 7x7 blocks, 289k parameters), the "
     "`fast` recipe's optimizer, schedule and augmentation, 14 epochs, flip test-time augmentation",
     overrides={**RECIPES["fast"].overrides, "model": "fast-vgg", "epochs": 14, "tta_flip": True},
+))
+
+# Past 95% (issue 11): the residual networks of models/res_cnn.py with stronger batched augmentation.
+# Chosen on the validation split in the exploration that BENCHMARKS.md describes: per second of training,
+# res-cnn beat fast-vgg there (validation 0.9464 after 11 epochs against fast-vgg's 0.9432 after 14, both
+# bf16). Random crops and random erasing (the lever behind the published 0.963) regularize the longer
+# schedules. fp32 throughout: bf16 autocast pays only on CPUs with bf16 matrix instructions (see --amp).
+STRONG_AUGMENTATION = {"hflip": True, "crop_padding": 2, "erase_prob": 0.5}
+LIGHTER_AUGMENTATION = {"hflip": True, "crop_padding": 1, "erase_prob": 0.25}  # for the shorter `top`
+add_recipe(Recipe(
+    name="top",
+    source="fmnist",
+    measured="test 0.9445 (validation 0.9486) after 1,656 s of training; one seed (42), short of its aim "
+    "(2-core AMD EPYC Zen 4, 2026-11-23)",
+    claim="aimed at test accuracy >= 0.950 within 30 min of training on 2 CPU cores",
+    description="res-cnn (residual stages at 14x14 and 7x7, 474k parameters), the `fast` recipe's optimizer "
+    "and schedule, flips + random 1-pixel crops + random erasing (p 0.25), 22 epochs, flip test-time augmentation",
+    overrides={**RECIPES["fast"].overrides, **LIGHTER_AUGMENTATION, "model": "res-cnn", "epochs": 22,
+               "tta_flip": True},
+))
+add_recipe(Recipe(
+    name="top-long",
+    source="fmnist",
+    claim="aimed at test accuracy >= 0.955 within 60 min of training on 2 CPU cores",
+    description="res-cnn-96 (res-cnn at widths 32/96/192, 1.04M parameters), the `top` recipe's optimizer and "
+    "schedule, flips + random 2-pixel crops + random erasing (p 0.5), 24 epochs, flip test-time augmentation",
+    overrides={**RECIPES["top"].overrides, **STRONG_AUGMENTATION, "model": "res-cnn-96", "epochs": 24},
 ))
