@@ -42,17 +42,11 @@ import logging
 import math
 import os
 import socket
-import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from fmnist.errors import ConfigError
 from fmnist.experiment import train
@@ -60,7 +54,7 @@ from fmnist.faults import TrainingInterrupted
 from fmnist.files import atomic_write_json
 from fmnist.reports import plots
 from fmnist.reports.report import markdown_table
-from fmnist.training.config import FIELDS, build_config, check_type, declared_type, flag
+from fmnist.training.config import FIELDS, build_config, check_type, declared_type, flag, load_toml_file
 from fmnist.training.loop import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
@@ -113,14 +107,7 @@ class Parameter:
 def read_space(path: str | Path) -> list[Parameter]:
     """The search space of a TOML file, each table checked on its own (see check_space for the rest)."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as error:
-        raise ConfigError(f"--space {path}: cannot read ({error.strerror or error}); check the path") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--space {path}: not UTF-8 text; save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"--space {path}: not valid TOML ({error})") from None
+    raw = load_toml_file(path, "--space")
     if not raw:
         raise ConfigError(f"--space {path}: no options to search; add a table such as [lr] with low and high")
     try:

@@ -315,17 +315,22 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
             "must be a folder name, not a path (use --out for the parent folder)")
 
 
+def load_toml_file(path: Path, option: str) -> dict:
+    """A TOML file's tables as a dict; an unreadable, non-UTF-8 or malformed file is one line naming `option`."""
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{option} {path}: cannot read ({error.strerror or error}); check the path") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{option} {path}: not UTF-8 text; save it as UTF-8 (TOML files must be)") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{option} {path}: not valid TOML ({error})") from None
+
+
 def read_toml(path: str | Path) -> dict:
     """A config file's options, type-checked; an unknown key is an error (a typo must not be ignored)."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as error:
-        raise ConfigError(f"--config {path}: cannot read ({error.strerror or error}); check the path") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--config {path}: not UTF-8 text; save it as UTF-8 (TOML files must be)") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"--config {path}: not valid TOML ({error})") from None
+    raw = load_toml_file(path, "--config")
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
         raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(FIELDS)}")
