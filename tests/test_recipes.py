@@ -34,7 +34,7 @@ def test_fmnist_recipes_show_what_was_measured(capsys):
     """fmnist's own recipes carry the figures BENCHMARKS.md measured, in text and JSON."""
     assert main(["recipes", "--json"]) == 0
     listed = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)}
-    for name in ("quick", "fast", "medium", "best", "top"):
+    for name in ("quick", "fast", "medium", "best", "top", "top-long"):
         assert listed[name]["source"] == "fmnist" and listed[name]["measured"], name
     assert listed["lenet-aug"]["measured"] is None
     assert main(["recipes"]) == 0

@@ -190,29 +190,33 @@ add_recipe(Recipe(
     overrides={**RECIPES["fast"].overrides, "model": "fast-vgg", "epochs": 14, "tta_flip": True},
 ))
 
-# Past 95% (issue 11): the residual networks of models/res_cnn.py with stronger batched augmentation.
+# Past 95% (issue 11): the residual network of models/res_cnn.py with stronger batched augmentation.
 # Chosen on the validation split in the exploration that BENCHMARKS.md describes: per second of training,
 # res-cnn beat fast-vgg there (validation 0.9464 after 11 epochs against fast-vgg's 0.9432 after 14, both
 # bf16). Random crops and random erasing (the lever behind the published 0.963) regularize the longer
 # schedules. fp32 throughout: bf16 autocast pays only on CPUs with bf16 matrix instructions (see --amp).
-STRONG_AUGMENTATION = {"hflip": True, "crop_padding": 2, "erase_prob": 0.5}
-LIGHTER_AUGMENTATION = {"hflip": True, "crop_padding": 1, "erase_prob": 0.25}  # for the shorter `top`
+# `top-long` is `top` trained for longer: the wider res-cnn-96 with 2-pixel crops and erasing p 0.5 for
+# 24 epochs was measured first and lost (validation 0.9436, still underfitting at the end), while `top`'s
+# validation accuracy was still rising at its last epoch.
+CROPS_AND_ERASING = {"hflip": True, "crop_padding": 1, "erase_prob": 0.25}
 add_recipe(Recipe(
     name="top",
     source="fmnist",
-    measured="test 0.9445 (validation 0.9486) after 1,656 s of training; one seed (42), short of its aim "
-    "(2-core AMD EPYC Zen 4, 2026-11-23)",
+    measured="test 0.9445 and 0.9454 (validation 0.9486, 0.9480) after 1,656 and 1,490 s of training; "
+    "seeds 42 and 43, short of its aim (2-core AMD EPYC Zen 4, 2026-11-23)",
     claim="aimed at test accuracy >= 0.950 within 30 min of training on 2 CPU cores",
     description="res-cnn (residual stages at 14x14 and 7x7, 474k parameters), the `fast` recipe's optimizer "
     "and schedule, flips + random 1-pixel crops + random erasing (p 0.25), 22 epochs, flip test-time augmentation",
-    overrides={**RECIPES["fast"].overrides, **LIGHTER_AUGMENTATION, "model": "res-cnn", "epochs": 22,
+    overrides={**RECIPES["fast"].overrides, **CROPS_AND_ERASING, "model": "res-cnn", "epochs": 22,
                "tta_flip": True},
 ))
 add_recipe(Recipe(
     name="top-long",
     source="fmnist",
+    measured="test 0.9470 (validation 0.9502) after 2,703 s of training; one seed (42), short of its aim "
+    "(2-core AMD EPYC Zen 4, 2026-11-23)",
     claim="aimed at test accuracy >= 0.955 within 60 min of training on 2 CPU cores",
-    description="res-cnn-96 (res-cnn at widths 32/96/192, 1.04M parameters), the `top` recipe's optimizer and "
-    "schedule, flips + random 2-pixel crops + random erasing (p 0.5), 24 epochs, flip test-time augmentation",
-    overrides={**RECIPES["top"].overrides, **STRONG_AUGMENTATION, "model": "res-cnn-96", "epochs": 24},
+    description="the `top` recipe (res-cnn, flips + 1-pixel crops + erasing p 0.25, flip test-time augmentation) "
+    "for 40 epochs instead of 22",
+    overrides={**RECIPES["top"].overrides, "epochs": 40},
 ))
