@@ -81,7 +81,7 @@ def test_toml_then_flags_override(tmp_path):
         ({"batch_size": 0}, "--batch-size 0"),
         ({"model": "nope"}, "unknown model"),
         ({"optimizer": "rmsprop"}, "choose one of sgd, adam, adamw"),
-        ({"scheduler": "linear"}, "choose one of onecycle"),
+        ({"scheduler": "exponential"}, "choose one of onecycle"),
         ({"label_smoothing": 1.0}, "--label-smoothing"),
         ({"device": "tpu"}, "--device"),
         ({"val_size": 0}, "--val-size"),

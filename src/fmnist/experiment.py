@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fmnist.data.splits import DataSplits, load_splits
-from fmnist.errors import ConfigError, FmnistError
+from fmnist.errors import CheckpointError, ConfigError, FmnistError
 from fmnist.faults import StopRequest, TrainingInterrupted, stop_after_step
 from fmnist.files import atomic_write_json, check_writable, exclusive_lock
 from fmnist.models import count_parameters, create_model
@@ -28,6 +28,7 @@ from fmnist.runs.checkpoint import load_checkpoint, load_weights
 from fmnist.runs.folder import create_run_folder, environment, read_saved_config, write_config, write_summary
 from fmnist.runs.recorder import RunRecorder
 from fmnist.runs.resume import ResumePoint, config_to_resume, remove_leftovers, restore_run
+from fmnist.training.budget import TimePlan, plan_time_budget
 from fmnist.training.build import Training, build_training
 from fmnist.training.config import TrainConfig
 from fmnist.training.distributed import (
@@ -43,7 +44,7 @@ from fmnist.training.distributed import (
 )
 from fmnist.training.loop import EpochRecorder, NonFiniteLossError, evaluate, fit
 from fmnist.training.progress import WithProgress
-from fmnist.training.runtime import resolve_device, seed_everything
+from fmnist.training.runtime import resolve_amp, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +82,14 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
         check_device_options(config, device)
         data = together(group, lambda: load_data(config))
         check_batch_statistics(config, len(data.train), group.world_size if group else 1)
+        resolved = resolve_run(config, data, device, group)
         path = on_main(group, lambda: create_run_folder(config))
         with main_holds_lock(path, "run folder", group):
             try:
                 on_main(group, lambda: write_config(path, config, {
                     **(details or {}), "data": data_record(data), "environment": environment(device),
                     "options_given": {name: getattr(config, name) for name in sorted(config.given)},
-                    **({"processes": group.world_size} if group else {}),
+                    "resolved": resolved, **({"processes": group.world_size} if group else {}),
                 }))
                 return run(path, config, data, device, None, progress, started, group, after_epoch)
             except (FmnistError, OSError) as error:
@@ -135,6 +137,29 @@ def check_device_options(config: TrainConfig, device: torch.device) -> None:
                           "amp")
 
 
+def resolve_run(config: TrainConfig, data: DataSplits, device: torch.device, group: Processes | None) -> dict:
+    """What a run settles at its start and keeps when resumed elsewhere: the precision `--amp auto` chose
+    on this machine, and a time budget's plan (measured here: see training/budget.py)."""
+    plan = None
+    if config.time_budget is not None:
+        if group is not None:
+            raise ConfigError("--time-budget: not under torchrun yet (each process would measure its own plan); "
+                              "give --epochs", "time_budget")
+        plan = plan_time_budget(config, data.train.to(device), data.val.to(device), data.test.to(device))
+    return {"amp": resolve_amp(config.amp, device), "time_plan": plan.to_dict() if plan else None}
+
+
+def resolved_at_start(path: Path, config: TrainConfig, device: torch.device) -> dict:
+    """The run's resolved settings from config.json (runs of older versions: resolved now, as they were)."""
+    resolved = read_saved_config(path).get("resolved")
+    if not isinstance(resolved, dict):
+        return {"amp": resolve_amp(config.amp, device), "time_plan": None}
+    if config.time_budget is not None and not isinstance(resolved.get("time_plan"), dict):
+        raise CheckpointError(f"{path}/config.json: a time-budgeted run without its plan (resolved.time_plan); "
+                              "restore config.json or start a new run")
+    return resolved
+
+
 def record_resume(path: Path, data: DataSplits, device: torch.device) -> None:
     """config.json keeps the first process's environment; each resume adds where it ran and on which data."""
     saved = read_saved_config(path)
@@ -169,13 +194,17 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
         progress: bool, started: float, group: Processes | None = None,
         after_epoch: Callable[[dict], None] | None = None) -> RunResult:
     """Build, restore (when resuming), fit, then test best.pt and write the summary and report."""
-    # Seed after loading so the same seed gives the same run whatever the data path did.
+    resolved = on_main(group, lambda: resolved_at_start(path, config, device))
+    plan = TimePlan.from_dict(resolved["time_plan"]) if resolved["time_plan"] else None
+    epochs = plan.epochs if plan else config.epochs
+    # Seed after loading (and after a time budget's measuring) so the same seed gives the same run.
     seed_everything(config.seed, config.deterministic)
-    training = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device))
+    training = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device),
+                              total_steps=plan.total_steps if plan else None, amp=resolved["amp"])
     point = restore_run(resume_from, config, training) if resume_from is not None else ResumePoint()
     if resume_from is not None:
         on_main(group, lambda: record_resume(path, data, device))
-        logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, config.epochs)
+        logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, epochs)
     tensorboard = recorder = None
     if is_main(group):  # the process that writes the run folder (the only one without torchrun)
         tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
@@ -190,27 +219,42 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     logger.info("run: %s  model %s (%s parameters) on %s%s", path, config.model,
                 f"{count_parameters(training.model):,}", device, f" x {group.world_size} processes" if group else "")
     if progress:
-        train_batches = WithProgress(train_batches, config.epochs, len(point.history) + 1)
+        train_batches = WithProgress(train_batches, epochs, len(point.history) + 1)
     # A compiled model shares the original's parameters; checkpoints keep saving the original.
     network = torch.compile(network) if config.compile else network
     with stop_after_step() as stop:
         try:
-            history = fit(network, train_batches, training.val_loader, training.optimization, config.epochs,
-                          flip_tta=config.tta_flip, recorder=recorder, stop=agreed_stop(stop, group))
+            fit_started = time.perf_counter()
+            history = fit(network, train_batches, training.val_loader, training.optimization, epochs,
+                          flip_tta=config.tta_flip, recorder=recorder, stop=agreed_stop(stop, group),
+                          last_epoch_steps=plan.last_epoch_steps if plan else None)
+            budget = budget_record(plan, time.perf_counter() - fit_started, resumed=resume_from is not None)
             return on_main(group, lambda: finish(path, config, data, device, training, history, stop, tensorboard,
-                                                 started))
+                                                 started, budget))
         except TrainingInterrupted as interruption:
             raise interrupted(path, recorder, interruption, stop) from None
         except NonFiniteLossError as error:
             if is_main(group):  # no message between processes here: another one may not have diverged
                 write_summary(path, {"finished": True, "diverged": str(error), "model": config.model,
-                                     "epochs": config.epochs, "epochs_completed": len(recorder.history)})
+                                     "epochs": epochs, "epochs_completed": len(recorder.history)})
             raise NonFiniteLossError(f"{error}; training stopped: {kept(path, recorder)}, and summary.json records "
                                      "the divergence (try a lower --lr or --max-lr)") from None
 
 
+def budget_record(plan: TimePlan | None, fit_seconds: float, resumed: bool) -> dict:
+    """summary.json's account of a time budget: what was planned, and (for a run that never stopped)
+    the time it took, measuring included; the final test evaluation comes after and is not in it."""
+    if plan is None:
+        return {}
+    used = None if resumed else plan.measure_seconds + fit_seconds
+    return {"time_budget": plan.budget, "time_budget_seconds": plan.budget_seconds,
+            "planned_steps": plan.total_steps, "planned_seconds": plan.planned_seconds(),
+            "budget_used_seconds": used}
+
+
 def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.device, training: Training,
-           history: list[dict], stop: StopRequest, tensorboard: TensorBoardLog | None, started: float) -> RunResult:
+           history: list[dict], stop: StopRequest, tensorboard: TensorBoardLog | None, started: float,
+           budget: dict) -> RunResult:
     """After the last epoch: test best.pt once, then write the summary and the report."""
     test, best_epoch = test_best_weights(path, config, training)
     if stop.requested:
@@ -220,7 +264,7 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
         "finished": True,
         "model": config.model,
         "parameters": count_parameters(training.model),
-        "epochs": config.epochs,
+        "epochs": len(history),
         "best_epoch": best_epoch,
         "best_val_accuracy": history[best_epoch - 1]["val_accuracy"],
         "test_loss": test.loss,
@@ -230,6 +274,7 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
         "wall_seconds": wall_seconds,
         "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
         "device": str(device),
+        **budget,
     })
     report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std,
                                {"directory": str(data.directory), "verified": data.verified})

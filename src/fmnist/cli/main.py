@@ -21,7 +21,7 @@ from pathlib import Path
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
 from fmnist.errors import FmnistError
 from fmnist.faults import TrainingInterrupted
-from fmnist.training.config import DEVICES, EVAL_BATCH_SIZE, FIELDS, build_config
+from fmnist.training.config import AMP_MODES, DEVICES, EVAL_BATCH_SIZE, FIELDS, build_config
 from fmnist.training.distributed import launched_processes, process_rank
 from fmnist.version import __version__
 
@@ -161,7 +161,8 @@ def build_parser() -> ArgumentParser:
     bench.add_argument("--warmup", type=int, help=f"untimed batches first (default {BENCH_WARMUP})")
     bench.add_argument("--no-conventional", action="store_true", default=None, help="skip the conventional loop")
     bench.add_argument("--device", choices=DEVICES)
-    bench.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision, as in training")
+    bench.add_argument("--amp", choices=AMP_MODES, help="mixed precision of fmnist's loop, as in training (the "
+                                                         "conventional loop runs in fp32, as the projects ran it)")
     bench.add_argument("--data-dir")
     bench.add_argument("--val-size", type=int, help="validation images held out, as in training (default 5000)")
     bench.add_argument("--allow-unverified-data", action="store_true", default=None,
@@ -170,6 +171,9 @@ def build_parser() -> ArgumentParser:
                        help="train RECIPE, timing when test accuracy first reaches 0.90, 0.91, ..., 0.95")
     bench.add_argument("--seeds", type=int, help="with --time-to-accuracy: seeds 42, 43, ... (mean ± std; default 1)")
     bench.add_argument("--epochs", type=int, help="with --time-to-accuracy: override the recipe's epochs")
+    bench.add_argument("--time-budget", metavar="DURATION",
+                       help="with --time-to-accuracy: train each seed for this long (90s, 5m, 1h), as fmnist train "
+                            "--time-budget plans it")
     json_option(bench)
 
     data = command("data", "find, verify or download the data set")
@@ -351,8 +355,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # lr-find drives the learning rate itself and trains no run: these options have no effect there.
-LR_FIND_IGNORES = ("recipe", "epochs", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema", "tta_flip",
-                   "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
+LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema",
+                   "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
@@ -413,6 +417,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     if args.json:
         print_json([{"name": recipe.name, "source": recipe.source, "claim": recipe.claim,
                      "description": recipe.description, "measured": recipe.measured or None,
+                     "budget": recipe.budget or None, "budget_command": recipe.budget_command(),
+                     "measured_at_budget": recipe.measured_at_budget or None,
                      "options": recipe.overrides} for recipe in recipes])
         return 0
     for recipe in recipes:
@@ -420,6 +426,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(f"{'':<20} {recipe.description}")
         if recipe.measured:
             print(f"{'':<20} measured: {recipe.measured} (BENCHMARKS.md)")
+        if recipe.budget:
+            print(f"{'':<20} at its budget: `{recipe.budget_command()}`: {recipe.measured_at_budget}")
     return 0
 
 
@@ -460,7 +468,7 @@ BENCH_STEPS, BENCH_WARMUP = 200, 20
 # Which of bench's own options each of its two measurements uses; the other's are refused.
 THROUGHPUT_ONLY = {"steps": "--steps", "warmup": "--warmup", "no_conventional": "--no-conventional",
                    "recipe": "--recipe"}
-TIME_TO_ACCURACY_ONLY = {"seeds": "--seeds", "epochs": "--epochs"}
+TIME_TO_ACCURACY_ONLY = {"seeds": "--seeds", "epochs": "--epochs", "time_budget": "--time-budget"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -482,7 +490,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     overrides = {
         "recipe": args.time_to_accuracy or args.recipe, "model": args.model, "batch_size": args.batch_size,
         "device": args.device, "data_dir": args.data_dir, "val_size": args.val_size, "epochs": args.epochs,
-        "allow_unverified_data": args.allow_unverified_data, "amp": args.amp,
+        "allow_unverified_data": args.allow_unverified_data, "amp": args.amp, "time_budget": args.time_budget,
     }
     if args.time_to_accuracy:
         configs = [build_config(None, {**overrides, "seed": 42 + offset}) for offset in range(seeds)]

@@ -163,6 +163,29 @@ def rerun_section(saved: dict) -> list[str]:
     return lines
 
 
+def budget_section(saved: dict, summary: dict) -> list[str]:
+    """A time-budgeted run's plan (training/budget.py) and what it took; nothing for an epoch-count run."""
+    plan = (saved.get("resolved") or {}).get("time_plan")
+    if not plan:
+        return []
+    used = summary.get("budget_used_seconds")
+    rows = [
+        ["budget", f"{plan['budget']} ({plan['budget_seconds']:,.0f} s)"],
+        ["measured: one training step", f"{plan['step_seconds'] * 1000:.1f} ms"],
+        ["measured: validation and checkpoints after an epoch", f"{plan['epoch_end_seconds']:.2f} s"],
+        ["measuring took", f"{plan['measure_seconds']:.1f} s"],
+        ["planned steps", f"{plan['total_steps']:,} = {plan['epochs']} epochs of {plan['steps_per_epoch']} "
+                          f"(the last {plan['last_epoch_steps']})"],
+        ["training and validation took", "resumed: the plan was kept, the time is not comparable" if used is None
+         else f"{used:,.1f} s"],
+    ]
+    return ["## Time budget",
+            "The steps were planned from this machine's speed so that training and validation end within the "
+            "budget, and the learning-rate schedule ends at the last planned step. The final test evaluation "
+            "comes after and is not counted.",
+            markdown_table(["", ""], rows)]
+
+
 def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[dict], matrix: torch.Tensor,
                     metrics: dict, figures: dict[str, str]) -> str:
     config = saved.get("config", {})
@@ -172,11 +195,14 @@ def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[di
     tested_on = ""
     if data:
         tested_on = f" Tested on {data.get('directory')} ({'verified' if data.get('verified') else 'NOT verified'})."
+    precision = (saved.get("resolved") or {}).get("amp")
+    precision = f", mixed precision {precision}" if precision and precision != "none" else ""
     sections = [
         f"# Run {run_path.name}",
-        f"Model `{config.get('model')}`{recipe}, {parameters} parameters, device {summary.get('device', '?')}."
-        + tested_on,
+        f"Model `{config.get('model')}`{recipe}, {parameters} parameters, device {summary.get('device', '?')}"
+        f"{precision}." + tested_on,
         *rerun_section(saved),
+        *budget_section(saved, summary),
         "## Test metrics (best epoch's weights)",
         test_table(summary, metrics),
         "## Observations",

@@ -20,10 +20,11 @@ from fmnist.data.splits import load_splits
 from fmnist.errors import ConfigError
 from fmnist.models import count_parameters
 from fmnist.tools.conventional import conventional_train_loader
+from fmnist.training.budget import plan_time_budget
 from fmnist.training.build import build_training
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import Optimization, evaluate, fit, train_one_epoch
-from fmnist.training.runtime import resolve_device, seed_everything
+from fmnist.training.runtime import resolve_amp, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ def benchmark(config: TrainConfig, warmup: int = 20, steps: int = 200, conventio
     meter = LoadMeter().start()
     plain = config.replace(hflip=False, rotate_degrees=0.0, crop_padding=0, erase_prob=0.0)  # the loop's own speed
 
-    def fresh_training():
+    def fresh_training(amp: str | None = None):
         seed_everything(config.seed)
-        return build_training(plain, data.train.to(device), data.val.to(device), data.test.to(device))
+        return build_training(plain, data.train.to(device), data.val.to(device), data.test.to(device), amp=amp)
 
     training = fresh_training()
     rate, timed = timed_training(training.model, training.train_loader, training.optimization, warmup, steps)
@@ -114,6 +115,7 @@ def benchmark(config: TrainConfig, warmup: int = 20, steps: int = 200, conventio
         "parameters": count_parameters(training.model),
         "batch_size": config.batch_size,
         "device": str(device),
+        "precision": resolve_amp(config.amp, device),
         "timed_batches": timed,
         "train_images_per_second": rate,
     }
@@ -124,7 +126,7 @@ def benchmark(config: TrainConfig, warmup: int = 20, steps: int = 200, conventio
     result["peak_memory_mib"] = peak_memory_mib(device)
 
     if conventional:
-        training = fresh_training()
+        training = fresh_training(amp="none")  # fp32, as the projects ran it
         model = training.model.to(memory_format=torch.contiguous_format)  # as the projects ran it
         loader = conventional_train_loader(data.directory, plain)
         rate, _ = timed_training(model, to_device(loader, device), training.optimization, warmup, steps)
@@ -149,12 +151,13 @@ def format_result(result: dict) -> str:
     lines = [
         f"model {result['model']} ({result['parameters']:,} parameters), batch {result['batch_size']}, "
         f"{result['device']}, {result['timed_batches']} timed batches",
-        f"  training   {result['train_images_per_second']:>10,.0f} images/s  (fmnist fast path)",
+        f"  training   {result['train_images_per_second']:>10,.0f} images/s  (fmnist fast path, "
+        f"{PRECISION_NAMES[result['precision']]})",
     ]
     if "conventional_train_images_per_second" in result:
         lines.append(
             f"  training   {result['conventional_train_images_per_second']:>10,.0f} images/s  "
-            f"(torchvision DataLoader, per-image transforms): fmnist is {result['speedup']:.2f}x"
+            f"(torchvision DataLoader, per-image transforms, fp32): fmnist is {result['speedup']:.2f}x"
         )
     lines.append(
         f"  evaluation {result['eval_images_per_second']:>10,.0f} images/s  "
@@ -168,6 +171,8 @@ def format_result(result: dict) -> str:
     lines.append(f"  other processes kept {busy} busy during the run (1-min load average {load:.2f})")
     return "\n".join(lines)
 
+
+PRECISION_NAMES = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 
 THRESHOLDS = (0.90, 0.91, 0.92, 0.93, 0.94, 0.95)
 
@@ -202,21 +207,26 @@ def time_to_accuracy(config: TrainConfig, thresholds: tuple[float, ...] = THRESH
     A benchmark, not model selection: the test set is evaluated after every epoch only to time the
     run, and that evaluation is timed apart and not counted. Training time runs from the first
     batch and adds up the epochs' training loops; start-up, data loading and the validation after
-    each epoch are not in it. The loop is `fit`, as in `fmnist train`.
+    each epoch are not in it. The loop is `fit`, as in `fmnist train`. With a time budget
+    (config.time_budget) the steps are planned as `fmnist train` plans them.
     """
     device = resolve_device(config.device)
     data = load_splits(config.data_dir, config.val_size, config.split_seed, verify=not config.allow_unverified_data)
-    seed_everything(config.seed)
-    training = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device))
+    splits = (data.train.to(device), data.val.to(device), data.test.to(device))
     meter = LoadMeter().start()
-    timer = TestTimer(training.model, training.test_loader, config.tta_flip, thresholds, config.epochs)
-    fit(training.model, training.train_loader, training.val_loader, training.optimization, config.epochs,
-        flip_tta=config.tta_flip, recorder=timer)
+    plan = plan_time_budget(config, *splits) if config.time_budget is not None else None
+    seed_everything(config.seed, config.deterministic)
+    training = build_training(config, *splits, total_steps=plan.total_steps if plan else None)
+    epochs = plan.epochs if plan else config.epochs
+    timer = TestTimer(training.model, training.test_loader, config.tta_flip, thresholds, epochs)
+    fit(training.model, training.train_loader, training.val_loader, training.optimization, epochs,
+        flip_tta=config.tta_flip, recorder=timer, last_epoch_steps=plan.last_epoch_steps if plan else None)
     return {
         "recipe": config.recipe,
         "model": config.model,
         "seed": config.seed,
         "device": str(device),
+        "time_plan": plan.to_dict() if plan else None,
         "final_test_accuracy": timer.curve[-1]["test_accuracy"],
         "train_seconds": timer.train_seconds,
         "eval_seconds": timer.eval_seconds,

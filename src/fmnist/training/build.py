@@ -10,11 +10,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from fmnist.data.augment import build_augmentation, build_mixing
 from fmnist.data.loader import TensorLoader
 from fmnist.data.splits import Split
+from fmnist.errors import ConfigError
 from fmnist.models import create_model
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import Optimization
 from fmnist.training.losses import build_loss
 from fmnist.training.optim import SCHEDULER_INTERVAL, build_optimizer, build_scheduler
+from fmnist.training.runtime import resolve_amp
 
 
 @dataclass
@@ -35,8 +37,14 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> torc
     return create_model(config.model, **options).to(device=device, memory_format=torch.channels_last)
 
 
-def build_training(config: TrainConfig, train: Split, val: Split, test: Split) -> Training:
-    """Model, loaders, optimizer, schedule and loss as `config` says, on the splits' device."""
+def build_training(config: TrainConfig, train: Split, val: Split, test: Split, *,
+                   total_steps: int | None = None, amp: str | None = None) -> Training:
+    """Model, loaders, optimizer, schedule and loss as `config` says, on the splits' device.
+
+    `total_steps` is where the schedule ends (default: config.epochs times the batches per epoch; a
+    time budget's plan gives its own). `amp` is the precision already chosen for the run (a resumed
+    run keeps the one it started with); by default config.amp, with "auto" resolved for this device.
+    """
     model = build_model(config, train.images.device)
     # Augmentation on the training batches only: validation and test see the images as they are.
     augmentation = build_augmentation(
@@ -47,6 +55,12 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split) -
         augment=augmentation, limit_batches=config.limit_batches, mix=build_mixing(config.mixup, config.cutmix),
     )
     optimizer = build_optimizer(model, config)
+    precision = amp or resolve_amp(config.amp, train.images.device)
+    if total_steps is None:
+        if config.epochs is None:
+            raise ConfigError("--time-budget: a budgeted run needs its planned steps (see training/budget.py)",
+                              "time_budget")
+        total_steps = config.epochs * len(train_loader)
     return Training(
         model=model,
         train_loader=train_loader,
@@ -55,12 +69,12 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split) -
         optimization=Optimization(
             loss_fn=build_loss(config),
             optimizer=optimizer,
-            scheduler=build_scheduler(optimizer, config, len(train_loader)),
+            scheduler=build_scheduler(optimizer, config, total_steps),
             scheduler_interval=SCHEDULER_INTERVAL[config.scheduler],
             clip_grad_norm=config.clip_grad_norm,
             ema=build_ema(model, config.ema),
-            autocast=AUTOCAST_DTYPES[config.amp],
-            grad_scaler=torch.amp.GradScaler("cuda") if config.amp == "fp16" else None,
+            autocast=AUTOCAST_DTYPES[precision],
+            grad_scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
         ),
     )
 

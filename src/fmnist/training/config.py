@@ -27,13 +27,14 @@ else:  # pragma: no cover
 from fmnist.data.fashion import MEAN, SPLIT_SEED, STD, VAL_SIZE
 from fmnist.errors import ConfigError
 from fmnist.models import PRETRAINED_MODELS, has_batch_norm, list_models
+from fmnist.training.duration import parse_duration
 from fmnist.training.recipes import get_recipe
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("onecycle", "steplr", "cosine", "none")
+SCHEDULERS = ("onecycle", "steplr", "cosine", "linear", "none")
 LOSSES = ("ce", "focal")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("none", "auto", "bf16", "fp16")
 # Small enough for a batch's activations to stay in the CPU cache: 3x faster than 1,000 (BENCHMARKS.md).
 EVAL_BATCH_SIZE = 256
 # Seeds go to torch's generators, which take 64-bit unsigned integers.
@@ -49,6 +50,9 @@ def option(default, help: str, metavar: str | None = None):
 
 # Options that only some settings use: field -> (does it apply?, why not, naming what does apply).
 CONDITIONAL = {
+    "epochs": (lambda c: c.time_budget is None,
+               "--time-budget plans the number of epochs itself from this machine's speed; drop --epochs, "
+               "or drop --time-budget to train for a number of epochs"),
     "lr": (lambda c: c.scheduler != "onecycle",
            "--scheduler onecycle sets the learning rate itself, from --max-lr / 25 up to --max-lr; "
            "give --max-lr instead, or choose another --scheduler"),
@@ -79,14 +83,19 @@ class TrainConfig:
 
     recipe: str | None = option(None, "start from a named recipe (see `fmnist recipes`); other options override it")
     model: str = option("affine-cnn", "model name (see `fmnist models`)")
-    epochs: int = option(3, "passes over the training split")
+    epochs: int | None = option(3, "passes over the training split (not with --time-budget, which plans them)")
+    time_budget: str | None = option(None, "train for this long instead of a number of epochs (90s, 5m, 1h): the "
+                                           "steps are planned from this machine's measured speed so that training "
+                                           "and validation end within it, and the schedule ends there",
+                                     metavar="DURATION")
     batch_size: int = option(64, "training batch size")
     optimizer: str = option("adamw", "one of " + ", ".join(OPTIMIZERS))
     lr: float | None = option(1e-3, "learning rate (every --scheduler but onecycle, whose peak is --max-lr)")
     weight_decay: float = option(0.01, "decoupled for AdamW, L2 for SGD and Adam")
     momentum: float | None = option(0.9, "SGD momentum (--optimizer sgd; OneCycle cycles it 0.95-0.85 itself)")
     nesterov: bool | None = option(False, "SGD with Nesterov momentum (--optimizer sgd)")
-    scheduler: str = option("onecycle", "one of " + ", ".join(SCHEDULERS) + "; onecycle and cosine step every batch")
+    scheduler: str = option("onecycle", "one of " + ", ".join(SCHEDULERS) + "; onecycle, cosine and linear (decay "
+                                        "to 0) step every batch")
     max_lr: float | None = option(0.01, "OneCycle's peak learning rate; it starts at max-lr/25 (--scheduler onecycle)")
     step_size: int | None = option(1, "epochs between decays (--scheduler steplr)")
     gamma: float | None = option(0.7, "decay factor (--scheduler steplr)")
@@ -111,9 +120,10 @@ class TrainConfig:
                                metavar="DECAY")
     clip_grad_norm: float | None = option(None, "clip the gradients' total norm to this before each step",
                                           metavar="NORM")
-    amp: str = option("none", "mixed precision for training: none; bf16 (autocast: faster only where the CPU has "
-                              "bf16 matrix instructions, AVX-512 BF16 or AMX, slower without them; see "
-                              "BENCHMARKS.md); fp16 (CUDA only, with a gradient scaler)")
+    amp: str = option("none", "mixed precision for training: none; auto (bf16 where the CPU has bf16 matrix "
+                              "instructions, AVX-512 BF16 or AMX, or the GPU supports it; none elsewhere); bf16 "
+                              "(autocast: slower on CPUs without those instructions; see BENCHMARKS.md); fp16 (CUDA "
+                              "only, with a gradient scaler)")
     compile: bool = option(False, "torch.compile the model (trains at about half the speed on the lab's 2-core CPU; "
                                   "for GPUs)")
     deterministic: bool = option(True, "deterministic algorithms, cuDNN included: the same seed repeats the run; "
@@ -276,6 +286,11 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
     models = list_models()
     require(config.model in models, "model", f"unknown model; choose one of {', '.join(models)}")
     require(config.epochs >= 1, "epochs", "must be at least 1")
+    if config.time_budget is not None:
+        try:
+            parse_duration(config.time_budget)
+        except ValueError as error:
+            raise ConfigError(f"--time-budget {config.time_budget!r}: {error}", "time_budget") from None
     require(config.batch_size >= 1, "batch_size", "must be at least 1")
     require(config.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
     require(config.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}")

@@ -7,6 +7,7 @@ torch DataLoader or a Python list. Nothing here prints; each finished epoch is l
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -69,14 +70,16 @@ class EpochStats:
 
 
 def train_one_epoch(
-    model: nn.Module, batches: Batches, optimization: Optimization, stop: StopRequest | None = None
+    model: nn.Module, batches: Batches, optimization: Optimization, stop: StopRequest | None = None,
+    max_batches: int | None = None,
 ) -> EpochStats:
     """One pass over the training batches, updating the weights after each batch.
 
     The batches must already be on the model's device. Labels are class indices (N,), or soft
     targets (N, 10) when images were mixed (mixup, cutmix); accuracy then counts the larger share.
     `stop` (set by Ctrl-C or SIGTERM, see faults.stop_after_step) ends the epoch early, after a
-    whole step, with TrainingInterrupted.
+    whole step, with TrainingInterrupted. `max_batches` ends the pass early: the last epoch of a time
+    budget's plan stops where the plan's steps run out.
     """
     loss_fn, optimizer = optimization.loss_fn, optimization.optimizer
     batch_scheduler = optimization.scheduler if optimization.scheduler_interval == "batch" else None
@@ -88,6 +91,8 @@ def train_one_epoch(
     seen = 0
     learning_rates = []
     start = time.perf_counter()
+    if max_batches is not None:
+        batches = itertools.islice(batches, max_batches)
     for batch_index, (images, labels) in enumerate(batches):
         with autocast(optimization, device):
             logits = model(images)
@@ -226,6 +231,7 @@ def fit(
     flip_tta: bool = False,
     recorder: EpochRecorder | None = None,
     stop: StopRequest | None = None,
+    last_epoch_steps: int | None = None,
 ) -> list[dict]:
     """Train for `epochs`, validating after each; return one metrics row per epoch.
 
@@ -233,13 +239,15 @@ def fit(
     the test set is kept for the final figure. With an EMA (optimization.ema), the averaged weights
     are the ones validated. With a `recorder` that already holds epochs (a
     resumed run), training continues after them. `stop` (Ctrl-C, SIGTERM) ends training after the
-    current step with TrainingInterrupted. `flip_tta`: see evaluate.
+    current step with TrainingInterrupted. `flip_tta`: see evaluate. `last_epoch_steps` cuts the
+    last epoch short after that many batches (a time budget's plan: see training/budget.py).
     """
     history = list(recorder.history) if recorder is not None else []
     best_accuracy = max((row["val_accuracy"] for row in history), default=-1.0)
     for epoch in range(len(history) + 1, epochs + 1):
         try:
-            stats = train_one_epoch(model, train_batches, optimization, stop)
+            max_batches = last_epoch_steps if epoch == epochs else None
+            stats = train_one_epoch(model, train_batches, optimization, stop, max_batches)
         except TrainingInterrupted as interruption:
             raise TrainingInterrupted(f"in epoch {epoch} {interruption}", interruption.signal_number) from None
         except NonFiniteLossError as error:

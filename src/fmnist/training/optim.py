@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, OneCycleLR, StepLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, OneCycleLR, StepLR
 
 from fmnist.training.config import TrainConfig
 
-# When each schedule steps. OneCycle and cosine change the rate every batch (their curves are
-# defined over the whole run); StepLR decays every `step_size` epochs.
-SCHEDULER_INTERVAL = {"onecycle": "batch", "cosine": "batch", "steplr": "epoch", "none": None}
+# When each schedule steps. OneCycle, cosine and linear change the rate every batch (their curves are
+# defined over the whole run, and end at its last step); StepLR decays every `step_size` epochs.
+SCHEDULER_INTERVAL = {"onecycle": "batch", "cosine": "batch", "linear": "batch", "steplr": "epoch", "none": None}
 # OneCycle's own momentum cycle (torch's defaults): it starts at the maximum and overwrites what the
 # optimizer was given.
 ONECYCLE_MAX_MOMENTUM = 0.95
@@ -34,14 +34,19 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay)
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
-) -> LRScheduler | None:
-    """The schedule `config.scheduler`; step it as SCHEDULER_INTERVAL says."""
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> LRScheduler | None:
+    """The schedule `config.scheduler` over `total_steps` training steps; step it as SCHEDULER_INTERVAL says.
+
+    The per-batch schedules end at `total_steps`: the epochs times the batches per epoch, or the
+    steps a time budget planned (training/budget.py), so that the rate is annealed when training ends.
+    """
     if config.scheduler == "onecycle":
-        return OneCycleLR(optimizer, max_lr=config.max_lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch)
+        return OneCycleLR(optimizer, max_lr=config.max_lr, total_steps=total_steps)
     if config.scheduler == "cosine":
-        return CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+        return CosineAnnealingLR(optimizer, T_max=total_steps)
+    if config.scheduler == "linear":
+        # Budgeted training's choice (Li, Yumer and Ramanan, ICLR 2020): straight down to 0 at the end.
+        return LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total_steps))
     if config.scheduler == "steplr":
         return StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     return None

@@ -19,6 +19,11 @@ class Recipe:
     description: str
     overrides: dict = field(default_factory=dict)
     measured: str = ""  # fmnist's own recipes: what BENCHMARKS.md measured, with the machine and the date
+    budget: str = ""  # the time budget the recipe is designed for (fmnist train --recipe R --time-budget B)
+    measured_at_budget: str = ""  # what that command measured, with the machine and the date
+
+    def budget_command(self) -> str | None:
+        return f"fmnist train --recipe {self.name} --time-budget {self.budget}" if self.budget else None
 
 
 RECIPES: dict[str, Recipe] = {}

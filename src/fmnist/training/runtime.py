@@ -25,6 +25,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16_matrix_instructions() -> bool:
+    """AVX-512 BF16 or AMX: the instructions that make bf16 autocast faster than fp32 on a CPU (without
+    them, bf16 is emulated and slower; BENCHMARKS.md)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_amp(mode: str, device: torch.device) -> str:
+    """The precision `--amp mode` means on `device`: "auto" becomes bf16 where it pays, else "none"."""
+    if mode != "auto":
+        return mode
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_bf16_matrix_instructions() else "none"
+    return "none"
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so a run can be repeated exactly on the CPU.
 

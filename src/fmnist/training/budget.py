@@ -1,0 +1,172 @@
+"""Training to a wall-clock budget (`--time-budget 5m`): measure this machine, then plan the steps.
+
+Users have minutes, not epochs, and CPUs differ by 1.5x or more: an epoch count that fits 30 minutes on
+one machine misses on the next. So a budget is planned once, at the start. A few training steps and
+validation batches are timed on a throwaway copy of the run (the run itself then starts from its seed
+as if nothing had happened), and the number of steps is chosen so that training, the validation pass
+after each epoch and the checkpoints end within the budget. The schedule is built for exactly those
+steps, so the learning rate anneals to its end at the budget instead of being cut off half-way: the
+lesson of budgeted training (Li, Yumer and Ramanan, ICLR 2020). The plan is saved with the run, and a
+resumed run finishes the same plan, whatever the speed of the machine it resumes on.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from fmnist.data.splits import Split
+from fmnist.errors import ConfigError
+from fmnist.files import atomic_write_bytes
+from fmnist.training.build import build_training
+from fmnist.training.config import TrainConfig
+from fmnist.training.duration import format_duration, parse_duration
+from fmnist.training.loop import evaluate, train_one_epoch, weights_to_use
+from fmnist.training.runtime import seed_everything
+
+logger = logging.getLogger(__name__)
+
+# Epoch times wander by a few percent on an idle machine (BENCHMARKS.md): plan for this much less.
+SAFETY_MARGIN = 0.05
+# The first steps allocate memory and choose kernels (and compile, with --compile): never timed.
+WARMUP_STEPS = 3
+# Timed steps last about this long, or 2% of a short budget; at least MIN_TIMED_STEPS of them.
+MEASURE_SECONDS = 3.0
+MIN_TIMED_STEPS = 5
+# Validation batches timed; the whole pass is scaled up from them.
+EVAL_PROBE_BATCHES = 4
+# A plan with fewer steps than this is no training run: the budget is refused as too short.
+MIN_STEPS = 20
+
+
+@dataclass(frozen=True)
+class TimePlan:
+    """How a budget is spent: measured costs, and the steps that fit. Saved in config.json."""
+
+    budget: str  # as the user wrote it: "5m"
+    budget_seconds: float
+    measure_seconds: float  # spent measuring, inside the budget
+    step_seconds: float  # one training step (forward, backward, update, augmentation)
+    epoch_end_seconds: float  # one validation pass and the checkpoints after each epoch
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
+    def last_epoch_steps(self) -> int:
+        return self.total_steps - (self.epochs - 1) * self.steps_per_epoch
+
+    def planned_seconds(self) -> float:
+        """What the plan expects to spend: measuring, the steps, and each epoch's validation."""
+        return self.measure_seconds + self.total_steps * self.step_seconds + self.epochs * self.epoch_end_seconds
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "epochs": self.epochs, "last_epoch_steps": self.last_epoch_steps}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TimePlan:
+        names = ("budget", "budget_seconds", "measure_seconds", "step_seconds", "epoch_end_seconds",
+                 "steps_per_epoch", "total_steps")
+        return cls(**{name: saved[name] for name in names})
+
+    def describe(self) -> str:
+        last = "" if self.last_epoch_steps == self.steps_per_epoch else f", the last cut to {self.last_epoch_steps}"
+        return (f"time budget {self.budget}: a step takes {self.step_seconds * 1000:.1f} ms and each epoch's "
+                f"validation and checkpoints {self.epoch_end_seconds:.2f} s here (measured in "
+                f"{self.measure_seconds:.1f} s); planned {self.total_steps:,} steps = {self.epochs} epochs of "
+                f"{self.steps_per_epoch}{last}, ending after about {self.planned_seconds():.0f} s")
+
+
+def plan_steps(budget: str, measure_seconds: float, step_seconds: float, epoch_end_seconds: float,
+               steps_per_epoch: int) -> TimePlan:
+    """The most steps whose training and validation fit in what the budget has left after measuring.
+
+    Whole epochs first; then, if time is left for a validation pass and some steps, a last epoch
+    cut short. Refused (ConfigError) when fewer than MIN_STEPS fit.
+    """
+    budget_seconds = parse_duration(budget)
+    available = (budget_seconds - measure_seconds) * (1 - SAFETY_MARGIN)
+    epoch_seconds = steps_per_epoch * step_seconds + epoch_end_seconds
+    full_epochs = max(0, math.floor(available / epoch_seconds))
+    left_for_last = available - full_epochs * epoch_seconds - epoch_end_seconds
+    extra_steps = min(steps_per_epoch - 1, math.floor(left_for_last / step_seconds)) if left_for_last > 0 else 0
+    total_steps = full_epochs * steps_per_epoch + extra_steps
+    if total_steps < MIN_STEPS:
+        needed = measure_seconds + (MIN_STEPS * step_seconds
+                                    + math.ceil(MIN_STEPS / steps_per_epoch) * epoch_end_seconds) / (1 - SAFETY_MARGIN)
+        raise ConfigError(
+            f"--time-budget {budget}: too short for this run on this machine: measuring took {measure_seconds:.1f} s, "
+            f"a step takes {step_seconds * 1000:.0f} ms and each validation {epoch_end_seconds:.1f} s, so the "
+            f"{MIN_STEPS} steps of the shortest run need about {needed:.0f} s; give --time-budget "
+            f"{format_duration(math.ceil(needed))} or more", "time_budget")
+    return TimePlan(budget, budget_seconds, measure_seconds, step_seconds, epoch_end_seconds, steps_per_epoch,
+                    total_steps)
+
+
+def plan_time_budget(config: TrainConfig, train: Split, val: Split, test: Split) -> TimePlan:
+    """Time this run's steps and validation here, on a throwaway copy, and plan config.time_budget.
+
+    The copy is built like the run (model, augmentation, mixing, EMA, precision) and seeded like it, so
+    what is timed is what will run; the caller seeds again before building the run itself.
+    """
+    started = time.perf_counter()
+    budget_seconds = parse_duration(config.time_budget)
+    seed_everything(config.seed, config.deterministic)
+    probe = build_training(config, train, val, test, total_steps=MIN_STEPS)
+    optimization = probe.optimization
+    optimization.scheduler = None  # the probe's rate does not matter, and its schedule would run out
+    warmup = count_steps(probe, WARMUP_STEPS)
+    rough_step = warmup[1] / max(warmup[0], 1)
+    measure_for = min(MEASURE_SECONDS, 0.02 * budget_seconds)
+    timed_steps, timed_seconds = count_steps(probe, max(MIN_TIMED_STEPS, math.ceil(measure_for / rough_step)))
+    step_seconds = timed_seconds / timed_steps
+    epoch_end_seconds = validation_seconds(probe, config.tta_flip) + checkpoint_seconds(probe, config.out)
+    plan = plan_steps(config.time_budget, time.perf_counter() - started, step_seconds, epoch_end_seconds,
+                      len(probe.train_loader))
+    logger.info("%s", plan.describe())
+    return plan
+
+
+def count_steps(probe, steps: int) -> tuple[int, float]:
+    """Run `steps` training steps (over as many passes as the loader needs); (steps, seconds)."""
+    done, seconds = 0, 0.0
+    while done < steps:
+        stats = train_one_epoch(probe.model, probe.train_loader, probe.optimization,
+                                max_batches=min(steps - done, len(probe.train_loader)))
+        done += len(stats.learning_rates)
+        seconds += stats.seconds
+    return done, seconds
+
+
+def validation_seconds(probe, flip_tta: bool) -> float:
+    """One validation pass, scaled up from its first EVAL_PROBE_BATCHES batches."""
+    batches = min(EVAL_PROBE_BATCHES, len(probe.val_loader))
+    network = weights_to_use(probe.model, probe.optimization)
+    timed = evaluate(network, itertools.islice(probe.val_loader, batches), flip_tta)
+    return timed.seconds * len(probe.val_loader) / batches
+
+
+def checkpoint_seconds(probe, out: str) -> float:
+    """Writing best.pt, last.pt and the metrics after an epoch: serialized and written atomically (with
+    fsync) as the run folder's are, into a scratch folder on the same disk when the runs folder exists."""
+    scratch_parent = out if Path(out).is_dir() else None
+    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".budget-") as scratch:
+        start = time.perf_counter()
+        for name in ("probe-best.pt", "probe-last.pt"):  # not the run's names: the kill points count those
+            buffer = io.BytesIO()
+            torch.save({"model": probe.model.state_dict(), "optimizer": probe.optimization.optimizer.state_dict()},
+                       buffer)
+            atomic_write_bytes(Path(scratch) / name, buffer.getvalue())
+        atomic_write_bytes(Path(scratch) / "probe-metrics.csv", b"0" * 4096)
+        return time.perf_counter() - start

@@ -1,0 +1,178 @@
+"""Time-budgeted training (`--time-budget`): durations, the plan's arithmetic, budgeted runs that end
+on time with their schedule finished, resume that keeps the plan, and one-line refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmnist.cli import main
+from fmnist.errors import ConfigError
+from fmnist.experiment import train
+from fmnist.runs.checkpoint import load_checkpoint
+from fmnist.training.budget import MIN_STEPS, SAFETY_MARGIN, TimePlan, plan_steps
+from fmnist.training.config import TrainConfig, build_config
+from fmnist.training.duration import format_duration, parse_duration
+from fmnist.training.optim import build_scheduler
+from test_resume import fmnist_process, metric_rows, same_tensors
+
+# A budgeted run may overrun its budget by this much: the plan keeps SAFETY_MARGIN in hand, but its speed
+# was measured over a few seconds, and a machine that gets busier after that runs slower than planned.
+BUDGET_TOLERANCE = 0.5
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("2.5m", 150), ("90", 90), (" 10 S ", 10), (".5s", 0.5),
+])
+def test_durations_read_as_people_write_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "m", "-5s", "0s", "0", "inf", "nan", "5m x", "1e400"])
+def test_what_is_not_a_positive_duration_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("seconds", [42.5, 60, 95, 3600, 5400, 3661])
+def test_formatted_durations_read_back(seconds):
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds, abs=0.5)
+
+
+def test_the_plan_fits_whole_epochs_then_cuts_the_last_one_short():
+    # 100 s budget, 4 s measuring: 91.2 s to plan (5% kept in hand); an epoch is 10 steps of 1 s + 2 s.
+    plan = plan_steps("100s", measure_seconds=4.0, step_seconds=1.0, epoch_end_seconds=2.0, steps_per_epoch=10)
+    available = (100 - 4) * (1 - SAFETY_MARGIN)
+    assert (plan.epochs, plan.last_epoch_steps, plan.total_steps) == (8, 5, 7 * 10 + 5)
+    assert plan.planned_seconds() - plan.measure_seconds <= available
+    # One more step would not fit.
+    assert plan.planned_seconds() - plan.measure_seconds + 1.0 > available
+    assert TimePlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_a_budget_without_room_for_the_shortest_run_says_what_it_needs():
+    with pytest.raises(ConfigError, match=r"--time-budget 10s: too short .* give --time-budget \d+s or more") as caught:
+        plan_steps("10s", measure_seconds=2.0, step_seconds=0.5, epoch_end_seconds=1.0, steps_per_epoch=100)
+    suggested = parse_duration(str(caught.value).split("give --time-budget ")[1].split()[0])
+    plan = plan_steps(format_duration(suggested), 2.0, 0.5, 1.0, 100)  # what it suggests is enough
+    assert plan.total_steps >= MIN_STEPS
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "linear"])
+def test_per_batch_schedules_end_at_the_planned_step(scheduler):
+    config = TrainConfig(scheduler=scheduler)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr or config.max_lr)
+    schedule = build_scheduler(optimizer, config, total_steps=37)
+    rates = []
+    for _ in range(37):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    peak = max(rates)
+    assert rates[-1] < peak / 25  # annealed by the last planned step, not cut off half-way
+    if scheduler == "onecycle":
+        assert rates[-1] == pytest.approx(config.max_lr / 25 / 1e4)
+
+
+def test_a_budget_replaces_the_recipes_epochs_and_refuses_explicit_ones(tmp_path):
+    config = TrainConfig.from_recipe("fast", time_budget="2m")
+    assert config.epochs is None and config.time_budget == "2m"
+    with pytest.raises(ConfigError, match="--epochs 3: ignored by these settings: --time-budget plans") as caught:
+        TrainConfig(epochs=3, time_budget="5m")
+    assert caught.value.field == "epochs"
+    with pytest.raises(ConfigError, match="--time-budget '5 minutes': not a duration; write it as 90s"):
+        TrainConfig(time_budget="5 minutes")
+    toml = tmp_path / "budget.toml"
+    toml.write_text('recipe = "quick"\ntime_budget = "90s"\n')
+    assert build_config(toml).time_budget == "90s"
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--time-budget", "5x"], ["--time-budget", "0s"], ["--time-budget", "-1m"],
+    ["--time-budget", "1m", "--epochs", "3"], ["--recipe", "fast", "--epochs", "2", "--time-budget", "2m"],
+])
+def test_bad_budgets_are_one_line_and_exit_2(arguments, tiny_data, tmp_path, capsys):
+    code = main(["train", "--data-dir", str(tiny_data), "--allow-unverified-data", "--out", str(tmp_path / "runs"),
+                 *arguments])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and "Traceback" not in error
+    assert "--time-budget" in error
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_budget_too_short_for_this_machine_is_refused_after_measuring_and_leaves_nothing(tiny_data, tmp_path,
+                                                                                           capsys):
+    runs = tmp_path / "runs"
+    code = main(["train", "--data-dir", str(tiny_data), "--allow-unverified-data", "--out", str(runs),
+                 "--time-budget", "0.05s", "--val-size", "100"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1
+    assert "--time-budget 0.05s: too short for this run on this machine" in error and "or more" in error
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def budgeted(tiny_data: Path, out: Path, **changes) -> TrainConfig:
+    return TrainConfig(data_dir=str(tiny_data), allow_unverified_data=True, out=str(out), val_size=100,
+                       batch_size=50, eval_batch_size=40, limit_batches=4, seed=5, device="cpu", **changes)
+
+
+def lr_steps(run: Path) -> list[float]:
+    with open(run / "lr_steps.csv") as handle:
+        return [float(row["lr"]) for row in csv.DictReader(handle)]
+
+
+def test_a_budgeted_run_ends_within_its_budget_with_its_schedule_finished(tiny_data, tmp_path):
+    result = train(budgeted(tiny_data, tmp_path, time_budget="6s", name="budgeted"))
+    saved = json.loads((result.path / "config.json").read_text())
+    summary = json.loads((result.path / "summary.json").read_text())
+    plan = TimePlan.from_dict(saved["resolved"]["time_plan"])
+    assert plan.budget_seconds == 6 and plan.planned_seconds() <= 6
+    assert summary["budget_used_seconds"] <= 6 * (1 + BUDGET_TOLERANCE)
+    assert summary["planned_steps"] == plan.total_steps and summary["epochs"] == plan.epochs
+    rates = lr_steps(result.path)
+    assert len(rates) == plan.total_steps  # every planned step ran, and no more
+    assert rates[-1] == pytest.approx(0.01 / 25 / 1e4)  # OneCycle's end: max_lr / 25 / 10^4
+    assert saved["config"]["epochs"] is None and saved["config"]["time_budget"] == "6s"
+    report = (result.path / "report.md").read_text()
+    assert "## Time budget" in report and f"{plan.total_steps:,} = {plan.epochs} epochs" in report
+
+
+def test_sigkill_and_resume_finish_the_same_plan_bit_for_bit(tiny_data, tmp_path):
+    args = ["train", "--data-dir", str(tiny_data), "--allow-unverified-data", "--out", str(tmp_path),
+            "--val-size", "100", "--batch-size", "50", "--eval-batch-size", "40", "--limit-batches", "4",
+            "--seed", "5", "--device", "cpu", "--scheduler", "linear", "--lr", "0.002", "--time-budget", "5s"]
+    # Killed in epoch 3, after its training and validation, before its metrics were written.
+    killed = fmnist_process([*args, "--name", "killed"], kill_at="write-metrics.csv:3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(metric_rows(tmp_path / "killed")) == 2
+    # The uninterrupted run with the same plan: a folder that holds only the killed run's config.json is a
+    # run stopped before its first epoch ended, and resuming it runs that plan from the start.
+    (tmp_path / "whole").mkdir()
+    shutil.copy(tmp_path / "killed" / "config.json", tmp_path / "whole" / "config.json")
+    for name in ("whole", "killed"):
+        resumed = fmnist_process(["train", "--resume", str(tmp_path / name)])
+        assert resumed.returncode == 0, resumed.stderr
+        assert "time budget" not in resumed.stdout  # the plan is kept, not measured again
+    assert metric_rows(tmp_path / "killed") == metric_rows(tmp_path / "whole")
+    assert lr_steps(tmp_path / "killed") == lr_steps(tmp_path / "whole")
+    assert lr_steps(tmp_path / "killed")[-1] == pytest.approx(0.002 / len(lr_steps(tmp_path / "killed")))
+    for checkpoint in ("best.pt", "last.pt"):
+        assert same_tensors(load_checkpoint(tmp_path / "killed" / checkpoint)["model"],
+                            load_checkpoint(tmp_path / "whole" / checkpoint)["model"])
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["budget_used_seconds"] is None  # a resumed run's time is not its budget's
+
+
+def test_amp_auto_resolves_once_and_is_recorded(tiny_data, tmp_path):
+    from fmnist.training.runtime import cpu_has_bf16_matrix_instructions
+
+    result = train(budgeted(tiny_data, tmp_path, epochs=1, amp="auto", name="auto"))
+    saved = json.loads((result.path / "config.json").read_text())
+    assert saved["config"]["amp"] == "auto"
+    assert saved["resolved"]["amp"] == ("bf16" if cpu_has_bf16_matrix_instructions() else "none")
