@@ -5,12 +5,12 @@
 
 It starts `fmnist serve RUN_DIR --port 0` as a child process (so its memory can be read from /proc)
 and sends real Fashion-MNIST test images, one 28x28 PNG per request (multipart, as the page does),
-from an asyncio client (httpx) with 1, 8, 32 and 200 clients at once, each sending its next
+from an asyncio client (httpx2) with 1, 8, 32 and 200 clients at once, each sending its next
 request when its answer arrives. Every answer is checked: status 200 and ten probabilities.
 Latency is per request, from sending to the parsed answer. Then 5,000 more requests at 200
 clients, with the server's resident memory (RSS) read before, every 1,000 requests, and after.
 
-The client runs on the same machine and takes CPU time itself (httpx: about 1.5 ms per request),
+The client runs on the same machine and takes CPU time itself (httpx2: about 1.5 ms per request),
 so requests/s is the server's on the cores the client leaves: note the core count with it. The
 server's CPU time per request (from /proc) is printed too: it says what batching saves even
 where the client is the bottleneck. Run it on an idle machine.
@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 from PIL import Image
 
 from fmnist.data.locate import find_data_dir
@@ -89,14 +89,14 @@ def rss_mb(pid: int) -> float:
 async def load(url: str, images: list[bytes], clients: int, requests: int, on_progress=None) -> dict:
     """`requests` requests from `clients` concurrent clients; latencies in seconds, failures counted.
 
-    Each client has its own httpx.AsyncClient (one connection, kept alive), made before the clock
+    Each client has its own httpx2.AsyncClient (one connection, kept alive), made before the clock
     starts: one client with a pool of 200 connections spends milliseconds per request in the pool.
     """
     latencies: list[float] = []
     failures: list[str] = []
     next_request = 0
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client(http: httpx2.AsyncClient) -> None:
         nonlocal next_request
         while next_request < requests:
             number = next_request
@@ -106,7 +106,7 @@ async def load(url: str, images: list[bytes], clients: int, requests: int, on_pr
                 response = await http.post("predict", files={"file": (f"{number}.png", images[number % len(images)])})
                 answer = response.json()
                 ok = response.status_code == 200 and len(answer[0]["probabilities"]) == 10
-            except (httpx.HTTPError, ValueError, KeyError) as error:
+            except (httpx2.HTTPError, ValueError, KeyError) as error:
                 ok, answer = False, repr(error)
             latencies.append(time.perf_counter() - started)
             if not ok:
@@ -114,7 +114,7 @@ async def load(url: str, images: list[bytes], clients: int, requests: int, on_pr
             if on_progress is not None and (number + 1) % 1000 == 0:
                 on_progress(number + 1)
 
-    https = [httpx.AsyncClient(base_url=url, timeout=120) for _ in range(clients)]
+    https = [httpx2.AsyncClient(base_url=url, timeout=120) for _ in range(clients)]
     try:
         cpu, started = time.process_time(), time.perf_counter()
         await asyncio.gather(*(client(http) for http in https))

@@ -106,6 +106,13 @@ def test_the_page_is_one_file_with_no_external_assets(client):
     assert "http://" not in page and "https://" not in page and "<link" not in page and "src=" not in page
 
 
+def test_the_test_client_runs_on_httpx2_as_starlette_expects():
+    # With plain httpx, starlette 1.x warns (StarletteDeprecationWarning) on every test run.
+    import starlette.testclient
+
+    assert starlette.testclient.httpx.__name__ == "httpx2", "pip install -e '.[dev]' (it brings httpx2)"
+
+
 def test_healthz(client):
     response = client.get("/healthz")
     assert response.status_code == 200 and response.json()["status"] == "ok"

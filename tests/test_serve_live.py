@@ -44,7 +44,7 @@ from fmnist.runs.folder import read_summary
 from fmnist.training.config import TrainConfig
 
 try:
-    import httpx
+    import httpx2
 
     from fmnist.serve.app import prepare_image
 except ImportError as error:
@@ -253,18 +253,18 @@ def test_the_page_in_a_real_browser(server, real_run, test_images, browser, tmp_
 
 async def send_all(url: str, bodies: list[bytes], clients: int, per_client: int) -> list[tuple[int, int, dict]]:
     """Each of `clients` clients (its own connection) sends `per_client` images in turn; (index, status, answer)."""
-    context = ssl.create_default_context()  # one for all: httpx would build one per client otherwise
+    context = ssl.create_default_context()  # one for all: httpx2 would build one per client otherwise
     answers = []
     start = asyncio.Event()
 
-    async def client(number: int, http: httpx.AsyncClient) -> None:
+    async def client(number: int, http: httpx2.AsyncClient) -> None:
         await start.wait()
         for turn in range(per_client):
             index = (number * per_client + turn) % len(bodies)
             response = await http.post("predict", files={"file": (f"{index}.png", bodies[index])})
             answers.append((index, response.status_code, response.json()))
 
-    https = [httpx.AsyncClient(base_url=url, verify=context, timeout=120) for _ in range(clients)]
+    https = [httpx2.AsyncClient(base_url=url, verify=context, timeout=120) for _ in range(clients)]
     try:
         tasks = [asyncio.create_task(client(number, http)) for number, http in enumerate(https)]
         start.set()
@@ -289,7 +289,7 @@ def test_200_concurrent_clients_each_get_their_own_answer(server, real_run, test
     images, _ = test_images
     bodies = [png(image) for image in images]
     expected = class_probabilities(model, [prepare_image(body, "x", True) for body in bodies])
-    before = httpx.get(server.url + "healthz").json()
+    before = httpx2.get(server.url + "healthz").json()
     answers = run_in_a_thread(send_all(server.url, bodies, clients=200, per_client=2))
     assert len(answers) == 400
     for index, status, answer in answers:
@@ -298,7 +298,7 @@ def test_200_concurrent_clients_each_get_their_own_answer(server, real_run, test
         assert answer[0]["file"] == f"{index}.png"
         assert probabilities == pytest.approx(expected[index], abs=1e-4)  # batch size may change the last digits
         assert answer[0]["predictions"][0]["label"] == int(np.argmax(expected[index]))
-    after = httpx.get(server.url + "healthz").json()
+    after = httpx2.get(server.url + "healthz").json()
     assert after["images"] - before["images"] == 400
     assert after["forward_passes"] - before["forward_passes"] < 400  # requests that arrived together were batched
 
@@ -343,7 +343,7 @@ def test_a_stop_signal_finishes_the_request_in_flight_then_exits_0(real_run, tes
                            b"Content-Length: %d\r\n\r\n" % len(body) + body[:100])
         # Once another connection is answered, the server has read this one's head (it came first)
         # and waits for the rest of its body: a request in flight.
-        assert httpx.get(server.url + "healthz").status_code == 200
+        assert httpx2.get(server.url + "healthz").status_code == 200
         server.process.send_signal(signal_number)
         time.sleep(0.5)
         assert server.process.poll() is None, "the server quit with a request in flight"
