@@ -125,6 +125,24 @@ def test_sigterm_to_torchrun_stops_both_processes_cleanly_and_one_process_resume
     assert [int(row["epoch"]) for row in metrics(run)] == list(range(1, 61))
 
 
+@pytest.mark.parametrize("killed", ["1", "0"])
+def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(killed, data, tmp_path):
+    run = tmp_path / "lost"
+    # The 4th step is epoch 2's first: epoch 1 is saved, and the other process is inside a collective.
+    code, out, err = finished(torchrun(train_args(data, tmp_path, "lost"), kill_at=f"train-step:4:SIGKILL:{killed}"))
+    assert code != 0
+    worker_lines = [line for line in err.splitlines() if line.startswith("[rank")]
+    assert not worker_lines, err  # before: gloo's "Connection reset by peer" traceback on the survivor
+    survivor = "0" if killed == "1" else "1"
+    assert err.count(f"fmnist: error: process {survivor} of 2 lost touch with the others") == 1, err
+    assert "resume it with the same torchrun command" in err
+    assert [row["epoch"] for row in metrics(run)] == ["1"]
+
+    code, out, err = finished(torchrun(["train", "--resume", str(run)]))
+    assert code == 0, err
+    assert [row["epoch"] for row in metrics(run)] == ["1", "2"]
+
+
 def test_a_global_batch_that_does_not_divide_is_refused_naming_the_option(data, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before joining any process group
     args = train_args(data, tmp_path, "odd")

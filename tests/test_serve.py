@@ -275,10 +275,65 @@ def test_bad_query_options_are_422_lines(client, query, fragment):
     assert_one_line_error(client.post(f"/predict?{query}", content=encoded(item(0))), 422, fragment)
 
 
-def test_unknown_paths_and_methods_are_lines_too(client):
-    assert_one_line_error(client.get("/nothing"), 404, "Not Found")
-    assert_one_line_error(client.delete("/predict"), 405, "Method Not Allowed")
-    assert_one_line_error(client.get("/predict"), 405, "Method Not Allowed")
+def test_unknown_paths_are_lines_too(client):
+    assert_one_line_error(client.get("/nothing"), 404, "no such page: /nothing (the API: POST /predict")
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/predict", "POST"), ("DELETE", "/predict", "POST"), ("PUT", "/predict", "POST"),
+    ("PATCH", "/predict", "POST"), ("OPTIONS", "/predict", "POST"), ("BREW", "/predict", "POST"),
+    ("POST", "/", "GET"), ("DELETE", "/model", "GET"), ("PUT", "/healthz", "GET"), ("POST", "/docs", "GET"),
+])
+def test_a_method_an_endpoint_does_not_take_is_a_405_line_with_allow(client, method, path, allowed):
+    response = client.request(method, path)
+    message = assert_one_line_error(response, 405, f"{method} {path}: not allowed; {path} takes {allowed}")
+    assert allowed in response.headers["allow"], message
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("content_type", [
+    "Multipart/Form-Data; boundary={}", "MULTIPART/FORM-DATA; boundary={}", " multipart/form-data ; boundary={}",
+])
+def test_the_content_type_is_read_as_http_defines_it_case_and_spaces_aside(client, content_type):
+    request = client.build_request("POST", "/predict", files={"file": ("x.png", encoded(item(0)))})
+    boundary = request.headers["content-type"].split("boundary=")[1]
+    response = client.post("/predict", content=request.read(),
+                           headers={"content-type": content_type.format(boundary)})
+    assert response.status_code == 200, response.text
+    assert response.json()[0]["file"] == "x.png"
+
+
+@pytest.mark.parametrize("content_type, body, fragment", [
+    ("multipart/form-data", b"--x\r\n", "the multipart body cannot be read (Missing boundary in multipart.)"),
+    ("multipart/form-data; boundary=xyz", b"garbage", "the multipart body cannot be read (Invalid multipart data.)"),
+    ("multipart/form-data; boundary=b", b'--b\r\nX: y\r\n\r\n\x89PNG\r\n--b--\r\n', "cannot be read"),
+])
+def test_a_malformed_multipart_body_is_a_400_line_that_says_what_to_send(client, content_type, body, fragment):
+    message = assert_one_line_error(client.post("/predict", content=body, headers={"content-type": content_type}),
+                                    400, fragment)
+    assert "as the multipart field `file`" in message
+
+
+def test_a_client_gone_before_its_whole_body_is_a_line_in_the_log_not_a_traceback(model, caplog):
+    """A Content-Length that promises more than comes (the client then hangs up): the app handles it."""
+    app = create_app(model)
+    sent = []
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    for content_type in (b"image/png", b"multipart/form-data; boundary=xyz"):
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
+                 "headers": [(b"content-type", content_type), (b"content-length", b"100")], "server": ("t", 80),
+                 "client": ("c", 1)}
+        with caplog.at_level("INFO", logger="fmnist.serve"):
+            asyncio.run(app(scope, receive, send))  # before: starlette's ClientDisconnect, uvicorn's traceback
+        assert sent[-2]["status"] == 400
+    assert "the client closed the connection before sending the whole body" in caplog.text
 
 
 def test_a_body_above_the_limit_is_413_declared_or_streamed(small_limit_client):

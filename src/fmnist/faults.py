@@ -8,8 +8,9 @@ SIGKILL: the kill-and-resume test sets `FMNIST_KILL_AT=POINT:N` to make the proc
 N-th time it reaches POINT (`train-step`, `evaluate-batch`, or `write-<file name>` just before a
 finished temporary file replaces that file). A real SIGKILL: no handler, no cleanup, no flush, the
 same as a power cut or the out-of-memory killer. `FMNIST_KILL_AT=POINT:N:SIGINT` (or SIGTERM) sends
-that signal instead, so a test can press Ctrl-C at an exact point. Unset (always, outside tests) it
-does nothing.
+that signal instead, so a test can press Ctrl-C at an exact point; `POINT:N:SIGKILL:R` only in the
+torchrun process of rank R (one process of a run dies, the others go on). Unset (always, outside
+tests) it does nothing.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def kill_point(point: str) -> None:
     target = os.environ.get(KILL_AT_VARIABLE)
     if not target:
         return
-    name, count, signal_name = (target.split(":") + ["SIGKILL"])[:3]
-    if name != point:
+    name, count, signal_name, rank = (target.split(":") + ["SIGKILL", ""])[:4]
+    if name != point or (rank and rank != os.environ.get("RANK", "0")):
         return
     _points_reached[point] += 1
     if _points_reached[point] == int(count):

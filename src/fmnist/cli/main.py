@@ -22,7 +22,7 @@ from fmnist.cli.options import add_train_options, check_positive, overrides_from
 from fmnist.errors import FmnistError
 from fmnist.faults import TrainingInterrupted
 from fmnist.training.config import AMP_MODES, DEVICES, EVAL_BATCH_SIZE, FIELDS, build_config
-from fmnist.training.distributed import launched_processes, process_rank
+from fmnist.training.distributed import ProcessLost, launched_processes, process_rank
 from fmnist.version import __version__
 
 
@@ -577,7 +577,8 @@ def resume_command(run_path: Path) -> str:
 @contextmanager
 def only_rank_0_speaks() -> Iterator[None]:
     """Under torchrun every process runs this command; rank 0 alone prints (its errors too: the others
-    raise the same ones). A crash's traceback still shows on every process."""
+    raise the same ones), except that a process that lost the others says so (rank 0 may be the one
+    gone). A crash's traceback still shows on every process."""
     if process_rank() == 0:
         yield
         return
@@ -598,6 +599,9 @@ def run_command(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)
         show_library_logs(sys.stderr if getattr(args, "json", False) else sys.stdout)
         return COMMANDS[args.command](args)
+    except ProcessLost as error:  # said by every process left: rank 0 may be the one gone
+        print(f"fmnist: error: {error}", file=sys.stderr if process_rank() == 0 else sys.__stderr__ or sys.stderr)
+        return error.exit_code
     except FmnistError as error:
         print(f"fmnist: error: {error}", file=sys.stderr)
         return error.exit_code

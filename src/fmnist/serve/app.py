@@ -9,8 +9,9 @@
 An image goes the way `fmnist predict` takes a file (data/images.py, then inference.class_probabilities),
 so the page, the API and the command line give the same probabilities for the same bytes. Every
 error is a JSON object {"error": "one line"} with a 4xx status: a body above the size limit 413, a
-request without an image 400, an image that cannot be read (not an image, truncated, above the
-pixel cap, a mode that has no gray) 422.
+request without an image or with a malformed multipart body 400, an image that cannot be read (not
+an image, truncated, above the pixel cap, a mode that has no gray) 422, a method an endpoint does not
+take 405 (with Allow). A client that hangs up before its whole body arrived is one line in the log.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from fmnist.data.fashion import CLASS_NAMES, NUM_CLASSES
 from fmnist.data.images import IMAGE_FORMATS, MAX_PIXELS, read_image_bytes, to_fashion_mnist
@@ -159,13 +161,13 @@ def prepare_image(data: bytes, name: str, invert: bool) -> torch.Tensor:
 
 async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[str, bytes]]:
     """(name, bytes) of each image sent: the multipart field `file` (repeatable), else the whole body."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+    if media_type(request) != "multipart/form-data":
         body = await request.body()
         if not body:
             raise HTTPException(400, "no image: send it as the request body or as the multipart field `file`")
         return [(RAW_BODY_NAME, body)]
-    async with request.form(max_files=settings.max_files, max_fields=settings.max_files) as form:
+    form = await read_form(request, settings)
+    try:
         fields = form.multi_items()
         uploads = [(key, value) for key, value in fields if key == "file"]
         if not uploads:
@@ -174,6 +176,29 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
         if any(not isinstance(value, UploadFile) for _, value in uploads):
             raise HTTPException(400, "the multipart field `file` holds text, not a file; send the image's bytes")
         return [(upload_name(upload, index), await upload.read()) for index, (_, upload) in enumerate(uploads)]
+    finally:
+        await form.close()
+
+
+def media_type(request: Request) -> str:
+    """The Content-Type without its parameters, as HTTP defines it: case and spaces do not count."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_form(request: Request, settings: ServeSettings):
+    """The multipart form, or a 400 line saying what is wrong with it and what to send instead."""
+    if request.headers["content-type"].split(";", 1)[0] != "multipart/form-data":
+        # starlette compares the media type as sent: hand it the spelling it reads.
+        parameters = request.headers["content-type"].partition(";")[2]
+        request.scope["headers"] = [(key, value) for key, value in request.scope["headers"]
+                                    if key.lower() != b"content-type"]
+        request.scope["headers"].append((b"content-type", f"multipart/form-data;{parameters}".encode("latin-1")))
+        request = Request(request.scope, request.receive)
+    try:
+        return await request.form(max_files=settings.max_files, max_fields=settings.max_files)
+    except HTTPException as error:
+        raise HTTPException(400, f"the multipart body cannot be read ({error.detail}); send each image as the "
+                                 "multipart field `file`, or one image as the whole body") from None
 
 
 def upload_name(upload: UploadFile, index: int) -> str:
@@ -236,7 +261,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return answer(request, error.status_code, one_line_reason(Exception(str(error.detail))), error.headers)
+        return answer(request, error.status_code, http_error_line(request, error), error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -244,6 +269,13 @@ def add_error_handlers(app: FastAPI) -> None:
         first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(part) for part in first.get("loc", ())[1:])
         return answer(request, 422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect) -> JSONResponse:
+        # The client's doing (a Content-Length promising more than it sent, then a hang-up): nobody
+        # reads this answer, the log gets one line instead of uvicorn's traceback.
+        return answer(request, 400, "the client closed the connection before sending the whole body "
+                                    f"(Content-Length: {printable(request.headers.get('content-length', 'none'), 20)})")
 
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, error: BodyTooLarge) -> JSONResponse:
@@ -259,6 +291,17 @@ def add_error_handlers(app: FastAPI) -> None:
         # A bug, not the client's doing: uvicorn logs the traceback; the client gets one line.
         return JSONResponse({"error": f"internal error ({type(error).__name__}); the server's log has the details"},
                             status_code=500)
+
+
+def http_error_line(request: Request, error: HTTPException) -> str:
+    """Starlette's 404 and 405 say what and how to fix; the others are already ours (or multipart's)."""
+    path = printable(request.url.path, 100)
+    if error.status_code == 404:
+        return f"no such page: {path} (the API: POST /predict, GET /model, GET /healthz; its description: GET /docs)"
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        return f"{printable(request.method, 20)} {path}: not allowed; {path} takes {allowed}"
+    return one_line_reason(Exception(str(error.detail)))
 
 
 # /docs shows an upload button for POST /predict: the request body is read by hand (to take either

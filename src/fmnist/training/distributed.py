@@ -15,7 +15,9 @@ Under torchrun, experiment.py adds four things around the same `fit`:
   agree on stopping (AgreedStop); each epoch's training numbers are summed over the processes
   before rank 0 records them (DistributedRecorder);
 - one writer: rank 0 alone creates, locks and writes the run folder, and tests and reports the
-  best epoch at the end (on_main); an error there reaches every process (together, on_main).
+  best epoch at the end (on_main); an error there reaches every process (together, on_main);
+- a process that dies (killed, out of memory) breaks the others' next message to it: they stop
+  with one line (ProcessLost), not gloo's traceback, and the run folder resumes from its last epoch.
 
 Validation runs on every process over the whole validation split with the same weights (DDP
 keeps them equal; BatchNorm buffers come from rank 0), so its numbers are those of one process:
@@ -96,9 +98,35 @@ def join_processes(config: TrainConfig) -> Iterator[Processes | None]:
     try:
         messages = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
         yield Processes(dist.get_rank(), dist.get_world_size(), device, messages)
+    except RuntimeError as error:
+        if not lost_a_process(error):
+            raise
+        raise ProcessLost(process_lost_line(error)) from None
     finally:
         if created:
             dist.destroy_process_group()
+
+
+class ProcessLost(FmnistError):
+    """Another process of this torchrun run is gone: this one cannot go on alone."""
+
+
+# What gloo and NCCL say when the process at the other end of a connection has died.
+LOST_PROCESS_SIGNS = ("closed by peer", "reset by peer", "broken pipe", "connection refused", "remote worker",
+                      "remote process exited", "nccl communicator was aborted", "socket timeout")
+
+
+def lost_a_process(error: RuntimeError) -> bool:
+    """Whether this error is a collective that failed because another process went away."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(sign in text for sign in LOST_PROCESS_SIGNS)
+
+
+def process_lost_line(error: RuntimeError) -> str:
+    reason = next((sign for sign in LOST_PROCESS_SIGNS if sign in str(error).lower()), type(error).__name__)
+    return (f"process {process_rank()} of {launched_processes()} lost touch with the others ({reason}): one of them "
+            "stopped (killed, out of memory, or its own error above); the run folder keeps its last whole epoch: "
+            "resume it with the same torchrun command and `fmnist train --resume RUN_FOLDER`")
 
 
 def check_global_batch(batch_size: int, world_size: int) -> None:
