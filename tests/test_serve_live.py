@@ -33,6 +33,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_dataset
 from fmnist.cli import main
 from fmnist.data.fashion import CLASS_NAMES
 from fmnist.data.images import read_image, to_fashion_mnist
@@ -96,6 +97,12 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
+
+    def rest_of_output(self) -> str:
+        """Everything it printed, once it has ended."""
+        while (line := self.lines.get(timeout=60)) != "":
+            self.output.append(line)
+        return "".join(self.output)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -355,3 +362,104 @@ def test_a_stop_signal_finishes_the_request_in_flight_then_exits_0(real_run, tes
     name = "SIGTERM" if signal_number == signal.SIGTERM else "SIGINT"
     server.wait_for(rf"stopped \({name}\) after the requests in flight", timeout=5)
     assert "Traceback" not in "".join(server.output)
+
+
+# --- what a careless or hostile client sends: a real uvicorn, a tiny model ---------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    config = TrainConfig(epochs=1, batch_size=50, limit_batches=2, val_size=100, device="cpu",
+                         data_dir=str(write_dataset(root / "data")), allow_unverified_data=True,
+                         out=str(root / "runs"), name="tiny")
+    return train(config).path
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_run):
+    server = ServerProcess(tiny_run)
+    yield server
+    assert server.stop() == 0
+    assert "Traceback" not in server.rest_of_output()  # nothing below was worth one: uvicorn's included
+
+
+def port_of(server: ServerProcess) -> int:
+    return int(server.url.rsplit(":", 1)[1].strip("/"))
+
+
+def exchange(server: ServerProcess, data: bytes) -> bytes:
+    """Send raw bytes, read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=30) as connection:
+        connection.sendall(data)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+def json_line(response: bytes, status: int) -> str:
+    head, _, content = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d" % status) and b"content-type: application/json" in head.lower(), response
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    message = json.loads(content[:length])["error"]
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GARBAGE\r\n\r\n",
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: many\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+], ids=["request-line", "content-length", "header", "two-lengths"])
+def test_a_request_uvicorn_cannot_parse_is_a_json_line(tiny_server, request_bytes):
+    # before: uvicorn's text/plain "Invalid HTTP request received."
+    assert "not a valid HTTP/1.1 request" in json_line(exchange(tiny_server, request_bytes), 400)
+    assert httpx2.get(tiny_server.url + "healthz").status_code == 200
+
+
+def test_a_content_length_that_lies_is_answered_not_a_traceback(tiny_server):
+    image = png(np.zeros((28, 28), dtype=np.uint8))
+    # Fewer bytes declared than sent: the image is cut at the declared length, the rest is not HTTP.
+    answer = exchange(tiny_server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n" + image)
+    assert b"cannot decode the image" in answer or b"not an image" in answer
+    assert b"not a valid HTTP/1.1 request" in answer
+    # More declared than sent, then the client hangs up: one line in the server's log (before: a traceback).
+    with socket.create_connection(("127.0.0.1", port_of(tiny_server)), timeout=30) as connection:
+        connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + image[:50])
+        assert httpx2.get(tiny_server.url + "healthz").status_code == 200  # the head is read
+    tiny_server.wait_for(r"400 the client closed the connection before sending the whole body", timeout=30)
+    assert httpx2.get(tiny_server.url + "healthz").status_code == 200
+
+
+def test_a_websocket_upgrade_is_one_log_line_and_a_plain_answer(tiny_server):
+    answer = exchange(tiny_server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n"
+                                   b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200")
+    tiny_server.wait_for(r"Unsupported upgrade request", timeout=30)
+
+
+def test_sigterm_under_load_answers_every_request_in_flight(tiny_run):
+    server = ServerProcess(tiny_run)
+    bodies = [png(np.full((28, 28), 20 * index, dtype=np.uint8)) for index in range(12)]
+    connections = [socket.create_connection(("127.0.0.1", port_of(server)), timeout=60) for _ in bodies]
+    try:
+        for connection, body in zip(connections, bodies, strict=True):
+            connection.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+                               b"Content-Length: %d\r\n\r\n" % len(body) + body[:100])
+        assert httpx2.get(server.url + "healthz").status_code == 200  # all twelve heads are read by now
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.process.poll() is None, "the server quit with requests in flight"
+        for connection, body in zip(connections, bodies, strict=True):
+            connection.sendall(body[100:])
+        answers = [read_response(connection) for connection in connections]
+    finally:
+        for connection in connections:
+            connection.close()
+    assert all(head.startswith(b"HTTP/1.1 200") for head, _ in answers), [head for head, _ in answers]
+    assert all(len(json.loads(content)[0]["probabilities"]) == 10 for _, content in answers)
+    code = server.process.wait(timeout=60)  # already stopping: a second SIGTERM would cut its exit short
+    assert code == 0 and "Traceback" not in server.rest_of_output(), server.rest_of_output()
