@@ -135,7 +135,7 @@ def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(kill
     assert not worker_lines, err  # before: gloo's "Connection reset by peer" traceback on the survivor
     survivor = "0" if killed == "1" else "1"
     assert err.count(f"fmnist: error: process {survivor} of 2 lost touch with the others") == 1, err
-    assert "resume it with the same torchrun command" in err
+    assert f"resume with: torchrun --nproc-per-node 2 -m fmnist train --resume {run}" in err
     assert [row["epoch"] for row in metrics(run)] == ["1"]
 
     code, out, err = finished(torchrun(["train", "--resume", str(run)]))

@@ -13,7 +13,9 @@ import builtins
 import io
 import json
 import socket
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -223,11 +225,24 @@ def huge_png() -> bytes:
     return encoded(np.zeros((6000, 7000), dtype=np.uint8))
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG header that claims width x height pixels, with almost no pixel data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b""))
+
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28"><rect width="9" height="9"/></svg>'
+
 BAD_UPLOADS = {
     "text": (b"just some text\n", 422, "not an image Pillow can read"),
     "truncated": (encoded(item(7))[:60], 422, "cannot decode the image"),
     "tiff": (encoded(item(7), "TIFF"), 422, "not an image Pillow can read"),  # a format the server does not decode
     "pixel-cap": (huge_png(), 422, "more than fmnist reads (40 megapixels)"),
+    "pixel-bomb": (png_claiming(100_000, 100_000), 422, "more pixels than fmnist reads"),  # 10 gigapixels
+    "svg": (SVG, 422, "not an image Pillow can read"),
 }
 
 
@@ -247,6 +262,47 @@ def test_an_unsupported_mode_is_a_422_line(client, monkeypatch):
     monkeypatch.setattr("fmnist.data.images.to_grayscale", no_gray)
     assert_one_line_error(client.post("/predict", files={"file": ("x.png", encoded(item(8)))}), 422,
                           "cannot be made gray (conversion from HSV to L not supported)")
+
+
+def test_a_1x1_image_is_answered(client):
+    response = client.post("/predict", files={"file": ("dot.png", encoded(np.full((1, 1), 200, dtype=np.uint8)))})
+    assert response.status_code == 200 and len(response.json()[0]["input"]) == 784
+
+
+@pytest.mark.parametrize("image_format", ["GIF", "WEBP", "PNG"])
+def test_an_animated_image_is_read_by_its_first_frame(client, image_format):
+    frames = [Image.fromarray(item(seed)) for seed in (1, 2, 3)]
+    options = {"lossless": True} if image_format == "WEBP" else {}
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=image_format, save_all=True, append_images=frames[1:], duration=100, loop=0,
+                   **options)
+    animated = client.post("/predict", files={"file": ("a", buffer.getvalue())})
+    still = client.post("/predict", files={"file": ("a", encoded(item(1), image_format, **options))})
+    assert animated.status_code == 200, animated.text
+    assert animated.json()[0]["input"] == still.json()[0]["input"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "image/svg+xml", "text/plain; charset=utf-8",
+                                          "application/octet-stream", "image/jpeg"])
+def test_the_bytes_decide_the_format_not_the_content_type(client, content_type):
+    png_answer = client.post("/predict", content=encoded(item(2)), headers={"content-type": content_type})
+    assert png_answer.status_code == 200 and png_answer.json()[0]["file"] == "body"
+    assert_one_line_error(client.post("/predict", content=SVG, headers={"content-type": content_type}), 422,
+                          "not an image")
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("ünïcödé 画像.png", "ünïcödé 画像.png"), ("a/b/c.png", "c.png"), ("C:\\x\\y.png", "y.png"),
+    ("x" * 5000 + ".png", "x" * 100), ("\u202eevil.png", "evil.png"), ("/", "file 1"), ("tab\tname.png", None),
+])
+def test_odd_file_names_come_back_as_one_short_printable_name(client, name, shown):
+    response = client.post("/predict", files={"file": (name, b"text")})
+    assert response.status_code in (400, 422), response.text
+    message = assert_one_line_error(response, response.status_code, "")
+    if response.status_code == 422 and shown is not None:
+        assert message.startswith(shown + ": ") or message.startswith(shown), message
+    assert len(message) < 400 and all(character.isprintable() for character in message)
+    assert client.get("/healthz").status_code == 200
 
 
 def test_file_names_are_one_short_printable_line(client):

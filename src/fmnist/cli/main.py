@@ -600,7 +600,10 @@ def run_command(argv: list[str] | None) -> int:
         show_library_logs(sys.stderr if getattr(args, "json", False) else sys.stdout)
         return COMMANDS[args.command](args)
     except ProcessLost as error:  # said by every process left: rank 0 may be the one gone
-        print(f"fmnist: error: {error}", file=sys.stderr if process_rank() == 0 else sys.__stderr__ or sys.stderr)
+        speaking = sys.stderr if process_rank() == 0 else sys.__stderr__ or sys.stderr
+        print(f"fmnist: error: {error}", file=speaking)
+        if error.run_path is not None:
+            print(f"resume with: {resume_command(error.run_path)}", file=speaking)
         return error.exit_code
     except FmnistError as error:
         print(f"fmnist: error: {error}", file=sys.stderr)

@@ -31,6 +31,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -66,6 +67,7 @@ class Processes:
     world_size: int
     device: torch.device
     messages: dist.ProcessGroup  # a gloo group for small CPU messages (stop flags, errors, results)
+    run_path: Path | None = None  # the run folder, once rank 0 made it: for the "resume with" line
 
     @property
     def is_main(self) -> bool:
@@ -95,20 +97,27 @@ def join_processes(config: TrainConfig) -> Iterator[Processes | None]:
     if created:
         # NCCL for tensors between GPUs; gloo for everything on the CPU.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    processes = None
     try:
         messages = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
-        yield Processes(dist.get_rank(), dist.get_world_size(), device, messages)
+        processes = Processes(dist.get_rank(), dist.get_world_size(), device, messages)
+        yield processes
     except RuntimeError as error:
         if not lost_a_process(error):
             raise
-        raise ProcessLost(process_lost_line(error)) from None
+        raise ProcessLost(process_lost_line(error), processes.run_path if processes else None) from None
     finally:
         if created:
             dist.destroy_process_group()
 
 
 class ProcessLost(FmnistError):
-    """Another process of this torchrun run is gone: this one cannot go on alone."""
+    """Another process of this torchrun run is gone: this one cannot go on alone. `run_path`: the run
+    folder to resume, when training had begun."""
+
+    def __init__(self, message: str, run_path: Path | None = None):
+        super().__init__(message)
+        self.run_path = run_path
 
 
 # What gloo and NCCL say when the process at the other end of a connection has died.
@@ -125,8 +134,7 @@ def lost_a_process(error: RuntimeError) -> bool:
 def process_lost_line(error: RuntimeError) -> str:
     reason = next((sign for sign in LOST_PROCESS_SIGNS if sign in str(error).lower()), type(error).__name__)
     return (f"process {process_rank()} of {launched_processes()} lost touch with the others ({reason}): one of them "
-            "stopped (killed, out of memory, or its own error above); the run folder keeps its last whole epoch: "
-            "resume it with the same torchrun command and `fmnist train --resume RUN_FOLDER`")
+            "stopped (killed, out of memory, or its own error above); the run folder keeps its last whole epoch")
 
 
 def check_global_batch(batch_size: int, world_size: int) -> None:
@@ -224,6 +232,8 @@ class DistributedRecorder:
                  images_per_epoch: int):
         self.group = group
         self.recorder = recorder
+        # Every process learns the run folder, so that any one left can say what resumes it.
+        group.run_path = on_main(group, lambda: getattr(recorder, "path", None))
         self.own_history = list(history)
         self.images = images_per_epoch
 
