@@ -143,6 +143,24 @@ def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(kill
     assert [row["epoch"] for row in metrics(run)] == ["1", "2"]
 
 
+@pytest.mark.parametrize("change, fragment", [
+    (("--batch-size", "51"), "--batch-size 51: the global batch must divide evenly among the 2 processes"),
+    (("--model", "fast-cnn", "--sync-bn"), "--sync-bn: SyncBatchNorm runs on CUDA only"),
+])
+def test_bad_options_under_torchrun_are_fmnist_s_line_in_torchrun_s_summary_too(change, fragment, data, tmp_path):
+    args = train_args(data, tmp_path, "bad")
+    if change[0] in args:
+        args[args.index(change[0]) + 1] = change[1]
+        change = change[2:]
+    code, out, err = finished(torchrun([*args, *change]))
+    assert code != 0 and not (tmp_path / "bad").exists()
+    assert not [line for line in err.splitlines() if line.startswith("[rank")], err  # no worker traceback
+    assert f"fmnist: error: {fragment}" in err.splitlines()[0] or f"\nfmnist: error: {fragment}" in err, err
+    # torchrun's own summary shows the reason, whichever process it stopped first (before: "To enable
+    # traceback see ...", and nothing at all when rank 0 was stopped before it printed)
+    assert f"traceback : fmnist: error: {fragment}" in err, err
+
+
 def test_a_global_batch_that_does_not_divide_is_refused_naming_the_option(data, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before joining any process group
     args = train_args(data, tmp_path, "odd")

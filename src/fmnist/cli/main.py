@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -574,6 +575,19 @@ def resume_command(run_path: Path) -> str:
     return f"torchrun <the same torchrun options> -m {command}"
 
 
+def tell_torchrun(line: str) -> None:
+    """Under torchrun, leave the error's line where torchrun's failure summary reads it (its "traceback"
+    field, else "To enable traceback see ..."): it shows even when torchrun stopped rank 0 before it
+    printed, or when only another rank failed (rank 0 alone prints)."""
+    reply_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not reply_file:
+        return
+    try:
+        Path(reply_file).write_text(json.dumps({"message": line, "timestamp": int(time.time())}))
+    except OSError:
+        pass  # torchrun's summary then says what it says without it
+
+
 @contextmanager
 def only_rank_0_speaks() -> Iterator[None]:
     """Under torchrun every process runs this command; rank 0 alone prints (its errors too: the others
@@ -604,9 +618,11 @@ def run_command(argv: list[str] | None) -> int:
         print(f"fmnist: error: {error}", file=speaking)
         if error.run_path is not None:
             print(f"resume with: {resume_command(error.run_path)}", file=speaking)
+        tell_torchrun(f"fmnist: error: {error}")
         return error.exit_code
     except FmnistError as error:
         print(f"fmnist: error: {error}", file=sys.stderr)
+        tell_torchrun(f"fmnist: error: {error}")
         return error.exit_code
     except TrainingInterrupted as interruption:
         return stopped(interruption)
