@@ -30,7 +30,9 @@ def kill_point(point: str) -> None:
     target = os.environ.get(KILL_AT_VARIABLE)
     if not target:
         return
-    name, count, signal_name, rank = (target.split(":") + ["SIGKILL", ""])[:4]
+    name, count, *rest = target.split(":")
+    signal_name = rest[0] if rest else "SIGKILL"
+    rank = rest[1] if len(rest) > 1 else ""  # any process unless one is named
     if name != point or (rank and rank != os.environ.get("RANK", "0")):
         return
     _points_reached[point] += 1
