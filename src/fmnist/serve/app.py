@@ -187,13 +187,6 @@ def media_type(request: Request) -> str:
 
 async def read_form(request: Request, settings: ServeSettings):
     """The multipart form, or a 400 line saying what is wrong with it and what to send instead."""
-    if request.headers["content-type"].split(";", 1)[0] != "multipart/form-data":
-        # starlette compares the media type as sent: hand it the spelling it reads.
-        parameters = request.headers["content-type"].partition(";")[2]
-        request.scope["headers"] = [(key, value) for key, value in request.scope["headers"]
-                                    if key.lower() != b"content-type"]
-        request.scope["headers"].append((b"content-type", f"multipart/form-data;{parameters}".encode("latin-1")))
-        request = Request(request.scope, request.receive)
     try:
         return await request.form(max_files=settings.max_files, max_fields=settings.max_files)
     except HTTPException as error:
