@@ -176,3 +176,16 @@ def test_amp_auto_resolves_once_and_is_recorded(tiny_data, tmp_path):
     saved = json.loads((result.path / "config.json").read_text())
     assert saved["config"]["amp"] == "auto"
     assert saved["resolved"]["amp"] == ("bf16" if cpu_has_bf16_matrix_instructions() else "none")
+
+
+def test_bench_time_to_accuracy_and_sweeps_take_a_budget(tiny_data, tmp_path, capsys):
+    data = ["--data-dir", str(tiny_data), "--allow-unverified-data", "--val-size", "100"]
+    assert main(["bench", "--time-to-accuracy", "quick", "--time-budget", "8s", *data, "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    plan = run["time_plan"]
+    assert plan["budget"] == "8s" and [point["epoch"] for point in run["curve"]] == list(range(1, plan["epochs"] + 1))
+    assert main(["sweep", "--set", "time_budget=5s,6s", "--limit-batches", "4", "--batch-size", "50", *data,
+                 "--out", str(tmp_path), "--name", "budgets"]) == 0
+    budgets = sorted(json.loads(path.read_text())["resolved"]["time_plan"]["budget"]
+                     for path in (tmp_path / "budgets").glob("*/config.json"))
+    assert budgets == ["5s", "6s"]
