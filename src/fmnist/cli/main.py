@@ -1,8 +1,9 @@
 """The `fmnist` command: parse arguments, call the library, print. The library does the work.
 
 Only this module decides what reaches the terminal: it routes the library's `fmnist` loggers to
-stdout, turns a user's mistake (FmnistError, an unwritable path) into one line on stderr with exit
-code 2, and a Ctrl-C or SIGTERM into one line with the command that continues the work.
+stdout and other libraries' warnings to stderr, one line each and never a traceback (cli/logs.py),
+turns a user's mistake (FmnistError, an unwritable path) into one line on stderr with exit code 2,
+and a Ctrl-C or SIGTERM into one line with the command that continues the work.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import logging
 import os
 import shlex
 import sys
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
+from fmnist.cli.logs import other_libraries_in_one_line, show_library_logs, stop_showing_library_logs
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
 from fmnist.errors import FmnistError
 from fmnist.faults import TrainingInterrupted
@@ -515,33 +516,11 @@ COMMANDS = {
     "data": cmd_data,
 }
 
-OUTPUT_HANDLER_NAME = "fmnist-cli"
-
-
-def show_library_logs(stream) -> None:
-    """Route the library's INFO messages (data found, epochs, report written) to `stream`, plainly."""
-    stop_showing_library_logs()
-    logger = logging.getLogger("fmnist")
-    handler = logging.StreamHandler(stream)
-    handler.set_name(OUTPUT_HANDLER_NAME)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
 def os_error_line(error: OSError) -> str:
     where = f"{error.filename}: " if error.filename else ""
     hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EROFS: "choose a writable place",
             errno.EACCES: "choose a writable place", errno.EPERM: "choose a writable place"}.get(error.errno)
     return f"{where}{error.strerror or error}" + (f"; {hint}" if hint else "")
-
-
-def stop_showing_library_logs() -> None:
-    """Take the CLI's handler off again: a program that called main() keeps its own logging as it was."""
-    logger = logging.getLogger("fmnist")
-    for handler in [handler for handler in logger.handlers if handler.get_name() == OUTPUT_HANDLER_NAME]:
-        logger.removeHandler(handler)
-    logger.setLevel(logging.NOTSET)
 
 
 def stopped(interruption: TrainingInterrupted) -> int:
@@ -581,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name in another encoding must not crash the output
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    with only_rank_0_speaks():
+    with only_rank_0_speaks(), other_libraries_in_one_line():
         return run_command(argv)
 
 

@@ -44,7 +44,8 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -338,6 +339,25 @@ def describe(params: dict) -> str:
                      for name, value in params.items())
 
 
+OPTUNA_TRIAL_OUTCOMES = "optuna.study._optimize"  # the logger of Optuna's "Trial N failed ..." lines
+
+
+@contextmanager
+def optuna_trial_outcomes_unlogged() -> Iterator[None]:
+    """Optuna logs each failed trial with its exception's traceback, a Ctrl-C or an error in the
+    objective included; record_trial and the stop's own message say the same in one line."""
+    outcomes = logging.getLogger(OPTUNA_TRIAL_OUTCOMES)
+    outcomes.addFilter(drop_record)
+    try:
+        yield
+    finally:
+        outcomes.removeFilter(drop_record)
+
+
+def drop_record(record: logging.LogRecord) -> bool:
+    return False
+
+
 def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: int, storage_url: str,
              study_name: str, pruner: str = "median", details: dict | None = None) -> tuple[Path, str]:
     """Run `trials` trials of the study (created on first use) in this process; returns (study folder, table).
@@ -363,8 +383,9 @@ def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: 
     objective = objective_for(optuna, study_dir, space, config_file, overrides,
                               {**(details or {}), "study": study_name, "storage": storage_url})
     try:
-        study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,),
-                       callbacks=[record_trial(optuna, study_dir)])
+        with optuna_trial_outcomes_unlogged():
+            study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,),
+                           callbacks=[record_trial(optuna, study_dir)])
     except TrainingInterrupted as interruption:
         stopped = TrainingInterrupted(f"tune stopped: {interruption}; that trial is marked failed in the study",
                                       interruption.signal_number)
