@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_dataset
+from conftest import fmnist_process, one_line, snapshot, write_dataset
 from fmnist.cli import main
 
 optuna = pytest.importorskip("optuna", reason="the optional extra: pip install -e '.[tune]'")
@@ -206,3 +206,24 @@ def test_tune_without_optuna_is_one_line_with_the_install_command(tmp_path, monk
                    f"journal:{tmp_path / 'j.log'}", "--study", "s"])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "pip install -e '.[tune]'" in err
+
+
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_mid_trial_is_fmnists_two_lines_and_the_same_command_goes_on(signal_name, code, search, tmp_path):
+    data, space = search
+    url = storage_url("journal", tmp_path)
+    args = tune_args(data, tmp_path / "runs", space, url, trials=1)
+    # 2 batches an epoch: the signal comes in epoch 2, after epoch 1 is saved.
+    stopped = fmnist_process(args, kill_at=f"train-step:3:{signal_name}")
+    # Optuna logs a failed trial with its traceback; only fmnist's stop line and the command show.
+    assert stopped.returncode == code and stopped.stderr.count("\n") == 2, stopped.stderr
+    stop_line, continue_line = stopped.stderr.splitlines()
+    assert "epoch 1 is saved" in stop_line and "that trial is marked failed in the study" in stop_line
+    assert continue_line == "continue with: " + " ".join(["fmnist", *args])
+    trial_0 = tmp_path / "runs" / "search" / "trial-0000"
+    kept = snapshot(trial_0)
+
+    again = fmnist_process(args)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert [(trial.number, trial.state.name) for trial in load_study(url).trials] == [(0, "FAIL"), (1, "COMPLETE")]
+    assert snapshot(trial_0) == kept  # the stopped trial's saved epoch is kept as it was
