@@ -129,9 +129,8 @@ def test_usage_errors_have_a_single_prefix(capsys):
 def test_other_libraries_log_one_line_each_and_never_a_traceback(monkeypatch, capfd):
     """Optuna, uvicorn or torch.distributed may log an exception with its traceback before fmnist says
     what went wrong: the terminal shows each as one line, and fmnist's own line last."""
-    import logging
-
     import importlib
+    import logging
 
     from fmnist.errors import ConfigError
 

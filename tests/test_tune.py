@@ -173,6 +173,9 @@ def test_a_bad_space_file_is_one_line_before_anything_starts(text, fragment, tmp
     assert not (tmp_path / "runs").exists() and not (tmp_path / "j.log").exists()
 
 
+TRIAL = ["--study", "s", "--space", "{tmp}/space.toml", "--trials", "1"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [
@@ -181,12 +184,39 @@ def test_a_bad_space_file_is_one_line_before_anything_starts(text, fragment, tmp
         (["--storage", "journal:{tmp}/j.log", "--study", "s", "--show", "--lr", "0.1"], "drop --lr"),
         (["--storage", "journal:{tmp}/j.log", "--study", "s"], "give --space SPACE.toml and --trials N"),
         (["--study", "s"], "the following arguments are required: --storage"),
+        (["--storage", "journal:", "--study", "s", "--show"], "give the journal file's path"),
+        (["--storage", "journal:{tmp}", "--study", "s", "--show"], "is a folder; give a file in it"),
+        (["--storage", "journal:{tmp}", *TRIAL], "is a folder; give a file in it"),
+        (["--storage", "journal:{tmp}/missing/j.log", *TRIAL], "missing does not exist; create it first"),
+        (["--storage", "nosuch:{tmp}/j.log", *TRIAL], "give journal:PATH (a journal file) or an SQLAlchemy URL"),
+        (["--storage", "journal:{tmp}/j.log", *TRIAL[:-2], "--trials", "0"], "--trials 0: must be at least 1"),
+        (["--storage", "journal:{tmp}/j.log", *TRIAL[:-2], "--trials", "-2"], "--trials -2: must be at least 1"),
+        # The study is also the folder OUT/STUDY of its trials: never OUT itself nor a place outside it.
+        (["--storage", "journal:{tmp}/j.log", *TRIAL[2:], "--study", "../elsewhere"], "--study '../elsewhere': give a"),
+        (["--storage", "journal:{tmp}/j.log", *TRIAL[2:], "--study", "a/b"], "--study 'a/b': give a plain name"),
+        (["--storage", "journal:{tmp}/j.log", *TRIAL[2:], "--study", ""], "--study '': give a plain name"),
+        (["--storage", "journal:{tmp}/j.log", "--study", "..", "--show"], "--study '..': give a plain name"),
     ],
 )
 def test_tune_usage_mistakes_are_one_line(arguments, fragment, tmp_path, capsys):
-    status = main(["tune", *(argument.replace("{tmp}", str(tmp_path)) for argument in arguments)])
+    (tmp_path / "space.toml").write_text(SPACE)
+    status = main(["tune", *(argument.replace("{tmp}", str(tmp_path)) for argument in arguments),
+                   "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and fragment in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["space.toml"]  # no journal, study or trial folder
+
+
+def test_a_read_only_storage_or_out_folder_is_one_line(search, tmp_path, make_read_only):
+    data, space = search
+    (tmp_path / "locked").mkdir()
+    locked = make_read_only(tmp_path / "locked")
+    for storage, out in [(f"journal:{locked / 'j.log'}", tmp_path / "runs"),
+                         (f"sqlite:///{locked / 'j.db'}", tmp_path / "runs"),
+                         (f"journal:{tmp_path / 'j.log'}", locked)]:
+        error = one_line(fmnist_process(tune_args(data, out, space, storage, trials=1)))
+        assert str(locked) in error, error
+    assert list(locked.iterdir()) == [] and not (tmp_path / "runs").exists()
 
 
 def test_a_second_worker_with_another_space_is_refused():

@@ -188,12 +188,34 @@ def check_space(space: list[Parameter], space_path: str | Path, config_file: str
     return base
 
 
+def check_study_name(name: str) -> None:
+    """The study's name is also its folder in OUT: one plain folder name, never a path out of OUT."""
+    if not name.strip() or "/" in name or "\\" in name or name in (".", ".."):
+        raise ConfigError(f"--study {name!r}: give a plain name (it is also the folder OUT/NAME of its trials), "
+                          "e.g. --study search")
+
+
+def local_file_of(url: str) -> Path | None:
+    """The file a journal or SQLite storage lives in (None for a database server)."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url.removeprefix("sqlite:///").split("?")[0])
+    return None
+
+
 def open_storage(url: str):
     """The Optuna storage that `url` names: journal:PATH, or an SQLAlchemy URL."""
     optuna = require_optuna()
     if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        if not path.name or not path.parent.is_dir():
+        text = url.removeprefix("journal:")
+        path = Path(text)
+        if not text.strip():
+            raise ConfigError(f"--storage {url}: give the journal file's path, e.g. journal:runs/search.log")
+        if path.is_dir():
+            raise ConfigError(f"--storage {url}: {path} is a folder; give a file in it, e.g. "
+                              f"journal:{path / 'search.log'}")
+        if not path.parent.is_dir():
             raise ConfigError(f"--storage {url}: the folder {path.parent} does not exist; create it first")
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -372,6 +394,7 @@ def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: 
         raise ConfigError(f"--pruner {pruner}: choose one of {', '.join(PRUNERS)}")
     if overrides.get("name") is not None:
         raise ConfigError("--name: tune names its runs itself (trial-NNNN in OUT/STUDY); give --study instead")
+    check_study_name(study_name)
     space = read_space(space_path)
     base = check_space(space, space_path, config_file, overrides)
     study = open_study(optuna, open_storage(storage_url), storage_url, study_name, pruner, search_record(space, base))
@@ -420,6 +443,10 @@ def shown(value) -> str:
 def show_study(storage_url: str, study_name: str, out: str | Path, top: int = 10) -> tuple[str, list[Path]]:
     """The best trials as a table, and the optimization history and parameter importances as PNGs in OUT/STUDY."""
     optuna = require_optuna()
+    check_study_name(study_name)
+    stored_in = local_file_of(storage_url)
+    if stored_in is not None and not stored_in.exists():  # opening it would create it: reading writes nothing
+        raise ConfigError(f"--study {study_name}: no such study; {stored_in} does not exist (check --storage)")
     storage = open_storage(storage_url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
