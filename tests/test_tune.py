@@ -184,6 +184,9 @@ TRIAL = ["--study", "s", "--space", "{tmp}/space.toml", "--trials", "1"]
         (["--storage", "journal:{tmp}/j.log", "--study", "s", "--show", "--lr", "0.1"], "drop --lr"),
         (["--storage", "journal:{tmp}/j.log", "--study", "s"], "give --space SPACE.toml and --trials N"),
         (["--study", "s"], "the following arguments are required: --storage"),
+        # An option that the chosen mode ignores is refused, not dropped.
+        (["--storage", "journal:{tmp}/j.log", *TRIAL, "--top", "3"], "--top applies to --show only"),
+        (["--storage", "journal:{tmp}/j.log", "--study", "s", "--show", "--pruner", "none"], "drop --pruner"),
         (["--storage", "journal:", "--study", "s", "--show"], "give the journal file's path"),
         (["--storage", "journal:{tmp}", "--study", "s", "--show"], "is a folder; give a file in it"),
         (["--storage", "journal:{tmp}", *TRIAL], "is a folder; give a file in it"),

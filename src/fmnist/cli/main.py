@@ -108,13 +108,13 @@ def build_parser() -> ArgumentParser:
                            "machine, or a file system all machines share), or an SQLAlchemy URL: sqlite:///search.db, "
                            "postgresql://USER@HOST/DB, mysql://USER@HOST/DB")
     tune.add_argument("--study", required=True, metavar="NAME", help="the study; its trials' runs go to OUT/NAME/")
-    tune.add_argument("--pruner", choices=["median", "none"], default="median",
+    tune.add_argument("--pruner", choices=["median", "none"],
                       help="median (default): stop a trial whose validation accuracy after an epoch is below the "
                            "median of earlier trials at that epoch; none: every trial runs all its epochs")
     tune.add_argument("--show", action="store_true",
                       help="print the best trials and write optimization_history.png and param_importances.png "
                            "to OUT/NAME; trains nothing")
-    tune.add_argument("--top", type=int, default=10, help="with --show: trials in the table (default 10)")
+    tune.add_argument("--top", type=int, help="with --show: trials in the table (default 10)")
 
     predict = command("predict", "classify image files (PNG, JPEG, BMP, WebP, GIF) or folders of them")
     predict.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
@@ -292,20 +292,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.show:
         given = ["--" + name.replace("_", "-") for name, value in overrides.items()
                  if value is not None and name != "out"]
-        given += [option for option in ("--space", "--trials") if getattr(args, option[2:]) is not None]
+        given += [option for option in ("--space", "--trials", "--pruner") if getattr(args, option[2:]) is not None]
         if given or args.config:
             raise UsageError(f"--show reads the study and trains nothing; drop {(given or ['--config'])[0]}")
-        check_positive(args.top, "--top")
-        table, written = show_study(args.storage, args.study, args.out or FIELDS["out"].metadata["default"], args.top)
+        top = 10 if args.top is None else args.top
+        check_positive(top, "--top")
+        table, written = show_study(args.storage, args.study, args.out or FIELDS["out"].metadata["default"], top)
         print(table)
         for path in written:
             print(f"written: {path}")
         return 0
     if args.space is None or args.trials is None:
         raise UsageError("give --space SPACE.toml and --trials N (or --show to see the study)")
+    if args.top is not None:
+        raise UsageError("--top applies to --show only (the table of the best trials); drop it")
     try:
         study_dir, table = run_tune(args.config, overrides, args.space, args.trials, args.storage, args.study,
-                                    args.pruner, {"command": typed_command()})
+                                    args.pruner or "median", {"command": typed_command()})
     except TrainingInterrupted as interruption:
         interruption.continue_command = shlex.join(typed_command())
         raise
