@@ -260,3 +260,14 @@ def test_a_signal_mid_trial_is_fmnists_two_lines_and_the_same_command_goes_on(si
     assert again.returncode == 0 and again.stderr == "", again.stderr
     assert [(trial.number, trial.state.name) for trial in load_study(url).trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert snapshot(trial_0) == kept  # the stopped trial's saved epoch is kept as it was
+
+
+def test_ctrl_c_outside_a_trials_steps_also_prints_the_command_that_goes_on(search, tmp_path):
+    data, space = search
+    url = storage_url("journal", tmp_path)
+    args = tune_args(data, tmp_path / "runs", space, url, trials=1)
+    stopped = fmnist_process(args, kill_at="write-trial.json:1:SIGINT")  # trial 0 trained, its trial.json not yet
+    assert stopped.returncode == 130 and stopped.stderr.count("\n") == 2, stopped.stderr
+    assert stopped.stderr.splitlines()[1] == "continue with: " + " ".join(["fmnist", *args])
+    assert fmnist_process(args).returncode == 0
+    assert [trial.state.name for trial in load_study(url).trials] == ["COMPLETE", "COMPLETE"]

@@ -414,6 +414,10 @@ def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: 
                                       interruption.signal_number)
         stopped.study_path = study_dir
         raise stopped from None
+    except KeyboardInterrupt:  # Ctrl-C outside a trial's steps (sampling, saving trial.json), or a second one
+        stopped = TrainingInterrupted("tune stopped by Ctrl-C; a trial in progress is marked failed in the study")
+        stopped.study_path = study_dir
+        raise stopped from None
     return study_dir, best_trials_table(optuna, study, 10)
 
 
