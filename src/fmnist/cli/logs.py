@@ -7,8 +7,9 @@ terminal would show a traceback above fmnist's one-line message. So, while a com
 
 - a handler on the root logger prints what other libraries log at WARNING or above as
   `fmnist: warning (LOGGER): first line of the message`; their INFO and DEBUG stay silent;
-- no record of another library carries its exception or stack, so the handlers that a library
-  installs itself (torch has its own, on stderr) print no traceback either.
+- no record of another library carries its traceback or stack (the exception's type and message
+  stay in the line), so the handlers that a library installs itself (torch has its own, on
+  stderr) print no traceback either.
 
 Everything is put back when the command ends: a program that called main() keeps its own logging.
 """
@@ -29,12 +30,19 @@ def is_own(record: logging.LogRecord) -> bool:
     return record.name == OWN_LOGGER or record.name.startswith(OWN_LOGGER + ".")
 
 
+def first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
+
+
 class OneLine(logging.Formatter):
-    """Another library's record as one line: its level, its logger, its message's first line."""
+    """Another library's record as one line: its level, its logger, its message's first line, and the
+    exception it came with (type and message, not the traceback)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        lines = record.getMessage().strip().splitlines() or [""]
-        return f"fmnist: {record.levelname.lower()} ({record.name}): {lines[0]}"
+        line = f"fmnist: {record.levelname.lower()} ({record.name}): {first_line(record.getMessage())}"
+        caught = getattr(record, "fmnist_caught", None)
+        return f"{line} ({caught})" if caught else line
 
 
 def show_library_logs(stream) -> None:
@@ -81,6 +89,9 @@ def other_libraries_in_one_line() -> Iterator[None]:
     def record_without_traceback(*args, **kwargs) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
         if not is_own(record):
+            if record.exc_info and record.exc_info[1] is not None:
+                error = record.exc_info[1]
+                record.fmnist_caught = f"{type(error).__name__}: {first_line(str(error))}".rstrip(": ")
             record.exc_info, record.exc_text, record.stack_info = None, None, None
         return record
 
