@@ -156,3 +156,21 @@ def test_a_different_grid_in_the_folder_is_refused_with_jobs_too(tmp_path, capsy
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "holds a different sweep" in err
     assert sorted(path.name for path in folder.iterdir()) == ["sweep.json"]
+
+
+def test_a_sweep_stopped_before_it_wrote_sweep_json_starts_again_and_a_run_folder_is_refused(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data")
+    args = sweep_args(data, tmp_path, "--set", "max-lr=0.01,0.02", "--epochs", "1")
+    (tmp_path / "s").mkdir()  # what a signal right after the folder was made leaves
+    (tmp_path / "s" / ".lock").write_text("fmnist process 1")
+    assert main(args) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["grid"] == {"max_lr": [0.01, 0.02]}
+
+    run = tmp_path / "run"  # a run folder, not a sweep: refused, and not a file is added to it
+    (run / "x").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    capsys.readouterr()
+    assert main([*args[:-8], "--out", str(tmp_path), "--name", "run", *args[-4:]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no sweep.json; choose another --name" in err, err
+    assert sorted(path.name for path in run.iterdir()) == ["config.json", "x"]
