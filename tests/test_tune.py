@@ -192,6 +192,9 @@ TRIAL = ["--study", "s", "--space", "{tmp}/space.toml", "--trials", "1"]
         (["--storage", "journal:{tmp}", *TRIAL], "is a folder; give a file in it"),
         (["--storage", "journal:{tmp}/missing/j.log", *TRIAL], "missing does not exist; create it first"),
         (["--storage", "nosuch:{tmp}/j.log", *TRIAL], "give journal:PATH (a journal file) or an SQLAlchemy URL"),
+        (["--storage", "journal:{tmp}/space.toml", *TRIAL], "space.toml is not an Optuna journal"),
+        (["--storage", "journal:{tmp}/space.toml", "--study", "s", "--show"], "space.toml is not an Optuna journal"),
+        (["--storage", "sqlite:///{tmp}/space.toml", *TRIAL], "cannot open it ((sqlite3.DatabaseError) file is not"),
         (["--storage", "journal:{tmp}/j.log", *TRIAL[:-2], "--trials", "0"], "--trials 0: must be at least 1"),
         (["--storage", "journal:{tmp}/j.log", *TRIAL[:-2], "--trials", "-2"], "--trials -2: must be at least 1"),
         # The study is also the folder OUT/STUDY of its trials: never OUT itself nor a place outside it.

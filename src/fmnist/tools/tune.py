@@ -204,6 +204,26 @@ def local_file_of(url: str) -> Path | None:
     return None
 
 
+def starts_like_a_journal(path: Path) -> bool:
+    """An empty or missing file, or one whose first line is an Optuna journal record."""
+    try:
+        with open(path, "rb") as journal:
+            line = journal.readline(1 << 16)
+    except FileNotFoundError:
+        return True
+    if not line:
+        return True
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unreadable"
+
+
 def open_storage(url: str):
     """The Optuna storage that `url` names: journal:PATH, or an SQLAlchemy URL."""
     optuna = require_optuna()
@@ -219,7 +239,14 @@ def open_storage(url: str):
             raise ConfigError(f"--storage {url}: the folder {path.parent} does not exist; create it first")
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(str(path)))
+        not_a_journal = (f"--storage {url}: {path} is not an Optuna journal; give the study's journal file, "
+                         "or a new name")
+        if not starts_like_a_journal(path):  # Optuna would append its lines to someone else's file
+            raise ConfigError(not_a_journal)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except (ValueError, KeyError, TypeError) as error:  # a damaged line further on
+            raise ConfigError(f"{not_a_journal} ({type(error).__name__}: {first_line(str(error))})") from None
     if "://" not in url:
         raise ConfigError(f"--storage {url}: give journal:PATH (a journal file) or an SQLAlchemy URL "
                           "(sqlite:///search.db, postgresql://host/db, mysql://host/db)")
