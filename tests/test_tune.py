@@ -274,3 +274,14 @@ def test_ctrl_c_outside_a_trials_steps_also_prints_the_command_that_goes_on(sear
     assert stopped.stderr.splitlines()[1] == "continue with: " + " ".join(["fmnist", *args])
     assert fmnist_process(args).returncode == 0
     assert [trial.state.name for trial in load_study(url).trials] == ["COMPLETE", "COMPLETE"]
+
+
+def test_show_of_a_study_without_trials_says_so_and_writes_nothing(tmp_path, capsys):
+    from fmnist.tools.tune import open_storage, open_study
+
+    url = storage_url("journal", tmp_path)
+    open_study(optuna, open_storage(url), url, "search", "median", {"space": [], "options": {}})
+    assert main(["tune", "--show", "--storage", url, "--study", "search", "--out", str(tmp_path / "runs")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "study search: 0 trials (none yet)\n" and captured.err == ""
+    assert not (tmp_path / "runs").exists()

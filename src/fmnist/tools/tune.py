@@ -489,8 +489,9 @@ def show_study(storage_url: str, study_name: str, out: str | Path, top: int = 10
     from optuna.visualization import matplotlib as optuna_plots
 
     folder = Path(out) / study_name
-    folder.mkdir(parents=True, exist_ok=True)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if complete:  # an empty study has nothing to draw: no folder either
+        folder.mkdir(parents=True, exist_ok=True)
     written = []
     # Optuna marks these plots experimental and switches matplotlib's style: keep both to this block.
     with warnings.catch_warnings(), matplotlib.rc_context():
