@@ -265,12 +265,14 @@ def test_a_signal_mid_trial_is_fmnists_two_lines_and_the_same_command_goes_on(si
     assert snapshot(trial_0) == kept  # the stopped trial's saved epoch is kept as it was
 
 
-def test_ctrl_c_outside_a_trials_steps_also_prints_the_command_that_goes_on(search, tmp_path):
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_outside_a_trials_steps_also_prints_the_command_that_goes_on(signal_name, code, search, tmp_path):
     data, space = search
     url = storage_url("journal", tmp_path)
     args = tune_args(data, tmp_path / "runs", space, url, trials=1)
-    stopped = fmnist_process(args, kill_at="write-trial.json:1:SIGINT")  # trial 0 trained, its trial.json not yet
-    assert stopped.returncode == 130 and stopped.stderr.count("\n") == 2, stopped.stderr
+    # Trial 0 has trained; the signal comes as its trial.json is written.
+    stopped = fmnist_process(args, kill_at=f"write-trial.json:1:{signal_name}")
+    assert stopped.returncode == code and stopped.stderr.count("\n") == 2, stopped.stderr
     assert stopped.stderr.splitlines()[1] == "continue with: " + " ".join(["fmnist", *args])
     assert fmnist_process(args).returncode == 0
     assert [trial.state.name for trial in load_study(url).trials] == ["COMPLETE", "COMPLETE"]

@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import time
 import warnings
@@ -388,6 +389,31 @@ def describe(params: dict) -> str:
                      for name, value in params.items())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a trial's steps. A KeyboardInterrupt, so that Optuna marks the trial failed."""
+
+    signal_number = signal.SIGTERM
+
+
+@contextmanager
+def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """Within a trial's steps, training turns SIGTERM into a stop after the step; between them (sampling,
+    writing trial.json) SIGTERM would end the process without a word and leave its trial RUNNING."""
+
+    def on_sigterm(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 OPTUNA_TRIAL_OUTCOMES = "optuna.study._optimize"  # the logger of Optuna's "Trial N failed ..." lines
 
 
@@ -433,7 +459,7 @@ def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: 
     objective = objective_for(optuna, study_dir, space, config_file, overrides,
                               {**(details or {}), "study": study_name, "storage": storage_url})
     try:
-        with optuna_trial_outcomes_unlogged():
+        with optuna_trial_outcomes_unlogged(), sigterm_stops_like_ctrl_c():
             study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,),
                            callbacks=[record_trial(optuna, study_dir)])
     except TrainingInterrupted as interruption:
@@ -441,8 +467,11 @@ def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: 
                                       interruption.signal_number)
         stopped.study_path = study_dir
         raise stopped from None
-    except KeyboardInterrupt:  # Ctrl-C outside a trial's steps (sampling, saving trial.json), or a second one
-        stopped = TrainingInterrupted("tune stopped by Ctrl-C; a trial in progress is marked failed in the study")
+    except KeyboardInterrupt as interruption:  # a signal between steps (sampling, trial.json), or a second one
+        signal_number = getattr(interruption, "signal_number", signal.SIGINT)
+        said = "SIGTERM" if signal_number == signal.SIGTERM else "Ctrl-C"
+        stopped = TrainingInterrupted(f"tune stopped by {said}; a trial in progress is marked failed in the study",
+                                      signal_number)
         stopped.study_path = study_dir
         raise stopped from None
     return study_dir, best_trials_table(optuna, study, 10)
