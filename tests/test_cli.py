@@ -124,3 +124,35 @@ def test_usage_errors_have_a_single_prefix(capsys):
     assert main(["train", "--no-such-option"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fmnist: error: ") and err.count("fmnist: error") == 1 and "fmnist train --help" in err
+
+
+def test_other_libraries_log_one_line_each_and_never_a_traceback(monkeypatch, capfd):
+    """Optuna, uvicorn or torch.distributed may log an exception with its traceback before fmnist says
+    what went wrong: the terminal shows each as one line, and fmnist's own line last."""
+    import importlib
+    import logging
+
+    from fmnist.errors import ConfigError
+
+    cli = importlib.import_module("fmnist.cli.main")
+
+    def command(args) -> int:
+        try:
+            raise RuntimeError("what the library caught\nand its second line")
+        except RuntimeError:
+            logging.getLogger("somelib.study").warning("Trial 0 failed\nmore detail", exc_info=True)
+            logging.getLogger("torch.distributed").error("c10d cleanup failed", exc_info=True)  # torch's own handler
+            logging.getLogger("uvicorn.error").info("Started server process")  # below WARNING: not shown
+        raise ConfigError("the user's mistake")
+
+    root_handlers, make_record = list(logging.getLogger().handlers), logging.getLogRecordFactory()
+    monkeypatch.setitem(cli.COMMANDS, "models", command)
+    assert main(["models"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "second line" not in err and "more detail" not in err, err
+    first, second, last = err.splitlines()
+    assert first == "fmnist: warning (somelib.study): Trial 0 failed (RuntimeError: what the library caught)"
+    assert "c10d cleanup failed" in second
+    assert last == "fmnist: error: the user's mistake"
+    # A program that calls main() gets its logging back as it was.
+    assert logging.getLogger().handlers == root_handlers and logging.getLogRecordFactory() is make_record

@@ -102,7 +102,8 @@ def test_parallel_sweep_stops_continues_and_gives_the_tables_of_one_in_turn(tmp_
             assert {**saved[0][key], "out": None} == {**saved[1][key], "out": None}
 
 
-def test_ctrl_c_stops_every_job_cleanly_and_prints_the_continue_command(tmp_path):
+@pytest.mark.parametrize(("stop", "code", "said"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_stops_every_job_cleanly_and_prints_the_continue_command(stop, code, said, tmp_path):
     data = write_dataset(tmp_path / "data")
     args = sweep_args(data, tmp_path, "--set", "max-lr=0.01,0.02", "--epochs", "500")
     runs = [tmp_path / "s" / "max_lr=0.01,seed=5", tmp_path / "s" / "max_lr=0.02,seed=5"]
@@ -112,22 +113,26 @@ def test_ctrl_c_stops_every_job_cleanly_and_prints_the_continue_command(tmp_path
     while not all((run / "metrics.csv").exists() for run in runs):  # both jobs are training
         assert sweep.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
-    sweep.send_signal(signal.SIGINT)
+    sweep.send_signal(stop)
     _, err = sweep.communicate(timeout=240)
-    assert sweep.returncode == 130, err
+    assert sweep.returncode == code and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "continue with: " + shlex.join(["fmnist", *args])
     for run in runs:
         assert not (run / "summary.json").exists() and (run / "last.pt").is_file()
         assert len(read_csv(run / "metrics.csv")) < 500
         log = (tmp_path / "s" / "logs" / f"{run.name}.log").read_text()
         # One stop each, after a step, with the run saved: no second signal, no traceback.
-        assert "stopped by Ctrl-C" in log and "is saved in" in log and "Traceback" not in log
+        assert f"stopped by {said}" in log and "is saved in" in log and "Traceback" not in log
 
 
 @pytest.mark.parametrize(
     ("options", "fragment"),
     [
         (["--jobs", "0"], "--jobs 0: must be at least 1"),
+        (["--jobs", "-4"], "--jobs -4: must be at least 1"),
+        (["--jobs", "1000", "--threads-per-job", "1"], "--jobs 1000: the sweep has 2 runs; use --jobs 2 or fewer"),
+        (["--jobs", "2", "--threads-per-job", "-1"], "--threads-per-job -1: must be at least 1"),
+        (["--jobs", "1", "--threads-per-job", "0"], "--threads-per-job 0: must be at least 1"),
         (["--jobs", "3"], "--jobs 3: the sweep has 2 runs; use --jobs 2 or fewer"),
         (["--jobs", "2", "--threads-per-job", "0"], "--threads-per-job 0: must be at least 1"),
         (["--jobs", "2"], "--jobs 2: more jobs than the 1 core here"),
@@ -151,3 +156,21 @@ def test_a_different_grid_in_the_folder_is_refused_with_jobs_too(tmp_path, capsy
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "holds a different sweep" in err
     assert sorted(path.name for path in folder.iterdir()) == ["sweep.json"]
+
+
+def test_a_sweep_stopped_before_it_wrote_sweep_json_starts_again_and_a_run_folder_is_refused(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data")
+    args = sweep_args(data, tmp_path, "--set", "max-lr=0.01,0.02", "--epochs", "1")
+    (tmp_path / "s").mkdir()  # what a signal right after the folder was made leaves
+    (tmp_path / "s" / ".lock").write_text("fmnist process 1")
+    assert main(args) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["grid"] == {"max_lr": [0.01, 0.02]}
+
+    run = tmp_path / "run"  # a run folder, not a sweep: refused, and not a file is added to it
+    (run / "x").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    capsys.readouterr()
+    assert main([*args[:-8], "--out", str(tmp_path), "--name", "run", *args[-4:]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no sweep.json; choose another --name" in err, err
+    assert sorted(path.name for path in run.iterdir()) == ["config.json", "x"]

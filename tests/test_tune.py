@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_dataset
+from conftest import fmnist_process, one_line, snapshot, write_dataset
 from fmnist.cli import main
 
 optuna = pytest.importorskip("optuna", reason="the optional extra: pip install -e '.[tune]'")
@@ -173,6 +173,9 @@ def test_a_bad_space_file_is_one_line_before_anything_starts(text, fragment, tmp
     assert not (tmp_path / "runs").exists() and not (tmp_path / "j.log").exists()
 
 
+TRIAL = ["--study", "s", "--space", "{tmp}/space.toml", "--trials", "1"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [
@@ -181,12 +184,45 @@ def test_a_bad_space_file_is_one_line_before_anything_starts(text, fragment, tmp
         (["--storage", "journal:{tmp}/j.log", "--study", "s", "--show", "--lr", "0.1"], "drop --lr"),
         (["--storage", "journal:{tmp}/j.log", "--study", "s"], "give --space SPACE.toml and --trials N"),
         (["--study", "s"], "the following arguments are required: --storage"),
+        # An option that the chosen mode ignores is refused, not dropped.
+        (["--storage", "journal:{tmp}/j.log", *TRIAL, "--top", "3"], "--top applies to --show only"),
+        (["--storage", "journal:{tmp}/j.log", "--study", "s", "--show", "--pruner", "none"], "drop --pruner"),
+        (["--storage", "journal:", "--study", "s", "--show"], "give the journal file's path"),
+        (["--storage", "journal:{tmp}", "--study", "s", "--show"], "is a folder; give a file in it"),
+        (["--storage", "journal:{tmp}", *TRIAL], "is a folder; give a file in it"),
+        (["--storage", "journal:{tmp}/missing/j.log", *TRIAL], "missing does not exist; create it first"),
+        (["--storage", "nosuch:{tmp}/j.log", *TRIAL], "give journal:PATH (a journal file) or an SQLAlchemy URL"),
+        (["--storage", "journal:{tmp}/space.toml", *TRIAL], "space.toml is not an Optuna journal"),
+        (["--storage", "journal:{tmp}/space.toml", "--study", "s", "--show"], "space.toml is not an Optuna journal"),
+        (["--storage", "sqlite:///{tmp}/space.toml", *TRIAL], "cannot open it ((sqlite3.DatabaseError) file is not"),
+        (["--storage", "journal:{tmp}/j.log", *TRIAL[:-2], "--trials", "0"], "--trials 0: must be at least 1"),
+        (["--storage", "journal:{tmp}/j.log", *TRIAL[:-2], "--trials", "-2"], "--trials -2: must be at least 1"),
+        # The study is also the folder OUT/STUDY of its trials: never OUT itself nor a place outside it.
+        (["--storage", "journal:{tmp}/j.log", *TRIAL[2:], "--study", "../elsewhere"], "--study '../elsewhere': give a"),
+        (["--storage", "journal:{tmp}/j.log", *TRIAL[2:], "--study", "a/b"], "--study 'a/b': give a plain name"),
+        (["--storage", "journal:{tmp}/j.log", *TRIAL[2:], "--study", ""], "--study '': give a plain name"),
+        (["--storage", "journal:{tmp}/j.log", "--study", "..", "--show"], "--study '..': give a plain name"),
     ],
 )
 def test_tune_usage_mistakes_are_one_line(arguments, fragment, tmp_path, capsys):
-    status = main(["tune", *(argument.replace("{tmp}", str(tmp_path)) for argument in arguments)])
+    (tmp_path / "space.toml").write_text(SPACE)
+    status = main(["tune", *(argument.replace("{tmp}", str(tmp_path)) for argument in arguments),
+                   "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and fragment in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["space.toml"]  # no journal, study or trial folder
+
+
+def test_a_read_only_storage_or_out_folder_is_one_line(search, tmp_path, make_read_only):
+    data, space = search
+    (tmp_path / "locked").mkdir()
+    locked = make_read_only(tmp_path / "locked")
+    for storage, out in [(f"journal:{locked / 'j.log'}", tmp_path / "runs"),
+                         (f"sqlite:///{locked / 'j.db'}", tmp_path / "runs"),
+                         (f"journal:{tmp_path / 'j.log'}", locked)]:
+        error = one_line(fmnist_process(tune_args(data, out, space, storage, trials=1)))
+        assert str(locked) in error, error
+    assert list(locked.iterdir()) == [] and not (tmp_path / "runs").exists()
 
 
 def test_a_second_worker_with_another_space_is_refused():
@@ -206,3 +242,48 @@ def test_tune_without_optuna_is_one_line_with_the_install_command(tmp_path, monk
                    f"journal:{tmp_path / 'j.log'}", "--study", "s"])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "pip install -e '.[tune]'" in err
+
+
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_mid_trial_is_fmnists_two_lines_and_the_same_command_goes_on(signal_name, code, search, tmp_path):
+    data, space = search
+    url = storage_url("journal", tmp_path)
+    args = tune_args(data, tmp_path / "runs", space, url, trials=1)
+    # 2 batches an epoch: the signal comes in epoch 2, after epoch 1 is saved.
+    stopped = fmnist_process(args, kill_at=f"train-step:3:{signal_name}")
+    # Optuna logs a failed trial with its traceback; only fmnist's stop line and the command show.
+    assert stopped.returncode == code and stopped.stderr.count("\n") == 2, stopped.stderr
+    stop_line, continue_line = stopped.stderr.splitlines()
+    assert "epoch 1 is saved" in stop_line and "that trial is marked failed in the study" in stop_line
+    assert continue_line == "continue with: " + " ".join(["fmnist", *args])
+    trial_0 = tmp_path / "runs" / "search" / "trial-0000"
+    kept = snapshot(trial_0)
+
+    again = fmnist_process(args)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert [(trial.number, trial.state.name) for trial in load_study(url).trials] == [(0, "FAIL"), (1, "COMPLETE")]
+    assert snapshot(trial_0) == kept  # the stopped trial's saved epoch is kept as it was
+
+
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_outside_a_trials_steps_also_prints_the_command_that_goes_on(signal_name, code, search, tmp_path):
+    data, space = search
+    url = storage_url("journal", tmp_path)
+    args = tune_args(data, tmp_path / "runs", space, url, trials=1)
+    # Trial 0 has trained; the signal comes as its trial.json is written.
+    stopped = fmnist_process(args, kill_at=f"write-trial.json:1:{signal_name}")
+    assert stopped.returncode == code and stopped.stderr.count("\n") == 2, stopped.stderr
+    assert stopped.stderr.splitlines()[1] == "continue with: " + " ".join(["fmnist", *args])
+    assert fmnist_process(args).returncode == 0
+    assert [trial.state.name for trial in load_study(url).trials] == ["COMPLETE", "COMPLETE"]
+
+
+def test_show_of_a_study_without_trials_says_so_and_writes_nothing(tmp_path, capsys):
+    from fmnist.tools.tune import open_storage, open_study
+
+    url = storage_url("journal", tmp_path)
+    open_study(optuna, open_storage(url), url, "search", "median", {"space": [], "options": {}})
+    assert main(["tune", "--show", "--storage", url, "--study", "search", "--out", str(tmp_path / "runs")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "study search: 0 trials (none yet)\n" and captured.err == ""
+    assert not (tmp_path / "runs").exists()

@@ -1,8 +1,9 @@
 """The `fmnist` command: parse arguments, call the library, print. The library does the work.
 
 Only this module decides what reaches the terminal: it routes the library's `fmnist` loggers to
-stdout, turns a user's mistake (FmnistError, an unwritable path) into one line on stderr with exit
-code 2, and a Ctrl-C or SIGTERM into one line with the command that continues the work.
+stdout and other libraries' warnings to stderr, one line each and never a traceback (cli/logs.py),
+turns a user's mistake (FmnistError, an unwritable path) into one line on stderr with exit code 2,
+and a Ctrl-C or SIGTERM into one line with the command that continues the work.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import logging
 import os
 import shlex
 import sys
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
+from fmnist.cli.logs import other_libraries_in_one_line, show_library_logs, stop_showing_library_logs
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
 from fmnist.errors import FmnistError
 from fmnist.faults import TrainingInterrupted
@@ -108,13 +109,13 @@ def build_parser() -> ArgumentParser:
                            "machine, or a file system all machines share), or an SQLAlchemy URL: sqlite:///search.db, "
                            "postgresql://USER@HOST/DB, mysql://USER@HOST/DB")
     tune.add_argument("--study", required=True, metavar="NAME", help="the study; its trials' runs go to OUT/NAME/")
-    tune.add_argument("--pruner", choices=["median", "none"], default="median",
+    tune.add_argument("--pruner", choices=["median", "none"],
                       help="median (default): stop a trial whose validation accuracy after an epoch is below the "
                            "median of earlier trials at that epoch; none: every trial runs all its epochs")
     tune.add_argument("--show", action="store_true",
                       help="print the best trials and write optimization_history.png and param_importances.png "
                            "to OUT/NAME; trains nothing")
-    tune.add_argument("--top", type=int, default=10, help="with --show: trials in the table (default 10)")
+    tune.add_argument("--top", type=int, help="with --show: trials in the table (default 10)")
 
     predict = command("predict", "classify image files (PNG, JPEG, BMP, WebP, GIF) or folders of them")
     predict.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
@@ -296,20 +297,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.show:
         given = ["--" + name.replace("_", "-") for name, value in overrides.items()
                  if value is not None and name != "out"]
-        given += [option for option in ("--space", "--trials") if getattr(args, option[2:]) is not None]
+        given += [option for option in ("--space", "--trials", "--pruner") if getattr(args, option[2:]) is not None]
         if given or args.config:
             raise UsageError(f"--show reads the study and trains nothing; drop {(given or ['--config'])[0]}")
-        check_positive(args.top, "--top")
-        table, written = show_study(args.storage, args.study, args.out or FIELDS["out"].metadata["default"], args.top)
+        top = 10 if args.top is None else args.top
+        check_positive(top, "--top")
+        table, written = show_study(args.storage, args.study, args.out or FIELDS["out"].metadata["default"], top)
         print(table)
         for path in written:
             print(f"written: {path}")
         return 0
     if args.space is None or args.trials is None:
         raise UsageError("give --space SPACE.toml and --trials N (or --show to see the study)")
+    if args.top is not None:
+        raise UsageError("--top applies to --show only (the table of the best trials); drop it")
     try:
         study_dir, table = run_tune(args.config, overrides, args.space, args.trials, args.storage, args.study,
-                                    args.pruner, {"command": typed_command()})
+                                    args.pruner or "median", {"command": typed_command()})
     except TrainingInterrupted as interruption:
         interruption.continue_command = shlex.join(typed_command())
         raise
@@ -524,33 +528,11 @@ COMMANDS = {
     "data": cmd_data,
 }
 
-OUTPUT_HANDLER_NAME = "fmnist-cli"
-
-
-def show_library_logs(stream) -> None:
-    """Route the library's INFO messages (data found, epochs, report written) to `stream`, plainly."""
-    stop_showing_library_logs()
-    logger = logging.getLogger("fmnist")
-    handler = logging.StreamHandler(stream)
-    handler.set_name(OUTPUT_HANDLER_NAME)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
 def os_error_line(error: OSError) -> str:
     where = f"{error.filename}: " if error.filename else ""
     hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EROFS: "choose a writable place",
             errno.EACCES: "choose a writable place", errno.EPERM: "choose a writable place"}.get(error.errno)
     return f"{where}{error.strerror or error}" + (f"; {hint}" if hint else "")
-
-
-def stop_showing_library_logs() -> None:
-    """Take the CLI's handler off again: a program that called main() keeps its own logging as it was."""
-    logger = logging.getLogger("fmnist")
-    for handler in [handler for handler in logger.handlers if handler.get_name() == OUTPUT_HANDLER_NAME]:
-        logger.removeHandler(handler)
-    logger.setLevel(logging.NOTSET)
 
 
 def stopped(interruption: TrainingInterrupted) -> int:
@@ -604,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name in another encoding must not crash the output
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    with only_rank_0_speaks():
+    with only_rank_0_speaks(), other_libraries_in_one_line():
         return run_command(argv)
 
 

@@ -281,7 +281,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        # A bug, not the client's doing: uvicorn logs the traceback; the client gets one line.
+        # A bug, not the client's doing: uvicorn logs it (`fmnist serve`: the error's type and message
+        # in one line; a program that runs the app keeps uvicorn's traceback); the client gets one line.
         return JSONResponse({"error": f"internal error ({type(error).__name__}); the server's log has the details"},
                             status_code=500)
 

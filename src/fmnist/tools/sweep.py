@@ -118,9 +118,14 @@ def sweep_record(grid: dict, seeds: int, planned: list[PlannedRun]) -> dict:
 
 
 def prepare_folder(sweep_dir: Path, record: dict) -> bool:
-    """Create the sweep folder, or check that the one there holds this very sweep; True if continuing."""
+    """Create the sweep folder, or check that the one there holds this very sweep; True if continuing.
+
+    A folder that holds nothing (but a lock) is a sweep stopped before it wrote sweep.json: it starts.
+    """
     if sweep_dir.exists():
         saved = read_json(sweep_dir / "sweep.json")
+        if not saved and sweep_dir.is_dir() and {path.name for path in sweep_dir.iterdir()} <= {".lock"}:
+            return False
         if not saved:
             raise CheckpointError(f"sweep folder {sweep_dir} exists but holds no sweep.json; choose another --name")
         if {key: saved.get(key) for key in record} != record:
@@ -146,8 +151,9 @@ def run_sweep(config_file: str | None, overrides: dict, set_arguments: list[str]
     sweep_dir, grid, planned = plan_sweep(config_file, overrides, set_arguments, seeds)
     threads = threads_for(jobs, threads_per_job, len(planned))
     record = sweep_record(grid, seeds, planned)
-    continuing = prepare_folder(sweep_dir, record)
+    prepare_folder(sweep_dir, record)  # another sweep's folder is refused before anything is written there
     with exclusive_lock(sweep_dir, "sweep folder"):
+        continuing = prepare_folder(sweep_dir, record)  # again, now that no other sweep can be starting it
         if not continuing:
             # `given`: the options each run was given, so that a job rebuilds its config as planned.
             given = {run.name: {name: getattr(run.config, name) for name in sorted(run.config.given)}

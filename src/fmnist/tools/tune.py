@@ -41,10 +41,12 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -187,16 +189,65 @@ def check_space(space: list[Parameter], space_path: str | Path, config_file: str
     return base
 
 
+def check_study_name(name: str) -> None:
+    """The study's name is also its folder in OUT: one plain folder name, never a path out of OUT."""
+    if not name.strip() or "/" in name or "\\" in name or name in (".", ".."):
+        raise ConfigError(f"--study {name!r}: give a plain name (it is also the folder OUT/NAME of its trials), "
+                          "e.g. --study search")
+
+
+def local_file_of(url: str) -> Path | None:
+    """The file a journal or SQLite storage lives in (None for a database server)."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url.removeprefix("sqlite:///").split("?")[0])
+    return None
+
+
+def starts_like_a_journal(path: Path) -> bool:
+    """An empty or missing file, or one whose first line is an Optuna journal record."""
+    try:
+        with open(path, "rb") as journal:
+            line = journal.readline(1 << 16)
+    except FileNotFoundError:
+        return True
+    if not line:
+        return True
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unreadable"
+
+
 def open_storage(url: str):
     """The Optuna storage that `url` names: journal:PATH, or an SQLAlchemy URL."""
     optuna = require_optuna()
     if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        if not path.name or not path.parent.is_dir():
+        text = url.removeprefix("journal:")
+        path = Path(text)
+        if not text.strip():
+            raise ConfigError(f"--storage {url}: give the journal file's path, e.g. journal:runs/search.log")
+        if path.is_dir():
+            raise ConfigError(f"--storage {url}: {path} is a folder; give a file in it, e.g. "
+                              f"journal:{path / 'search.log'}")
+        if not path.parent.is_dir():
             raise ConfigError(f"--storage {url}: the folder {path.parent} does not exist; create it first")
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(str(path)))
+        not_a_journal = (f"--storage {url}: {path} is not an Optuna journal; give the study's journal file, "
+                         "or a new name")
+        if not starts_like_a_journal(path):  # Optuna would append its lines to someone else's file
+            raise ConfigError(not_a_journal)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except (ValueError, KeyError, TypeError) as error:  # a damaged line further on
+            raise ConfigError(f"{not_a_journal} ({type(error).__name__}: {first_line(str(error))})") from None
     if "://" not in url:
         raise ConfigError(f"--storage {url}: give journal:PATH (a journal file) or an SQLAlchemy URL "
                           "(sqlite:///search.db, postgresql://host/db, mysql://host/db)")
@@ -338,6 +389,50 @@ def describe(params: dict) -> str:
                      for name, value in params.items())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a trial's steps. A KeyboardInterrupt, so that Optuna marks the trial failed."""
+
+    signal_number = signal.SIGTERM
+
+
+@contextmanager
+def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """Within a trial's steps, training turns SIGTERM into a stop after the step; between them (sampling,
+    writing trial.json) SIGTERM would end the process without a word and leave its trial RUNNING."""
+
+    def on_sigterm(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+OPTUNA_TRIAL_OUTCOMES = "optuna.study._optimize"  # the logger of Optuna's "Trial N failed ..." lines
+
+
+@contextmanager
+def optuna_trial_outcomes_unlogged() -> Iterator[None]:
+    """Optuna logs each failed trial with its exception's traceback, a Ctrl-C or an error in the
+    objective included; record_trial and the stop's own message say the same in one line."""
+    outcomes = logging.getLogger(OPTUNA_TRIAL_OUTCOMES)
+    outcomes.addFilter(drop_record)
+    try:
+        yield
+    finally:
+        outcomes.removeFilter(drop_record)
+
+
+def drop_record(record: logging.LogRecord) -> bool:
+    return False
+
+
 def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: int, storage_url: str,
              study_name: str, pruner: str = "median", details: dict | None = None) -> tuple[Path, str]:
     """Run `trials` trials of the study (created on first use) in this process; returns (study folder, table).
@@ -352,6 +447,7 @@ def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: 
         raise ConfigError(f"--pruner {pruner}: choose one of {', '.join(PRUNERS)}")
     if overrides.get("name") is not None:
         raise ConfigError("--name: tune names its runs itself (trial-NNNN in OUT/STUDY); give --study instead")
+    check_study_name(study_name)
     space = read_space(space_path)
     base = check_space(space, space_path, config_file, overrides)
     study = open_study(optuna, open_storage(storage_url), storage_url, study_name, pruner, search_record(space, base))
@@ -363,11 +459,19 @@ def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: 
     objective = objective_for(optuna, study_dir, space, config_file, overrides,
                               {**(details or {}), "study": study_name, "storage": storage_url})
     try:
-        study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,),
-                       callbacks=[record_trial(optuna, study_dir)])
+        with optuna_trial_outcomes_unlogged(), sigterm_stops_like_ctrl_c():
+            study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,),
+                           callbacks=[record_trial(optuna, study_dir)])
     except TrainingInterrupted as interruption:
         stopped = TrainingInterrupted(f"tune stopped: {interruption}; that trial is marked failed in the study",
                                       interruption.signal_number)
+        stopped.study_path = study_dir
+        raise stopped from None
+    except KeyboardInterrupt as interruption:  # a signal between steps (sampling, trial.json), or a second one
+        signal_number = getattr(interruption, "signal_number", signal.SIGINT)
+        said = "SIGTERM" if signal_number == signal.SIGTERM else "Ctrl-C"
+        stopped = TrainingInterrupted(f"tune stopped by {said}; a trial in progress is marked failed in the study",
+                                      signal_number)
         stopped.study_path = study_dir
         raise stopped from None
     return study_dir, best_trials_table(optuna, study, 10)
@@ -399,6 +503,10 @@ def shown(value) -> str:
 def show_study(storage_url: str, study_name: str, out: str | Path, top: int = 10) -> tuple[str, list[Path]]:
     """The best trials as a table, and the optimization history and parameter importances as PNGs in OUT/STUDY."""
     optuna = require_optuna()
+    check_study_name(study_name)
+    stored_in = local_file_of(storage_url)
+    if stored_in is not None and not stored_in.exists():  # opening it would create it: reading writes nothing
+        raise ConfigError(f"--study {study_name}: no such study; {stored_in} does not exist (check --storage)")
     storage = open_storage(storage_url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
@@ -410,8 +518,9 @@ def show_study(storage_url: str, study_name: str, out: str | Path, top: int = 10
     from optuna.visualization import matplotlib as optuna_plots
 
     folder = Path(out) / study_name
-    folder.mkdir(parents=True, exist_ok=True)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if complete:  # an empty study has nothing to draw: no folder either
+        folder.mkdir(parents=True, exist_ok=True)
     written = []
     # Optuna marks these plots experimental and switches matplotlib's style: keep both to this block.
     with warnings.catch_warnings(), matplotlib.rc_context():
