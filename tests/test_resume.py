@@ -199,3 +199,18 @@ def test_ctrl_c_during_evaluation_stops_once_that_epoch_is_saved(tiny_data, tmp_
         fit(training.model, training.train_loader, training.val_loader, training.optimization, 3,
             recorder=RunRecorder(path, config, training), stop=stop)
     assert load_checkpoint(path / "last.pt")["epoch"] == 1 and len(metric_rows(path)) == 1
+
+
+@pytest.mark.parametrize("kill_at", ["write-best.pt:1", "write-last.pt:1"])
+def test_killed_while_saving_the_first_epoch_resumes_and_equals_an_uninterrupted_run(tiny_data, tmp_path, kill_at):
+    runs = tmp_path / "runs"
+    reference = fmnist_process(train_args(tiny_data, runs, "reference"))
+    killed = fmnist_process(train_args(tiny_data, runs, "killed"), kill_at)
+    assert reference.returncode == 0 and killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(metric_rows(runs / "killed")) == 1 and not (runs / "killed" / "last.pt").exists()
+    finished = fmnist_process(["train", "--resume", str(runs / "killed")])
+    assert finished.returncode == 0, finished.stderr
+    assert metric_rows(runs / "killed") == metric_rows(runs / "reference")
+    for name in ("last.pt", "best.pt"):
+        assert same_tensors(load_checkpoint(runs / "killed" / name)["model"],
+                            load_checkpoint(runs / "reference" / name)["model"])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fmnist.errors import CheckpointError, ConfigError, one_line_reason
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
-from fmnist.runs.folder import read_saved_config, read_summary
+from fmnist.runs.folder import read_history, read_saved_config, read_summary
 from fmnist.training.build import Training
 from fmnist.training.config import TrainConfig
 from fmnist.training.runtime import set_rng_state
@@ -87,6 +87,19 @@ def remove_leftovers(run_dir: Path) -> None:
         leftover.unlink()
 
 
+def stopped_while_saving_epoch_1(path: Path) -> bool:
+    """True when the run was stopped after writing epoch 1's metrics but before its last.pt.
+
+    Each epoch writes metrics.csv, then best.pt (always, for epoch 1), then last.pt, from one and the
+    same state. After epoch 1 there is no earlier last.pt to fall back on; but nothing is lost either:
+    best.pt, if it was written, is that epoch's whole state, and without it the epoch is redone.
+    """
+    if not (path / "metrics.csv").is_file() or len(read_history(path)) != 1:
+        return False
+    best = path / "best.pt"
+    return not best.exists() or load_checkpoint(best, for_resume=True)["epoch"] == 1
+
+
 @dataclass
 class ResumePoint:
     """Where a resumed run continues: the epochs and learning rates recorded so far."""
@@ -99,6 +112,10 @@ def restore_run(run_dir: str | Path, config: TrainConfig, training: Training) ->
     """Load last.pt into the freshly built training objects; return what the run recorded so far."""
     path = Path(run_dir)
     last = path / "last.pt"
+    if not last.exists() and stopped_while_saving_epoch_1(path):
+        if not (path / "best.pt").exists():
+            return ResumePoint()  # only epoch 1's metrics were written: start again, losing nothing
+        last = path / "best.pt"  # best.pt holds epoch 1's whole state, the same last.pt would have held
     if not last.exists():
         recorded = [name for name in ("best.pt", "metrics.csv") if (path / name).exists()]
         if recorded:
