@@ -153,7 +153,9 @@ def test_deterministic_decides_cudnns_autotuner():
 
 @pytest.mark.slow
 def test_compile_trains_the_same_network(data, tmp_path):
-    arguments = [*tiny_train_args(data, tmp_path, "compiled", epochs=1), "--model", "mlp", "--compile"]
+    # One batch shape for training, validation and test (50 images): torch.compile compiles each shape anew.
+    arguments = [*tiny_train_args(data, tmp_path, "compiled", epochs=1), "--model", "mlp", "--compile",
+                 "--eval-batch-size", "50"]
     result = fmnist_process(arguments, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "0._orig_mod" not in str(load_checkpoint(tmp_path / "compiled" / "best.pt")["model"].keys())
