@@ -77,6 +77,36 @@ def real_data(monkeypatch) -> Path:
     return Path(location)
 
 
+README = Path(__file__).parents[1] / "README.md"
+
+
+@pytest.fixture(scope="session")
+def readme_quick_start(tmp_path_factory) -> tuple[list[str], Path]:
+    """The README's Python quick start, exactly as written, run once on the real data: what it printed and its run.
+
+    It trains the quick recipe (two epochs of the real data); test_api checks what it prints and
+    test_recipes the recipe's accuracy, so the suite trains it once, not twice.
+    """
+    import contextlib
+    import io
+    import re
+
+    snippet = re.search(r"## Python quick start.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    folder = tmp_path_factory.mktemp("readme")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.chdir(folder)
+        patch.delenv("FMNIST_DATA", raising=False)  # found where a user's would be: the installed data set
+        patch.setenv("XDG_CACHE_HOME", str(folder / "cache"))
+        try:
+            find_data_dir()
+        except Exception:
+            pytest.fail("the real Fashion-MNIST is needed: run `make test`, or `fmnist data ensure` first")
+        exec(compile(snippet, "README.md", "exec"), {})
+    [run] = (folder / "runs").iterdir()
+    return printed.getvalue().splitlines(), run
+
+
 def tiny_train_args(data: Path, out: Path, name: str, epochs: int = 3) -> list[str]:
     """`fmnist train` on generated data: 500 training images in batches of 50, cut to 4 batches."""
     return [

@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from conftest import fmnist_process, one_line, snapshot, tiny_train_args, write_dataset
+from fmnist.cli.main import main
 from fmnist.data.augment import Mixing
 from fmnist.data.loader import TensorLoader, normalize
 from fmnist.data.splits import read_split
+from fmnist.files import exclusive_lock
 from fmnist.models import create_model
 from fmnist.runs.checkpoint import load_checkpoint
 from fmnist.training.build import build_ema
@@ -151,15 +153,24 @@ def test_deterministic_decides_cudnns_autotuner():
 
 @pytest.mark.slow
 def test_compile_trains_the_same_network(data, tmp_path):
-    arguments = [*tiny_train_args(data, tmp_path, "compiled", epochs=1), "--model", "mlp", "--compile"]
+    # One batch shape for training, validation and test (50 images): torch.compile compiles each shape anew.
+    arguments = [*tiny_train_args(data, tmp_path, "compiled", epochs=1), "--model", "mlp", "--compile",
+                 "--eval-batch-size", "50"]
     result = fmnist_process(arguments, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "0._orig_mod" not in str(load_checkpoint(tmp_path / "compiled" / "best.pt")["model"].keys())
 
 
-def test_lr_find_writes_its_plot_and_leaves_the_run_untouched(data, tmp_path):
-    run = tmp_path / "runs" / "run"
-    assert fmnist_process(tiny_train_args(data, tmp_path / "runs", "run", epochs=1)).returncode == 0
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory) -> Path:
+    """A finished one-epoch run that tests only read (each checks that it stays unchanged)."""
+    out = tmp_path_factory.mktemp("runs")
+    assert fmnist_process(tiny_train_args(data, out, "run", epochs=1)).returncode == 0
+    return out / "run"
+
+
+def test_lr_find_writes_its_plot_and_leaves_the_run_untouched(finished_run, tmp_path):
+    run = finished_run
     before = snapshot(run)
     plot = tmp_path / "curve.png"
     result = fmnist_process(["lr-find", str(run), "--steps", "30", "--plot", str(plot), "--json"])
@@ -171,6 +182,53 @@ def test_lr_find_writes_its_plot_and_leaves_the_run_untouched(data, tmp_path):
     assert snapshot(run) == before
     assert "pass --force" in one_line(fmnist_process(["lr-find", str(run), "--steps", "30", "--plot", str(plot)]))
     assert "--epochs" in one_line(fmnist_process(["lr-find", "quick", "--epochs", "3"]))
+
+
+def test_lr_find_refuses_a_run_that_another_process_is_training(finished_run, tmp_path):
+    before = snapshot(finished_run)
+    plot = tmp_path / "curve.png"
+    with exclusive_lock(finished_run, "run folder"):  # stands in for `fmnist train` writing the run right now
+        error = one_line(fmnist_process(["lr-find", str(finished_run), "--steps", "10", "--plot", str(plot)]))
+    assert "is using it right now" in error and str(finished_run) in error
+    assert snapshot(finished_run) == before and not plot.exists()
+
+
+@pytest.mark.parametrize(("start", "fragment"), [
+    ("no-such-recipe", "unknown recipe; choose one of"),
+    ("missing/run", "not a run folder (no config.json) nor a recipe"),
+])
+def test_lr_find_refuses_what_is_neither_a_recipe_nor_a_run(start, fragment, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["lr-find", start, "--steps", "10"]) == 2
+    error = capsys.readouterr().err
+    assert fragment in error and error.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no plot
+
+
+@pytest.mark.parametrize("switch", [
+    "--ema 0", "--ema 1", "--ema -1", "--ema nan", "--ema inf", "--ema abc", "--ema 1e400",
+    "--mixup -0.1", "--mixup nan", "--mixup inf", "--mixup=-inf", "--cutmix -1", "--cutmix nan", "--cutmix inf",
+    "--clip-grad-norm 0", "--clip-grad-norm -1", "--clip-grad-norm nan", "--clip-grad-norm inf",
+    "--amp fp16 --device cpu", "--amp fp32", "--mixup 0.2 --loss focal",
+])
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_out_of_range_switches_are_one_line_before_any_work(command, switch, data, tmp_path, capsys):
+    arguments = [command, *(["quick"] if command == "lr-find" else []), "--data-dir", str(data),
+                 "--allow-unverified-data", "--out" if command == "train" else "--plot", str(tmp_path / "out"),
+                 *switch.split()]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("fmnist: error: --") and error.count("\n") == 1, error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fp16_on_a_cpu_is_refused_by_lr_find_before_the_data_is_loaded(tmp_path, capsys):
+    assert main(["lr-find", "quick", "--amp", "fp16", "--device", "auto", "--data-dir", str(tmp_path / "none"),
+                 "--plot", str(tmp_path / "curve.png")]) == 2
+    error = capsys.readouterr().err
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: fp16 is allowed")
+    assert "--amp fp16: needs a CUDA device" in error and error.count("\n") == 1
 
 
 def test_the_switches_are_recorded_and_kept_through_resume(data, tmp_path):

@@ -105,3 +105,26 @@ def exclusive_lock(folder: Path, what: str) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+@contextmanager
+def reader_lock(folder: Path, what: str) -> Iterator[None]:
+    """Read `folder` only while no process holds its exclusive lock (a run training or being resumed).
+
+    A shared flock on the existing .lock file: readers never block each other, write nothing, and
+    work in a read-only folder; a folder that has never been locked has no writer to wait for.
+    """
+    lock_path = Path(folder) / ".lock"
+    try:
+        handle = open(lock_path)
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "another process"
+            raise FolderLocked(f"{what} {folder}: {holder} is using it right now; wait for it to finish "
+                               "or stop it first") from None
+        yield

@@ -11,10 +11,11 @@ file gives the same answer whichever way it is asked.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -25,7 +26,7 @@ from fmnist.data.loader import TensorLoader
 from fmnist.data.locate import find_data_dir
 from fmnist.data.splits import Split, read_split
 from fmnist.data.verify import unverified_files
-from fmnist.errors import CheckpointError, DataError
+from fmnist.errors import CheckpointError, ConfigError, DataError
 from fmnist.runs.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -127,7 +128,8 @@ def predict(
     DataError, or with `skip_unreadable` comes back as a Prediction with `error` set. Images go
     through the model in batches, so memory stays flat however many there are.
     """
-    model = model_or_run if isinstance(model_or_run, nn.Module) else load_model(model_or_run)
+    model = model_to_use(model_or_run)
+    check_batch_size(batch_size)
     prepared = prepare(images_or_paths, invert, skip_unreadable)
     predictions = []
     for chunk in chunks(prepared, batch_size):
@@ -155,21 +157,22 @@ def class_probabilities(model: nn.Module, images: list[torch.Tensor]) -> list[li
     return probabilities.tolist()
 
 
+IN_MEMORY = (torch.Tensor, np.ndarray, Image.Image)
+WHAT_PREDICT_TAKES = ("image files or folders (str or Path), PIL images, or uint8 tensors or NumPy arrays "
+                      "of shape (28, 28) or (N, 28, 28)")
+
+
 def prepare(images_or_paths, invert: bool, skip_unreadable: bool) -> Iterator[tuple[str, torch.Tensor | DataError]]:
     """(source, uint8 28x28 image or the DataError that reading it raised), lazily, in order."""
-    if isinstance(images_or_paths, torch.Tensor):
-        images = images_or_paths if images_or_paths.dim() == 3 else images_or_paths.unsqueeze(0)
-        if images.shape[1:] != (28, 28) or images.dtype != torch.uint8:
-            raise DataError(f"predict: tensors must be uint8 (N, 28, 28) images, not {images.dtype} "
-                            f"{tuple(images_or_paths.shape)}")
-        for index, image in enumerate(images):
+    if isinstance(images_or_paths, (torch.Tensor, np.ndarray)):
+        for index, image in enumerate(image_tensor(images_or_paths)):
             yield f"image {index}", image
         return
-    single = isinstance(images_or_paths, (str, os.PathLike, Image.Image))
-    items = [images_or_paths] if single else list(images_or_paths)
-    if all(isinstance(item, Image.Image) for item in items):
-        for index, image in enumerate(items):
-            yield f"image {index}", to_fashion_mnist(image, invert)
+    items = given_items(images_or_paths)
+    if all(isinstance(item, IN_MEMORY) for item in items):
+        for index, item in enumerate(items):
+            image = to_fashion_mnist(item, invert) if isinstance(item, Image.Image) else image_tensor(item, single=True)
+            yield f"image {index}", image
         return
     for path in image_files(items):
         try:
@@ -180,6 +183,64 @@ def prepare(images_or_paths, invert: bool, skip_unreadable: bool) -> Iterator[tu
             if not skip_unreadable:
                 raise
             yield display_path(path), error
+
+
+def given_items(images_or_paths) -> list:
+    """The images or paths as a non-empty list, all in memory or all paths; anything else is a DataError."""
+    if isinstance(images_or_paths, (str, os.PathLike, Image.Image)):
+        return [images_or_paths]
+    if not isinstance(images_or_paths, Iterable):
+        raise DataError(f"predict: cannot read images from {type(images_or_paths).__name__}; "
+                        f"give {WHAT_PREDICT_TAKES}")
+    items = list(images_or_paths)
+    if not items:
+        raise DataError(f"predict: no images given (an empty {type(images_or_paths).__name__}); "
+                        f"give at least one of {WHAT_PREDICT_TAKES}")
+    for index, item in enumerate(items):
+        if not isinstance(item, (str, os.PathLike, *IN_MEMORY)):
+            raise DataError(f"predict: item {index} is a {type(item).__name__}; give {WHAT_PREDICT_TAKES}")
+    in_memory = [isinstance(item, IN_MEMORY) for item in items]
+    if any(in_memory) and not all(in_memory):
+        raise DataError(f"predict: item {in_memory.index(not in_memory[0])} and item 0 are not both paths or both "
+                        "images; predict files and in-memory images in separate calls")
+    return items
+
+
+def image_tensor(images, single: bool = False) -> torch.Tensor:
+    """uint8 images as a (N, 28, 28) tensor (a (28, 28) one when `single`), else a DataError saying how to fix them."""
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8:
+            raise DataError(f"predict: images of NumPy dtype {images.dtype}; give uint8 pixels 0..255 "
+                            "(from floats in 0..1: (images * 255).round().astype(numpy.uint8))")
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    shape = tuple(images.shape)
+    if images.dtype != torch.uint8:
+        raise DataError(f"predict: images of dtype {images.dtype}; give uint8 pixels 0..255 "
+                        "(from floats in 0..1: (images * 255).round().to(torch.uint8))")
+    if shape[-2:] != (28, 28) or images.dim() not in ((2,) if single else (2, 3)):
+        wanted = "(28, 28)" if single else "(28, 28) or (N, 28, 28)"
+        raise DataError(f"predict: images of shape {shape}; give {wanted} grayscale images "
+                        "(drop a channel dimension with .squeeze(); resize other sizes, or pass PIL images)")
+    images = images if single or images.dim() == 3 else images.unsqueeze(0)
+    if images.numel() == 0:
+        raise DataError(f"predict: no images given (a tensor of shape {shape}); give at least one")
+    return images.cpu()
+
+
+def model_to_use(model_or_run) -> nn.Module:
+    """A network as given, or the trained model of a run folder or checkpoint path."""
+    if isinstance(model_or_run, nn.Module):
+        return model_or_run
+    if not isinstance(model_or_run, (str, os.PathLike)):
+        raise CheckpointError(f"predict: the model is a {type(model_or_run).__name__}; give a TrainedModel "
+                              "(load_model), a network, or a run folder or checkpoint path")
+    return load_model(model_or_run)
+
+
+def check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"predict: batch_size={batch_size!r}; give a whole number of images, at least 1",
+                          "batch_size")
 
 
 def chunks(iterable, size: int) -> Iterator[list]:

@@ -365,10 +365,12 @@ LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
+    from fmnist.files import reader_lock
     from fmnist.runs.checkpoint import load_checkpoint
     from fmnist.runs.folder import check_output_file, is_run_folder, read_saved_config
     from fmnist.tools.lr_find import find_lr, plot
     from fmnist.training.config import TrainConfig, flag
+    from fmnist.training.recipes import RECIPES
 
     overrides = overrides_from(args)
     ignored = [name for name in LR_FIND_IGNORES if overrides[name] is not None]
@@ -379,9 +381,13 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     start = Path(args.start)
     weights = None
     if is_run_folder(start):
-        config = TrainConfig.from_saved({**read_saved_config(start)["config"], **given})
-        weights = load_checkpoint(start)["model"] if any(start.glob("*.pt")) else None
+        with reader_lock(start, "lr-find: run folder"):  # not while the run is training: its files are changing
+            config = TrainConfig.from_saved({**read_saved_config(start)["config"], **given})
+            weights = load_checkpoint(start)["model"] if any(start.glob("*.pt")) else None
         name = start.name
+    elif args.start not in RECIPES and (start.exists() or os.sep in args.start):
+        raise UsageError(f"lr-find {args.start}: not a run folder (no config.json) nor a recipe; give a run folder "
+                         "or one of the recipes that `fmnist recipes` lists")
     else:
         config = build_config(args.config, {**given, "recipe": args.start})
         name = args.start

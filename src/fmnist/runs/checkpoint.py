@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import pickle
 import re
 import warnings
@@ -70,6 +71,8 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 def checkpoint_path(path: str | Path) -> Path:
     """A checkpoint file, or a run folder's best.pt (else last.pt)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"{path!r}: not a path; give a run folder or a checkpoint file (a str or a Path)")
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):

@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from fmnist.data.splits import load_splits
 from fmnist.errors import ConfigError
+from fmnist.experiment import check_device_options
 from fmnist.reports import plots
 from fmnist.tools.bench import endless
 from fmnist.training.build import build_training
@@ -51,6 +52,7 @@ def find_lr(config: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, s
     if steps < 10:
         raise ConfigError(f"--steps {steps}: the range test needs at least 10 batches")
     device = resolve_device(config.device)
+    check_device_options(config, device)  # --amp fp16 on a CPU: one line, as `fmnist train` says it
     data = load_splits(config.data_dir, config.val_size, config.split_seed, verify=not config.allow_unverified_data)
     seed_everything(config.seed, config.deterministic)
     # The test drives the learning rate itself: no schedule, and SGD keeps the config's momentum.

@@ -13,6 +13,7 @@ Options that do not apply to the chosen settings hold None, so config.json shows
 
 from __future__ import annotations
 
+import difflib
 import math
 import sys
 from dataclasses import dataclass, field, fields
@@ -149,6 +150,14 @@ class TrainConfig:
     # The options given explicitly (not from a recipe or the defaults); replace() starts from them.
     given: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
 
+    def __new__(cls, *args, **options):
+        """Refuse positional or unknown options with a ConfigError (the generated __init__ raises a bare TypeError)."""
+        if args:
+            positional = ", ".join(map(repr, args))
+            raise ConfigError(f"TrainConfig({positional}): give options by name, e.g. TrainConfig(recipe='fast')")
+        check_option_names(options)
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         given = {f.name: getattr(self, f.name) for f in fields(self) if f.init and getattr(self, f.name) is not UNSET}
         for name, value in given.items():
@@ -217,6 +226,16 @@ class TrainConfig:
 FIELDS = {f.name: f for f in fields(TrainConfig) if f.init}
 
 
+def check_option_names(options: dict) -> None:
+    """A ConfigError for the first keyword that is not an option, suggesting the closest valid one."""
+    for name in options:
+        if name not in FIELDS:
+            close = difflib.get_close_matches(str(name), FIELDS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"TrainConfig({name}=...): unknown option; {hint}valid options: {', '.join(FIELDS)}",
+                              name)
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -243,7 +262,7 @@ def check_type(name: str, value):
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise ConfigError(f"{flag(name)} {value!r}: should be of type {kind}", name)
+        raise ConfigError(f"{flag(name)} {value!r}: should be of type {kind}, not {type(value).__name__}", name)
     return value
 
 

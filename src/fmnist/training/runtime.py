@@ -18,11 +18,23 @@ def resolve_device(name: str) -> torch.device:
     mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if name == "cuda" and not cuda:
-        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    if name == "mps" and not mps:
-        raise ConfigError("--device mps: no Apple MPS device is available here; use --device cpu or auto")
-    return torch.device(name)
+    device = known_device(name)
+    if device.type == "cuda" and not cuda:
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+    if device.type == "mps" and not mps:
+        raise ConfigError(f"--device {name}: no Apple MPS device is available here; use --device cpu or auto")
+    return device
+
+
+def known_device(name) -> torch.device:
+    """torch's device for a name such as 'cpu' or 'cuda:1'; anything else is a ConfigError, not torch's RuntimeError."""
+    try:
+        device = torch.device(name) if isinstance(name, str) else None
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name!r}: not a device fmnist can use; choose auto, cpu, cuda or mps")
+    return device
 
 
 def cpu_has_bf16_matrix_instructions() -> bool:
