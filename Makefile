@@ -37,8 +37,10 @@ train: data
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
+# One pytest worker per core (pytest-xdist), each test module whole on one worker so that its
+# trained fixtures are made once; conftest.py gives each worker one thread.
 test: data lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 # docs/serve.png: the page as the browser test sees it.
 screenshot: data browser

@@ -11,10 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fmnist.data.fashion import FILES
 from fmnist.data.idx import IMAGES_MAGIC, LABELS_MAGIC
 from fmnist.data.locate import find_data_dir
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs a worker per core), one thread per worker, and for the
+    processes its tests start: two workers with two OpenMP threads each on two cores would fight for
+    them, and OpenMP threads that lose their core slow down many times over."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:

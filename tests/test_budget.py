@@ -46,10 +46,12 @@ def test_formatted_durations_read_back(seconds):
 
 
 def test_the_plan_fits_whole_epochs_then_cuts_the_last_one_short():
-    # 100 s budget, 4 s measuring: 91.2 s to plan (5% kept in hand); an epoch is 10 steps of 1 s + 2 s.
-    plan = plan_steps("100s", measure_seconds=4.0, step_seconds=1.0, epoch_end_seconds=2.0, steps_per_epoch=10)
-    available = (100 - 4) * (1 - SAFETY_MARGIN)
-    assert (plan.epochs, plan.last_epoch_steps, plan.total_steps) == (8, 5, 7 * 10 + 5)
+    # 104 s budget, 4 s measuring: 90 s to plan (10% kept in hand); an epoch is 10 steps of 1 s + 2 s,
+    # so 7 whole epochs (84 s), then a validation pass (2 s) and 4 steps.
+    plan = plan_steps("104s", measure_seconds=4.0, step_seconds=1.0, epoch_end_seconds=2.0, steps_per_epoch=10)
+    available = (104 - 4) * (1 - SAFETY_MARGIN)
+    assert SAFETY_MARGIN == 0.10
+    assert (plan.epochs, plan.last_epoch_steps, plan.total_steps) == (8, 4, 7 * 10 + 4)
     assert plan.planned_seconds() - plan.measure_seconds <= available
     # One more step would not fit.
     assert plan.planned_seconds() - plan.measure_seconds + 1.0 > available

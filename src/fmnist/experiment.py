@@ -216,8 +216,10 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
         training.model = network.module
         train_batches = ShardedBatches(training.train_loader, group)
         recorder = DistributedRecorder(group, recorder, point.history, train_batches.images_per_epoch())
-    logger.info("run: %s  model %s (%s parameters) on %s%s", path, config.model,
-                f"{count_parameters(training.model):,}", device, f" x {group.world_size} processes" if group else "")
+    precision = "" if resolved["amp"] == "none" else f", {resolved['amp']} autocast"
+    logger.info("run: %s  model %s (%s parameters) on %s%s%s", path, config.model,
+                f"{count_parameters(training.model):,}", device, f" x {group.world_size} processes" if group else "",
+                precision)
     if progress:
         train_batches = WithProgress(train_batches, epochs, len(point.history) + 1)
     # A compiled model shares the original's parameters; checkpoints keep saving the original.

@@ -64,7 +64,7 @@ def train_conventionally(config: TrainConfig) -> dict:
     data = load_splits(config.data_dir, config.val_size, config.split_seed)
     train_set, test_set = conventional_datasets(data.directory, config)
     seed_everything(config.seed)
-    training = build_training(config, data.train, data.val, data.test)
+    training = build_training(config, data.train, data.val, data.test, amp="none")  # fp32, as the projects ran it
     model = training.model.to(memory_format=torch.contiguous_format)  # as the projects ran it
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True)
     history = fit(model, train_loader, training.val_loader, training.optimization, config.epochs)

@@ -16,6 +16,7 @@ import io
 import itertools
 import logging
 import math
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -34,13 +35,17 @@ from fmnist.training.runtime import seed_everything
 
 logger = logging.getLogger(__name__)
 
-# Epoch times wander by a few percent on an idle machine (BENCHMARKS.md): plan for this much less.
-SAFETY_MARGIN = 0.05
+# Measured step times ran 5-13% slower over whole runs than in the first seconds (the first epoch is
+# the fastest on this lab's VMs: BENCHMARKS.md): plan for this much less than the budget leaves.
+SAFETY_MARGIN = 0.10
 # The first steps allocate memory and choose kernels (and compile, with --compile): never timed.
-WARMUP_STEPS = 3
-# Timed steps last about this long, or 2% of a short budget; at least MIN_TIMED_STEPS of them.
-MEASURE_SECONDS = 3.0
-MIN_TIMED_STEPS = 5
+WARMUP_STEPS = 5
+# Steps are timed in chunks of CHUNK_STEPS for about MEASURE_SECONDS (or 3% of a short budget), at
+# least MIN_CHUNKS of them; a step's time is the median chunk's, so that one slow moment (another
+# process, a page fault storm) does not shrink the whole plan.
+CHUNK_STEPS = 5
+MEASURE_SECONDS = 5.0
+MIN_CHUNKS = 3
 # Validation batches timed; the whole pass is scaled up from them.
 EVAL_PROBE_BATCHES = 4
 # A plan with fewer steps than this is no training run: the budget is refused as too short.
@@ -126,16 +131,23 @@ def plan_time_budget(config: TrainConfig, train: Split, val: Split, test: Split)
     probe = build_training(config, train, val, test, total_steps=MIN_STEPS)
     optimization = probe.optimization
     optimization.scheduler = None  # the probe's rate does not matter, and its schedule would run out
-    warmup = count_steps(probe, WARMUP_STEPS)
-    rough_step = warmup[1] / max(warmup[0], 1)
-    measure_for = min(MEASURE_SECONDS, 0.02 * budget_seconds)
-    timed_steps, timed_seconds = count_steps(probe, max(MIN_TIMED_STEPS, math.ceil(measure_for / rough_step)))
-    step_seconds = timed_seconds / timed_steps
+    count_steps(probe, WARMUP_STEPS)
+    step_seconds = median_step_seconds(probe, min(MEASURE_SECONDS, 0.03 * budget_seconds))
     epoch_end_seconds = validation_seconds(probe, config.tta_flip) + checkpoint_seconds(probe, config.out)
     plan = plan_steps(config.time_budget, time.perf_counter() - started, step_seconds, epoch_end_seconds,
                       len(probe.train_loader))
     logger.info("%s", plan.describe())
     return plan
+
+
+def median_step_seconds(probe, measure_for: float) -> float:
+    """A training step's time: the median of CHUNK_STEPS-step chunks timed for about `measure_for` seconds."""
+    chunks = []
+    started = time.perf_counter()
+    while len(chunks) < MIN_CHUNKS or time.perf_counter() - started < measure_for:
+        steps, seconds = count_steps(probe, CHUNK_STEPS)
+        chunks.append(seconds / steps)
+    return statistics.median(chunks)
 
 
 def count_steps(probe, steps: int) -> tuple[int, float]:

@@ -121,7 +121,7 @@ class TrainConfig:
                                metavar="DECAY")
     clip_grad_norm: float | None = option(None, "clip the gradients' total norm to this before each step",
                                           metavar="NORM")
-    amp: str = option("none", "mixed precision for training: none; auto (bf16 where the CPU has bf16 matrix "
+    amp: str = option("auto", "mixed precision for training: none; auto (bf16 where the CPU has bf16 matrix "
                               "instructions, AVX-512 BF16 or AMX, or the GPU supports it; none elsewhere); bf16 "
                               "(autocast: slower on CPUs without those instructions; see BENCHMARKS.md); fp16 (CUDA "
                               "only, with a gradient scaler)")

@@ -28,6 +28,11 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {}
 
+# The default precision is `--amp auto` (bf16 where the CPU has bf16 matrix instructions), chosen for
+# the default recipe after 3 seeds showed no cost on validation (BENCHMARKS.md). Recipes whose figures
+# were measured in float32, and the seed projects' re-runs (they trained in float32), keep float32.
+FP32 = {"amp": "none"}
+
 
 def add_recipe(recipe: Recipe) -> Recipe:
     if recipe.name in RECIPES:
@@ -59,7 +64,7 @@ add_recipe(Recipe(
     source="custom-layer course repo",
     claim="none claimed",
     description="LearnedAffine CNN, AdamW lr 1e-3, StepLR (every epoch, gamma 0.7), 3 epochs, CPU",
-    overrides={"scheduler": "steplr", "step_size": 1, "gamma": 0.7, "device": "cpu"},
+    overrides={"scheduler": "steplr", "step_size": 1, "gamma": 0.7, "device": "cpu", **FP32},
 ))
 
 # The LeNet augmentation project put its augmentation in the transform shared by train and test, so
@@ -73,7 +78,7 @@ add_recipe(Recipe(
     overrides={
         "model": "lenet", "rotate_degrees": 10.0, "hflip": True, "mean": 0.5, "std": 0.5,
         "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "none",
-        "batch_size": 64, "epochs": 5,
+        "batch_size": 64, "epochs": 5, **FP32,
     },
 ))
 
@@ -84,7 +89,7 @@ add_recipe(Recipe(
 # quickstart's values and say so.
 QUICKSTART = {
     "optimizer": "sgd", "lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "scheduler": "none",
-    "batch_size": 64, "epochs": 5, "mean": 0.0, "std": 1.0,
+    "batch_size": 64, "epochs": 5, "mean": 0.0, "std": 1.0, **FP32,
 }
 QUICKSTART_TEXT = "SGD lr {lr} (no momentum), batch 64, 5 epochs, no schedule, pixels 0..1"
 BATCHNORM_STUDY_ASSUMED = "; the study gives only batch 64: the rest is the PyTorch quickstart's, which it follows"
@@ -173,7 +178,8 @@ add_recipe(Recipe(
     claim="aimed at test accuracy >= 0.90 within 20 s of training on 2 CPU cores",
     description="fast-cnn-16 (fast-cnn at half width, 29k parameters), the `fast` recipe's optimizer and "
     "augmentation with OneCycle max_lr 0.1, batch 128, 2 epochs",
-    overrides={**RECIPES["fast"].overrides, "model": "fast-cnn-16", "max_lr": 0.1, "batch_size": 128, "epochs": 2},
+    overrides={**RECIPES["fast"].overrides, "model": "fast-cnn-16", "max_lr": 0.1, "batch_size": 128, "epochs": 2,
+               **FP32},
 ))
 add_recipe(Recipe(
     name="medium",
@@ -182,7 +188,7 @@ add_recipe(Recipe(
     "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23)",
     claim="aimed at test accuracy >= 0.93 within 3 min of training on 2 CPU cores",
     description="the `fast` recipe for 10 epochs, evaluated with flip test-time augmentation",
-    overrides={**RECIPES["fast"].overrides, "epochs": 10, "tta_flip": True},
+    overrides={**RECIPES["fast"].overrides, "epochs": 10, "tta_flip": True, **FP32},
 ))
 add_recipe(Recipe(
     name="best",
@@ -214,7 +220,7 @@ add_recipe(Recipe(
     description="res-cnn (residual stages at 14x14 and 7x7, 474k parameters), the `fast` recipe's optimizer "
     "and schedule, flips + random 1-pixel crops + random erasing (p 0.25), 22 epochs, flip test-time augmentation",
     overrides={**RECIPES["fast"].overrides, **CROPS_AND_ERASING, "model": "res-cnn", "epochs": 22,
-               "tta_flip": True},
+               "tta_flip": True, **FP32},
 ))
 add_recipe(Recipe(
     name="top-long",
