@@ -191,3 +191,16 @@ def test_bench_time_to_accuracy_and_sweeps_take_a_budget(tiny_data, tmp_path, ca
     budgets = sorted(json.loads(path.read_text())["resolved"]["time_plan"]["budget"]
                      for path in (tmp_path / "budgets").glob("*/config.json"))
     assert budgets == ["5s", "6s"]
+
+
+def test_recipes_list_their_budget_with_the_command_and_what_it_measured(capsys):
+    assert main(["recipes", "--json"]) == 0
+    listed = {recipe["name"]: recipe for recipe in json.loads(capsys.readouterr().out)}
+    budgeted = {name: recipe for name, recipe in listed.items() if recipe["budget"]}
+    assert set(budgeted) == {"fast", "best", "top", "top-long"}
+    for name, recipe in budgeted.items():
+        assert recipe["budget_command"] == f"fmnist train --recipe {name} --time-budget {recipe['budget']}"
+        assert recipe["measured_at_budget"]
+        TrainConfig.from_recipe(name, time_budget=recipe["budget"])  # the command's config is valid
+    assert main(["recipes"]) == 0
+    assert "at its budget: `fmnist train --recipe best --time-budget 5m`" in capsys.readouterr().out

@@ -27,9 +27,10 @@ from fmnist.training.distributed import ShardedBatches
 
 def train_args(data: Path, out: Path, name: str, epochs: int = 2, limit_batches: int = 3) -> list[str]:
     # lenet has neither dropout nor BatchNorm: with the same global batch, two processes compute the
-    # gradient of one, so the weights match up to float rounding. SGD's step is linear in it.
+    # gradient of one, so the weights match up to float rounding (fp32: bf16's rounding is coarser).
+    # SGD's step is linear in it.
     return [
-        "train", "--model", "lenet", "--optimizer", "sgd", "--max-lr", "0.1", "--epochs", str(epochs),
+        "train", "--amp", "none", "--model", "lenet", "--optimizer", "sgd", "--max-lr", "0.1", "--epochs", str(epochs),
         "--batch-size", "50", "--limit-batches", str(limit_batches), "--val-size", "100", "--seed", "5",
         "--device", "cpu", "--data-dir", str(data), "--allow-unverified-data", "--out", str(out), "--name", name,
     ]

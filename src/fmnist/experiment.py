@@ -118,7 +118,7 @@ def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> RunResu
         device = group.device if group else resolve_device(config.device)
         check_device_options(config, device)
         with main_holds_lock(path, "--resume", group):
-            on_main(group, lambda: remove_leftovers(path))
+            on_main(group, lambda: remove_leftovers(path, checkpoints_too=False))
             data = together(group, lambda: load_data(config))
             return run(path, config, data, device, path, progress, started, group)
 
@@ -203,6 +203,7 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
                               total_steps=plan.total_steps if plan else None, amp=resolved["amp"])
     point = restore_run(resume_from, config, training) if resume_from is not None else ResumePoint()
     if resume_from is not None:
+        on_main(group, lambda: remove_leftovers(path))  # after every process restored: see restore_run
         on_main(group, lambda: record_resume(path, data, device))
         logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, epochs)
     tensorboard = recorder = None

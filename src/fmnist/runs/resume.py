@@ -78,23 +78,32 @@ def config_to_resume(run_dir: str | Path, overrides: dict) -> TrainConfig:
     return config.replace(**changes) if changes else config
 
 
-def remove_leftovers(run_dir: Path) -> None:
+def remove_leftovers(run_dir: Path, checkpoints_too: bool = True) -> None:
     """Delete temporary files that a write cut short by a crash left behind (the real file is intact).
 
-    Call it while holding the run folder's lock: the files are then nobody else's.
+    Call it while holding the run folder's lock: the files are then nobody else's. A checkpoint's
+    leftover is evidence that the run was stopped while saving an epoch (see restore_run), so resume
+    keeps those until every process has restored the run (`checkpoints_too=False`), then removes them.
     """
     for leftover in Path(run_dir).glob(".*.tmp"):
-        leftover.unlink()
+        if checkpoints_too or not leftover.name.startswith(CHECKPOINT_TEMP_PREFIXES):
+            leftover.unlink(missing_ok=True)
+
+
+CHECKPOINT_TEMP_PREFIXES = (".best.pt.", ".last.pt.")
 
 
 def stopped_while_saving_epoch_1(path: Path) -> bool:
-    """True when the run was stopped after writing epoch 1's metrics but before its last.pt.
+    """True when the run was stopped while writing epoch 1's checkpoints: its metrics record one epoch,
+    there is no last.pt, and a checkpoint's temporary file shows the write that was cut short.
 
     Each epoch writes metrics.csv, then best.pt (always, for epoch 1), then last.pt, from one and the
-    same state. After epoch 1 there is no earlier last.pt to fall back on; but nothing is lost either:
-    best.pt, if it was written, is that epoch's whole state, and without it the epoch is redone.
+    same state. After epoch 1 there is no earlier last.pt to fall back on, but nothing is lost either:
+    best.pt, if it was written, is that epoch's whole state, and without it the epoch is redone. Without
+    that evidence (last.pt deleted by hand), resume refuses, as for any run whose last.pt is gone.
     """
-    if not (path / "metrics.csv").is_file() or len(read_history(path)) != 1:
+    cut_short = any(leftover.name.startswith(CHECKPOINT_TEMP_PREFIXES) for leftover in path.glob(".*.tmp"))
+    if not cut_short or not (path / "metrics.csv").is_file() or len(read_history(path)) != 1:
         return False
     best = path / "best.pt"
     return not best.exists() or load_checkpoint(best, for_resume=True)["epoch"] == 1

@@ -157,9 +157,12 @@ add_recipe(Recipe(
 # fmnist's own recipes, designed for time to accuracy on a CPU (issue 4; BENCHMARKS.md has the figures).
 add_recipe(Recipe(
     name="fast",
+    budget="2m",
+    measured_at_budget="test 0.9271 ± 0.0002 (seeds 42-44, bf16 by --amp auto), validation 0.9280 ± 0.0002, "
+    "7-8 epochs (2-core AMD EPYC Zen 4 with AVX512_BF16, 2026-12-04)",
     source="fmnist",
     measured="test 0.9221 ± 0.0009; 0.92 reached after 105.3 ± 11.7 s "
-    "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23)",
+    "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23; fp32: --amp none)",
     claim="aimed at test accuracy >= 0.92 within 90 s of training on 2 CPU cores",
     description="fast-cnn (3 conv-BN blocks, 104k parameters), SGD with Nesterov momentum (OneCycle cycles it "
     "0.95-0.85), weight decay 5e-4, "
@@ -192,9 +195,12 @@ add_recipe(Recipe(
 ))
 add_recipe(Recipe(
     name="best",
+    budget="5m",
+    measured_at_budget="test 0.9408 ± 0.0010 (seeds 42-44, bf16 by --amp auto), validation 0.9419 ± 0.0021, "
+    "8-10 epochs; short of issue 20's 0.945 by 0.004 (2-core AMD EPYC Zen 4 with AVX512_BF16, 2026-12-04)",
     source="fmnist",
     measured="test 0.9435 ± 0.0015; 0.94 reached after 535.8 ± 31.9 s "
-    "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23)",
+    "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23; fp32: --amp none)",
     claim="aimed at test accuracy >= 0.94 within 10 min of training on 2 CPU cores",
     description="fast-vgg (fast-cnn with a second conv in its 14x14 and 7x7 blocks, 289k parameters), the "
     "`fast` recipe's optimizer, schedule and augmentation, 14 epochs, flip test-time augmentation",
@@ -213,6 +219,8 @@ add_recipe(Recipe(
 CROPS_AND_ERASING = {"hflip": True, "crop_padding": 1, "erase_prob": 0.25}
 add_recipe(Recipe(
     name="top",
+    budget="30m",
+    measured_at_budget="not measured at this budget yet; by epochs see `measured` (BENCHMARKS.md)",
     source="fmnist",
     measured="test 0.9449 ± 0.0005 (seeds 42-44), validation 0.9487 ± 0.0007, after 1,542 ± 99 s of training; "
     "short of its aim by 0.005 (2-core AMD EPYC Zen 4, 2026-11-23 and 24)",
@@ -224,6 +232,8 @@ add_recipe(Recipe(
 ))
 add_recipe(Recipe(
     name="top-long",
+    budget="60m",
+    measured_at_budget="not measured at this budget yet; by epochs see `measured` (BENCHMARKS.md)",
     source="fmnist",
     measured="test 0.9465 ± 0.0016 (seeds 42-44), validation 0.9505 ± 0.0012, after 2,703 s of training "
     "(seed 42, 2-core AMD EPYC Zen 4, 2026-11-23) and 1,651 and 1,825 s (seeds 43, 44, 2-core AMD EPYC Zen 5, "
