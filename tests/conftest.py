@@ -16,6 +16,8 @@ import torch
 from fmnist.data.fashion import FILES
 from fmnist.data.idx import IMAGES_MAGIC, LABELS_MAGIC
 from fmnist.data.locate import find_data_dir
+from fmnist.experiment import train
+from fmnist.training.config import TrainConfig
 
 
 def pytest_configure(config):
@@ -55,6 +57,14 @@ def write_dataset(directory: Path, train_count: int = 600, test_count: int = 200
             else:
                 (directory / stem).write_bytes(content)
     return directory
+
+
+def train_tiny_run(root: Path, name: str, limit_batches: int) -> Path:
+    """A finished one-epoch run on generated data under `root`, for tests that need a run folder to read."""
+    config = TrainConfig(epochs=1, batch_size=50, limit_batches=limit_batches, val_size=100, device="cpu",
+                         data_dir=str(write_dataset(root / "data")), allow_unverified_data=True,
+                         out=str(root / "runs"), name=name)
+    return train(config).path
 
 
 @pytest.fixture

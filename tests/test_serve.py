@@ -23,14 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_dataset
+from conftest import train_tiny_run
 from fmnist.cli import main
 from fmnist.data.images import to_fashion_mnist
 from fmnist.errors import CheckpointError
-from fmnist.experiment import train
 from fmnist.inference import class_probabilities, load_model, predict
 from fmnist.runs.folder import read_summary
-from fmnist.training.config import TrainConfig
 
 try:
     from fastapi.testclient import TestClient
@@ -45,10 +43,7 @@ except ImportError as error:  # fail, not skip: CI must run these
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serve")
-    config = TrainConfig(epochs=1, batch_size=50, limit_batches=3, val_size=100, device="cpu",
-                         data_dir=str(write_dataset(root / "data")), allow_unverified_data=True,
-                         out=str(root / "runs"), name="serve")
-    return train(config).path
+    return train_tiny_run(root, "serve", limit_batches=3)
 
 
 @pytest.fixture(scope="module")

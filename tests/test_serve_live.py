@@ -33,7 +33,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_dataset
+from conftest import train_tiny_run
 from fmnist.cli import main
 from fmnist.data.fashion import CLASS_NAMES
 from fmnist.data.images import read_image, to_fashion_mnist
@@ -370,10 +370,7 @@ def test_a_stop_signal_finishes_the_request_in_flight_then_exits_0(real_run, tes
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
-    config = TrainConfig(epochs=1, batch_size=50, limit_batches=2, val_size=100, device="cpu",
-                         data_dir=str(write_dataset(root / "data")), allow_unverified_data=True,
-                         out=str(root / "runs"), name="tiny")
-    return train(config).path
+    return train_tiny_run(root, "tiny", limit_batches=2)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,15 @@ and only then renamed over the target. A crash at any moment leaves the old file
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from fmnist.errors import FmnistError
 from fmnist.faults import kill_point
@@ -44,6 +47,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(error, OSError) and error.filename is None:  # a full disk: name the file it hit
             raise OSError(error.errno, error.strerror, str(path)) from None
         raise
+
+
+def atomic_torch_save(value, path: Path) -> None:
+    """torch.save `value` to `path` atomically: serialized in memory, then written as above."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def current_umask() -> int:

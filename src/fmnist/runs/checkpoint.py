@@ -8,7 +8,6 @@ damaged or hand-made file is one clear error, never a traceback three modules la
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import pickle
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from fmnist.errors import CheckpointError, one_line_reason
-from fmnist.files import atomic_write_bytes
+from fmnist.files import atomic_torch_save
 from fmnist.models import create_model, list_models
 from fmnist.training.build import Training
 from fmnist.training.config import TrainConfig
@@ -64,9 +63,7 @@ def checkpoint_state(config: TrainConfig, training: Training, history: list[dict
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(state, path)
 
 
 def checkpoint_path(path: str | Path) -> Path:

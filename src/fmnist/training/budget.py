@@ -12,7 +12,6 @@ resumed run finishes the same plan, whatever the speed of the machine it resumes
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import math
@@ -22,11 +21,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from fmnist.data.splits import Split
 from fmnist.errors import ConfigError
-from fmnist.files import atomic_write_bytes
+from fmnist.files import atomic_torch_save, atomic_write_bytes
 from fmnist.training.build import build_training
 from fmnist.training.config import TrainConfig
 from fmnist.training.duration import format_duration, parse_duration
@@ -175,10 +172,8 @@ def checkpoint_seconds(probe, out: str) -> float:
     scratch_parent = out if Path(out).is_dir() else None
     with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".budget-") as scratch:
         start = time.perf_counter()
+        state = {"model": probe.model.state_dict(), "optimizer": probe.optimization.optimizer.state_dict()}
         for name in ("probe-best.pt", "probe-last.pt"):  # not the run's names: the kill points count those
-            buffer = io.BytesIO()
-            torch.save({"model": probe.model.state_dict(), "optimizer": probe.optimization.optimizer.state_dict()},
-                       buffer)
-            atomic_write_bytes(Path(scratch) / name, buffer.getvalue())
+            atomic_torch_save(state, Path(scratch) / name)
         atomic_write_bytes(Path(scratch) / "probe-metrics.csv", b"0" * 4096)
         return time.perf_counter() - start
