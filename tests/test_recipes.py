@@ -46,6 +46,9 @@ def test_the_longer_recipes_add_crops_and_erasing_to_flips():
         config = build_config(None, {"recipe": name})
         assert config.model.startswith("res-cnn") and config.hflip and config.tta_flip
         assert config.crop_padding > 0 and config.erase_prob > 0
+        # Measured at their budgets in bf16 (issue 20): they take --amp auto; an explicit --amp still wins.
+        assert config.amp == "auto"
+        assert build_config(None, {"recipe": name, "amp": "none"}).amp == "none"
 
 
 def test_recipes_say_what_the_seeds_said():

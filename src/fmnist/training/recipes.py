@@ -211,7 +211,8 @@ add_recipe(Recipe(
 # Chosen on the validation split in the exploration that BENCHMARKS.md describes: per second of training,
 # res-cnn beat fast-vgg there (validation 0.9464 after 11 epochs against fast-vgg's 0.9432 after 14, both
 # bf16). Random crops and random erasing (the lever behind the published 0.963) regularize the longer
-# schedules. fp32 throughout: bf16 autocast pays only on CPUs with bf16 matrix instructions (see --amp).
+# schedules. They train with --amp auto: at their time budgets bf16 buys about 1.8x the epochs on CPUs with
+# bf16 matrix instructions (their by-epoch figures below were measured in fp32: --amp none).
 # `top-long` is `top` trained for longer: the wider res-cnn-96 with 2-pixel crops and erasing p 0.5 for
 # 24 epochs was measured first and lost (validation 0.9436, still underfitting at the end), while `top`'s
 # validation accuracy was still rising at its last epoch. Over three seeds the 18 extra epochs bought
@@ -223,12 +224,12 @@ add_recipe(Recipe(
     measured_at_budget="not measured at this budget yet; by epochs see `measured` (BENCHMARKS.md)",
     source="fmnist",
     measured="test 0.9449 ± 0.0005 (seeds 42-44), validation 0.9487 ± 0.0007, after 1,542 ± 99 s of training; "
-    "short of its aim by 0.005 (2-core AMD EPYC Zen 4, 2026-11-23 and 24)",
+    "short of its aim by 0.005 (2-core AMD EPYC Zen 4, 2026-11-23 and 24; fp32: --amp none)",
     claim="aimed at test accuracy >= 0.950 within 30 min of training on 2 CPU cores",
     description="res-cnn (residual stages at 14x14 and 7x7, 474k parameters), the `fast` recipe's optimizer "
     "and schedule, flips + random 1-pixel crops + random erasing (p 0.25), 22 epochs, flip test-time augmentation",
     overrides={**RECIPES["fast"].overrides, **CROPS_AND_ERASING, "model": "res-cnn", "epochs": 22,
-               "tta_flip": True, **FP32},
+               "tta_flip": True},
 ))
 add_recipe(Recipe(
     name="top-long",
@@ -237,7 +238,7 @@ add_recipe(Recipe(
     source="fmnist",
     measured="test 0.9465 ± 0.0016 (seeds 42-44), validation 0.9505 ± 0.0012, after 2,703 s of training "
     "(seed 42, 2-core AMD EPYC Zen 4, 2026-11-23) and 1,651 and 1,825 s (seeds 43, 44, 2-core AMD EPYC Zen 5, "
-    "2026-12-02); short of its aim by 0.0085",
+    "2026-12-02; fp32: --amp none); short of its aim by 0.0085",
     claim="aimed at test accuracy >= 0.955 within 60 min of training on 2 CPU cores",
     description="the `top` recipe (res-cnn, flips + 1-pixel crops + erasing p 0.25, flip test-time augmentation) "
     "for 40 epochs instead of 22",
