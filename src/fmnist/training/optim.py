@@ -12,8 +12,9 @@ from fmnist.training.config import TrainConfig
 # defined over the whole run, and end at its last step); StepLR decays every `step_size` epochs.
 SCHEDULER_INTERVAL = {"onecycle": "batch", "cosine": "batch", "linear": "batch", "steplr": "epoch", "none": None}
 # Adam and AdamW update every parameter in one fused kernel on these devices; torch's default on a CPU
-# is a Python loop over the parameters. The same update (up to rounding), 4-7% more images/s for the default recipe
-# here (benchmarks/speed_levers.py, BENCHMARKS.md).
+# is a Python loop over the parameters. The same update (up to rounding), and 4-7% more images/s for
+# the default recipe here (benchmarks/speed_levers.py, BENCHMARKS.md). A resumed run keeps the
+# implementation its checkpoint's optimizer state names.
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 # OneCycle's own momentum cycle (torch's defaults): it starts at the maximum and overwrites what the
 # optimizer was given.

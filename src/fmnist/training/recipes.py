@@ -30,7 +30,8 @@ RECIPES: dict[str, Recipe] = {}
 
 # The default precision is `--amp auto` (bf16 where the CPU has bf16 matrix instructions), chosen for
 # the default recipe after 3 seeds showed no cost on validation (BENCHMARKS.md). Recipes whose figures
-# were measured in float32, and the seed projects' re-runs (they trained in float32), keep float32.
+# were measured in float32 (`quick`, `medium`), and the seed projects' re-runs (they trained in float32),
+# keep float32; `top` and `top-long` were measured again at their time budgets in bf16 and take auto.
 FP32 = {"amp": "none"}
 
 
