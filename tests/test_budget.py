@@ -14,9 +14,9 @@ import torch
 
 from fmnist.cli import main
 from fmnist.errors import ConfigError
-from fmnist.experiment import train
+from fmnist.experiment import budget_record, train
 from fmnist.runs.checkpoint import load_checkpoint
-from fmnist.training.budget import MIN_STEPS, SAFETY_MARGIN, TimePlan, plan_steps
+from fmnist.training.budget import MIN_STEPS, SAFETY_MARGIN, TimePlan, overrun_line, plan_steps
 from fmnist.training.config import TrainConfig, build_config
 from fmnist.training.duration import format_duration, parse_duration
 from fmnist.training.optim import build_scheduler
@@ -56,6 +56,24 @@ def test_the_plan_fits_whole_epochs_then_cuts_the_last_one_short():
     # One more step would not fit.
     assert plan.planned_seconds() - plan.measure_seconds + 1.0 > available
     assert TimePlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_a_run_that_overran_its_budget_says_by_how_much_and_why(caplog):
+    # The case measured on a VM that slowed down mid-run: 167.4 ms a step at the start, 1,847 s of 1,800 used.
+    plan = TimePlan("30m", 1800.0, 8.1, 0.1674, 3.69, 215, 8729)
+    assert overrun_line(plan, 1800.0, 1500.0) is None and overrun_line(plan, 1620.7, 1500.0) is None
+    line = overrun_line(plan, 1847.5, 1637.9)
+    assert line.startswith("time budget 30m: training and validation took 1,848 s, 48 s (2.6%) over")
+    assert "187.6 ms on average against the 167.4 ms measured" in line and "\n" not in line
+    # The run records it and says it once; a resumed run's time is not its budget's, and is not judged.
+    history = [{"seconds": 1637.9 / 41}] * 41
+    record = budget_record(plan, 1847.5 - 8.1, history, resumed=False)
+    assert record["budget_used_seconds"] == pytest.approx(1847.5)
+    assert [entry.getMessage() for entry in caplog.records] == [line]
+    caplog.clear()
+    assert budget_record(plan, 1847.5 - 8.1, history, resumed=True)["budget_used_seconds"] is None
+    assert budget_record(plan, 1600.0, history, resumed=False)["budget_used_seconds"] == pytest.approx(1608.1)
+    assert not caplog.records
 
 
 def test_a_budget_without_room_for_the_shortest_run_says_what_it_needs():

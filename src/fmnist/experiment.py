@@ -28,7 +28,7 @@ from fmnist.runs.checkpoint import load_checkpoint, load_weights
 from fmnist.runs.folder import create_run_folder, environment, read_saved_config, write_config, write_summary
 from fmnist.runs.recorder import RunRecorder
 from fmnist.runs.resume import ResumePoint, config_to_resume, remove_leftovers, restore_run
-from fmnist.training.budget import TimePlan, plan_time_budget
+from fmnist.training.budget import TimePlan, overrun_line, plan_time_budget
 from fmnist.training.build import Training, build_training
 from fmnist.training.config import TrainConfig
 from fmnist.training.distributed import (
@@ -231,7 +231,8 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
             history = fit(network, train_batches, training.val_loader, training.optimization, epochs,
                           flip_tta=config.tta_flip, recorder=recorder, stop=agreed_stop(stop, group),
                           last_epoch_steps=plan.last_epoch_steps if plan else None)
-            budget = budget_record(plan, time.perf_counter() - fit_started, resumed=resume_from is not None)
+            budget = budget_record(plan, time.perf_counter() - fit_started, history,
+                                   resumed=resume_from is not None)
             return on_main(group, lambda: finish(path, config, data, device, training, history, stop, tensorboard,
                                                  started, budget))
         except TrainingInterrupted as interruption:
@@ -244,12 +245,16 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
                                      "the divergence (try a lower --lr or --max-lr)") from None
 
 
-def budget_record(plan: TimePlan | None, fit_seconds: float, resumed: bool) -> dict:
+def budget_record(plan: TimePlan | None, fit_seconds: float, history: list[dict], resumed: bool) -> dict:
     """summary.json's account of a time budget: what was planned, and (for a run that never stopped)
-    the time it took, measuring included; the final test evaluation comes after and is not in it."""
+    the time it took, measuring included; the final test evaluation comes after and is not in it.
+    An overrun is also logged, with the step time that caused it."""
     if plan is None:
         return {}
     used = None if resumed else plan.measure_seconds + fit_seconds
+    overrun = None if used is None else overrun_line(plan, used, sum(row["seconds"] for row in history))
+    if overrun:
+        logger.warning("%s", overrun)
     return {"time_budget": plan.budget, "time_budget_seconds": plan.budget_seconds,
             "planned_steps": plan.total_steps, "planned_seconds": plan.planned_seconds(),
             "budget_used_seconds": used}

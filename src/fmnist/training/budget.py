@@ -90,6 +90,20 @@ class TimePlan:
                 f"{self.steps_per_epoch}{last}, ending after about {self.planned_seconds():.0f} s")
 
 
+def overrun_line(plan: TimePlan, used_seconds: float, train_seconds: float) -> str | None:
+    """One line for a run that took longer than its budget, None within it. The plan trusts the speed it
+    measured at the start; a machine that slows down later (another tenant of the VM, heat) overruns it,
+    and the user should hear by how much and why rather than find it in summary.json."""
+    if used_seconds <= plan.budget_seconds:
+        return None
+    over = used_seconds - plan.budget_seconds
+    average_step = train_seconds / plan.total_steps
+    return (f"time budget {plan.budget}: training and validation took {used_seconds:,.0f} s, {over:,.0f} s "
+            f"({over / plan.budget_seconds:.1%}) over: a step took {average_step * 1000:.1f} ms on average against "
+            f"the {plan.step_seconds * 1000:.1f} ms measured at the start, more than the "
+            f"{SAFETY_MARGIN:.0%} kept in hand (the machine got slower during the run)")
+
+
 def plan_steps(budget: str, measure_seconds: float, step_seconds: float, epoch_end_seconds: float,
                steps_per_epoch: int) -> TimePlan:
     """The most steps whose training and validation fit in what the budget has left after measuring.
