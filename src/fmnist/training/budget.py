@@ -91,17 +91,21 @@ class TimePlan:
 
 
 def overrun_line(plan: TimePlan, used_seconds: float, train_seconds: float) -> str | None:
-    """One line for a run that took longer than its budget, None within it. The plan trusts the speed it
-    measured at the start; a machine that slows down later (another tenant of the VM, heat) overruns it,
-    and the user should hear by how much and why rather than find it in summary.json."""
+    """One line for a run that took longer than its budget, None within it. The plan trusts the costs it
+    measured at the start; a machine that slows down later (another tenant of the VM, heat, a busy disk)
+    overruns it, and the user should hear by how much and which cost grew rather than find it in
+    summary.json. `train_seconds`: the training steps' time; the rest after measuring went to the
+    validation passes and checkpoints."""
     if used_seconds <= plan.budget_seconds:
         return None
     over = used_seconds - plan.budget_seconds
     average_step = train_seconds / plan.total_steps
+    average_epoch_end = (used_seconds - plan.measure_seconds - train_seconds) / plan.epochs
     return (f"time budget {plan.budget}: training and validation took {used_seconds:,.0f} s, {over:,.0f} s "
             f"({over / plan.budget_seconds:.1%}) over: a step took {average_step * 1000:.1f} ms on average against "
-            f"the {plan.step_seconds * 1000:.1f} ms measured at the start, more than the "
-            f"{SAFETY_MARGIN:.0%} kept in hand (the machine got slower during the run)")
+            f"the {plan.step_seconds * 1000:.1f} ms measured at the start, and each epoch's validation and "
+            f"checkpoints {average_epoch_end:.2f} s against {plan.epoch_end_seconds:.2f} s; the plan keeps "
+            f"{SAFETY_MARGIN:.0%} in hand for a machine that gets slower")
 
 
 def plan_steps(budget: str, measure_seconds: float, step_seconds: float, epoch_end_seconds: float,
