@@ -48,6 +48,7 @@ def kill_point(point: str, process_id: int | None = None) -> None:
             continue
         if where == "group":
             os.killpg(os.getpgrp(), signal_number)
+            os.kill(os.getpid(), 0)  # runs this process's handler now, as os.kill does for a signal to itself
         elif not where or where == os.environ.get("RANK", "0"):
             os.kill(process_id or os.getpid(), signal_number)
 
