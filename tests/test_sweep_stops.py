@@ -180,5 +180,5 @@ def test_a_failed_job_ends_a_parallel_sweep_in_any_state_and_its_command_finishe
     point, account = FAILURES[state]
     args = sweep_args(write_dataset(tmp_path / "data"), tmp_path, jobs=2)
     line = stopped_then_continued(args, f"{point}:SIGKILL", 2, tmp_path / "s")[-2]
-    assert line.startswith("fmnist: error: sweep run ") and " failed (exit code -9): " in line, line
+    assert line.startswith("fmnist: error: sweep run ") and " failed (killed by SIGKILL); its log: " in line, line
     assert line.endswith(f"; sweep stopped: {account}"), line

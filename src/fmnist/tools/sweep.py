@@ -368,6 +368,7 @@ def stop_at_once(running: list[Job], stop: StopRequest, total: int) -> list[tupl
 def sweep_ended(ended: list[tuple[Job, object]], not_started_count: int, stop: StopRequest,
                 at_once: bool = False) -> TrainingInterrupted | SweepJobFailed | None:
     """Why the sweep stopped, with what each run did; None when every run it started is done."""
+    ended = sorted(ended, key=lambda ending: ending[0].index)  # in the planned order, not the order they ended
     finished = [job.run.name for job, outcome in ended if outcome is None]
     stopped = [job.run.name for job, outcome in ended if isinstance(outcome, TrainingInterrupted)]
     failed = [(job, outcome) for job, outcome in ended if isinstance(outcome, FmnistError)]
@@ -401,9 +402,10 @@ def job_outcome(job: Job, total: int) -> FmnistError | TrainingInterrupted | Non
     if stopped_by in (signal.SIGINT, signal.SIGTERM):
         logger.info("sweep run %d/%d: %s stopped (%s)", job.index, total, name, how_it_stopped(job.log))
         return TrainingInterrupted(f"run {name} stopped", stopped_by)
-    failure = f"sweep run {name} failed (exit code {code}): {last_line(job.log)}; its log: {job.log}"
-    logger.info("sweep run %d/%d: %s failed (exit code %d)", job.index, total, name, code)
-    return FmnistError(failure)
+    # A job killed by a signal (the out-of-memory killer's SIGKILL) had no last word: its last line is a log line.
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}: {last_line(job.log)}"
+    logger.info("sweep run %d/%d: %s failed (%s)", job.index, total, name, how)
+    return FmnistError(f"sweep run {name} failed ({how}); its log: {job.log}")
 
 
 def how_it_stopped(log: Path) -> str:
