@@ -63,7 +63,7 @@ def test_parallel_sweep_stops_continues_and_gives_the_tables_of_one_in_turn(tmp_
     assert main(args) == 130
     *_, stop_line, continue_line = capsys.readouterr().err.strip().splitlines()
     monkeypatch.delenv("FMNIST_KILL_AT")
-    assert "sweep stopped: 1 run(s) stopped (epochs=3,seed=5)" in stop_line
+    assert stop_line.endswith("sweep stopped: a job was stopped on its own; 1 finished; 1 stopped (epochs=3,seed=5)")
     assert continue_line == "continue with: " + shlex.join(["fmnist", *args])
     assert json.loads((short / "summary.json").read_text())["finished"] is True
     assert not (long / "summary.json").exists() and len(read_csv(long / "metrics.csv")) == 2

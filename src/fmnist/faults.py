@@ -9,8 +9,12 @@ N-th time it reaches POINT (`train-step`, `evaluate-batch`, or `write-<file name
 finished temporary file replaces that file). A real SIGKILL: no handler, no cleanup, no flush, the
 same as a power cut or the out-of-memory killer. `FMNIST_KILL_AT=POINT:N:SIGINT` (or SIGTERM) sends
 that signal instead, so a test can press Ctrl-C at an exact point; `POINT:N:SIGKILL:R` only in the
-torchrun process of rank R (one process of a run dies, the others go on). Unset (always, outside
-tests) it does nothing.
+torchrun process of rank R (one process of a run dies, the others go on); `POINT:N:SIGINT:group` to
+the whole process group, as a terminal's Ctrl-C does. Several targets, separated by commas, may fire
+at one point (`P:1:SIGINT,P:1:SIGINT` is a first and a second Ctrl-C). A sweep's points
+(`sweep-run-start`, `sweep-run-end`, `sweep-job-started`) are visited by the sweep's own process;
+at `sweep-job-started` the signal goes to the job just started, not to the sweep. Unset (always,
+outside tests) it does nothing.
 """
 
 from __future__ import annotations
@@ -25,19 +29,28 @@ KILL_AT_VARIABLE = "FMNIST_KILL_AT"
 _points_reached: Counter = Counter()  # only ever counts while FMNIST_KILL_AT is set
 
 
-def kill_point(point: str) -> None:
-    """SIGKILL this process if FMNIST_KILL_AT names this point and this is its N-th visit."""
-    target = os.environ.get(KILL_AT_VARIABLE)
-    if not target:
+def kill_point(point: str, process_id: int | None = None) -> None:
+    """Send each signal FMNIST_KILL_AT names for this point and this visit (SIGKILL unless named).
+
+    `process_id`: the process a point's signal goes to when it is not this one (a sweep's job).
+    """
+    targets = os.environ.get(KILL_AT_VARIABLE)
+    if not targets:
         return
-    name, count, *rest = target.split(":")
-    signal_name = rest[0] if rest else "SIGKILL"
-    rank = rest[1] if len(rest) > 1 else ""  # any process unless one is named
-    if name != point or (rank and rank != os.environ.get("RANK", "0")):
+    specs = [target.split(":") for target in targets.split(",")]
+    if not any(spec[0] == point for spec in specs):
         return
     _points_reached[point] += 1
-    if _points_reached[point] == int(count):
-        os.kill(os.getpid(), getattr(signal, signal_name))
+    for name, count, *rest in specs:
+        signal_number = getattr(signal, rest[0] if rest else "SIGKILL")
+        where = rest[1] if len(rest) > 1 else ""  # a rank, "group", or any process
+        if name != point or int(count) != _points_reached[point]:
+            continue
+        if where == "group":
+            os.killpg(os.getpgrp(), signal_number)
+            os.kill(os.getpid(), 0)  # runs this process's handler now, as os.kill does for a signal to itself
+        elif not where or where == os.environ.get("RANK", "0"):
+            os.kill(process_id or os.getpid(), signal_number)
 
 
 class TrainingInterrupted(Exception):
@@ -71,8 +84,14 @@ def stop_after_step() -> Iterator[StopRequest]:
     """Within this block the first SIGINT or SIGTERM sets a flag instead of ending the process.
 
     SIGTERM is what `docker stop`, batch schedulers and torchrun send: it deserves the same clean
-    stop as Ctrl-C. A second signal stops at once (KeyboardInterrupt), as usual.
+    stop as Ctrl-C. A second signal stops at once (KeyboardInterrupt), as usual. Within another
+    such block (a sweep's runs) it shares that block's request: a signal that came between two
+    runs, or before a run's training began, stops the run after its first step instead of being lost.
     """
+    outer = getattr(signal.getsignal(signal.SIGINT), "stop_request", None)
+    if outer is not None:
+        yield outer
+        return
     request = StopRequest()
 
     def on_signal(signum, frame):
@@ -81,6 +100,7 @@ def stop_after_step() -> Iterator[StopRequest]:
         request.requested = True
         request.signal_number = signum
 
+    on_signal.stop_request = request
     try:
         previous = {number: signal.signal(number, on_signal) for number in STOP_SIGNALS}
     except ValueError:  # not the main thread: signals cannot be caught here, keep the default

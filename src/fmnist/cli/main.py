@@ -273,17 +273,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fmnist.tools.sweep import run_sweep
+    from fmnist.tools.sweep import SweepJobFailed, run_sweep
 
     command = typed_command()
     try:
         sweep_dir, table = run_sweep(args.config, overrides_from(args), args.set, args.seeds,
                                      {"command": command}, progress=sys.stderr.isatty(), jobs=args.jobs,
                                      threads_per_job=args.threads_per_job)
-    except TrainingInterrupted as interruption:
+    except (TrainingInterrupted, SweepJobFailed) as stopped_sweep:
         if args.name is None:  # the folder was named after the time it started: name it to continue it
-            command = [*command, "--out", str(interruption.sweep_path.parent), "--name", interruption.sweep_path.name]
-        interruption.continue_command = shlex.join(command)
+            command = [*command, "--out", str(stopped_sweep.sweep_path.parent), "--name", stopped_sweep.sweep_path.name]
+        stopped_sweep.continue_command = shlex.join(command)
         raise
     print(table)
     print(f"sweep folder: {sweep_dir} (comparison.md/.csv/.png: per grid point; runs.md/.csv: per run)")
@@ -610,6 +610,8 @@ def run_command(argv: list[str] | None) -> int:
         return error.exit_code
     except FmnistError as error:
         print(f"fmnist: error: {error}", file=sys.stderr)
+        if getattr(error, "continue_command", None) is not None:  # a sweep whose job failed
+            print(f"continue with: {error.continue_command}", file=sys.stderr)
         tell_torchrun(f"fmnist: error: {error}")
         return error.exit_code
     except TrainingInterrupted as interruption:

@@ -34,7 +34,7 @@ import torch
 
 from fmnist.errors import CheckpointError, ConfigError, FmnistError
 from fmnist.experiment import resume, train
-from fmnist.faults import TrainingInterrupted, stop_after_step
+from fmnist.faults import StopRequest, TrainingInterrupted, kill_point, stop_after_step
 from fmnist.files import atomic_write_json, exclusive_lock
 from fmnist.reports.compare import compare_grid
 from fmnist.runs.folder import is_run_folder, read_json
@@ -139,37 +139,57 @@ def prepare_folder(sweep_dir: Path, record: dict) -> bool:
     return False
 
 
+class SweepJobFailed(FmnistError):
+    """A job of a parallel sweep failed; the sweep stopped, and the same command continues it."""
+
+    sweep_path: Path | None = None
+
+
 def run_sweep(config_file: str | None, overrides: dict, set_arguments: list[str], seeds: int,
               details: dict | None = None, progress: bool = False, jobs: int = 1,
               threads_per_job: int | None = None) -> tuple[Path, str]:
     """Train the planned runs, `jobs` at a time, then write the comparison; returns (folder, table).
 
     With `jobs` > 1 each run is a process of its own with `threads_per_job` torch threads (default:
-    the cores divided among the jobs). Stopped (Ctrl-C, SIGTERM), it raises TrainingInterrupted;
-    the same call continues it.
+    the cores divided among the jobs). Stopped (Ctrl-C, SIGTERM, at any point), it raises
+    TrainingInterrupted; a failed job raises SweepJobFailed; the same call continues either.
     """
     sweep_dir, grid, planned = plan_sweep(config_file, overrides, set_arguments, seeds)
     threads = threads_for(jobs, threads_per_job, len(planned))
     record = sweep_record(grid, seeds, planned)
     prepare_folder(sweep_dir, record)  # another sweep's folder is refused before anything is written there
-    with exclusive_lock(sweep_dir, "sweep folder"):
-        continuing = prepare_folder(sweep_dir, record)  # again, now that no other sweep can be starting it
-        if not continuing:
-            # `given`: the options each run was given, so that a job rebuilds its config as planned.
-            given = {run.name: {name: getattr(run.config, name) for name in sorted(run.config.given)}
-                     for run in planned}
-            atomic_write_json(sweep_dir / "sweep.json", {**record, "given": given, **(details or {})})
-        to_do = runs_to_do(sweep_dir, planned)
+    with exclusive_lock(sweep_dir, "sweep folder"), stop_after_step() as stop:
         try:
+            continuing = prepare_folder(sweep_dir, record)  # again, now that no other sweep can be starting it
+            if not continuing:
+                # `given`: the options each run was given, so that a job rebuilds its config as planned.
+                given = {run.name: {name: getattr(run.config, name) for name in sorted(run.config.given)}
+                         for run in planned}
+                atomic_write_json(sweep_dir / "sweep.json", {**record, "given": given, **(details or {})})
+            to_do = runs_to_do(sweep_dir, planned)
             if jobs == 1:
-                run_in_turn(sweep_dir, to_do, len(planned), details, progress, threads)
+                run_in_turn(sweep_dir, to_do, len(planned), details, progress, threads, stop)
             else:
-                run_in_parallel(sweep_dir, to_do, len(planned), jobs, threads)
-        except TrainingInterrupted as interruption:
-            interruption.sweep_path = sweep_dir
-            raise
-        table = compare_grid([sweep_dir], [key for key in grid if key != "seed"], sweep_dir)
+                run_in_parallel(sweep_dir, to_do, len(planned), jobs, threads, stop)
+            stop_if_requested(stop, "every run has ended; the comparison is not written yet")
+            table = compare_grid([sweep_dir], [key for key in grid if key != "seed"], sweep_dir)
+            stop_if_requested(stop, "every run has ended and the comparison is written")
+        except KeyboardInterrupt:  # a second signal where no run was there to stop (see the run_in_* functions)
+            raise with_sweep_path(TrainingInterrupted(f"sweep stopped at once by a second {stop.signal_name}",
+                                                      stop.signal_number), sweep_dir) from None
+        except (TrainingInterrupted, SweepJobFailed) as stopped:
+            raise with_sweep_path(stopped, sweep_dir) from None
     return sweep_dir, table
+
+
+def with_sweep_path(error: Exception, sweep_dir: Path) -> Exception:
+    error.sweep_path = sweep_dir  # for the CLI's "continue with" line
+    return error
+
+
+def stop_if_requested(stop: StopRequest, where: str) -> None:
+    if stop.requested:
+        raise TrainingInterrupted(f"sweep stopped by {stop.signal_name}: {where}", stop.signal_number)
 
 
 def available_cores() -> int:
@@ -211,12 +231,17 @@ def runs_to_do(sweep_dir: Path, planned: list[PlannedRun]) -> list[tuple[int, Pl
 
 
 def run_in_turn(sweep_dir: Path, to_do: list[tuple[int, PlannedRun]], total: int, details: dict | None,
-                progress: bool, threads: int) -> None:
-    """One run after another in this process."""
+                progress: bool, threads: int, stop: StopRequest) -> None:
+    """One run after another in this process; each run's training shares the sweep's stop request."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for index, run in to_do:
+        for position, (index, run) in enumerate(to_do):
+            later = len(to_do) - position - 1
+            kill_point("sweep-run-start")  # test-only: a signal before a run starts
+            if stop.requested:
+                raise TrainingInterrupted(f"sweep stopped by {stop.signal_name} before run {index}/{total} "
+                                          f"({run.name}); {not_started(later + 1)}", stop.signal_number)
             run_dir = sweep_dir / run.name
             logger.info("sweep run %d/%d: %s", index, total, run.name)
             try:
@@ -228,10 +253,19 @@ def run_in_turn(sweep_dir: Path, to_do: list[tuple[int, PlannedRun]], total: int
                 # A diverging learning rate is a result of the study, not a reason to drop the others.
                 logger.info("sweep run %s stopped: %s", run.name, error)
             except TrainingInterrupted as interruption:
-                raise TrainingInterrupted(f"sweep stopped in run {index}/{total} ({run.name}): {interruption}",
-                                          interruption.signal_number) from None
+                raise TrainingInterrupted(f"sweep stopped in run {index}/{total} ({run.name}): {interruption}; "
+                                          f"{not_started(later)}", interruption.signal_number) from None
+            except KeyboardInterrupt:  # a second signal: the step in flight is dropped, the saved epochs stay
+                raise TrainingInterrupted(f"sweep stopped at once by a second {stop.signal_name} in run "
+                                          f"{index}/{total} ({run.name}), which keeps its last saved epoch; "
+                                          f"{not_started(later)}", stop.signal_number) from None
+            kill_point("sweep-run-end")  # test-only: a signal after a run ended
     finally:
         torch.set_num_threads(threads_before)
+
+
+def not_started(count: int) -> str:
+    return f"{count} run{'' if count == 1 else 's'} not started"
 
 
 @dataclass
@@ -269,47 +303,90 @@ def last_line(path: Path) -> str:
 
 
 def run_in_parallel(sweep_dir: Path, to_do: list[tuple[int, PlannedRun]], total: int, jobs: int,
-                    threads: int) -> None:
+                    threads: int, stop: StopRequest) -> None:
     """Up to `jobs` runs at once, each in its own process.
 
     Ctrl-C or SIGTERM to the sweep is passed on to every job, which finishes its step, saves and
-    stops like a single run. A job that ends without finishing its run (stopped on its own, or an
-    error) starts nothing new: the running jobs finish their runs, then the sweep says what stopped.
+    stops like a single run; a second one stops the jobs at once. A job that ends without finishing
+    its run (stopped on its own, or failed) starts nothing new either. Whatever stopped it, the
+    sweep waits for the jobs that run (never for runs that can no longer start), then says what
+    each run did.
     """
-    waiting, running, unfinished = list(to_do), [], []
-    with stop_after_step() as stop:
-        try:
-            while waiting or running:
-                while waiting and len(running) < jobs and not stop.requested and not unfinished:
-                    index, run = waiting.pop(0)
-                    job = start_job(sweep_dir, index, run, threads)
-                    logger.info("sweep run %d/%d: %s (job log %s)", index, total, run.name, job.log)
-                    running.append(job)
-                for job in running:
-                    if stop.requested and not job.told_to_stop:
-                        job.process.send_signal(stop.signal_number)
-                        job.told_to_stop = True
-                ended = [job for job in running if job.process.poll() is not None]
-                for job in ended:
-                    running.remove(job)
-                    outcome = job_outcome(job, total)
-                    if outcome is not None:
-                        unfinished.append((job, outcome))
-                if not ended:
-                    time.sleep(0.1)
-        except KeyboardInterrupt:  # a second Ctrl-C: the jobs get theirs too, and stop at once
-            for job in running:
-                job.process.send_signal(signal.SIGINT)
-                job.process.wait()
-            raise
-    errors = [outcome for _, outcome in unfinished if isinstance(outcome, FmnistError)]
-    if errors:
-        raise errors[0]
-    if stop.requested or unfinished:
-        signal_number = stop.signal_number if stop.requested else unfinished[0][1].signal_number
-        names = ", ".join(job.run.name for job, _ in unfinished) or "none"
-        raise TrainingInterrupted(f"sweep stopped: {len(unfinished)} run(s) stopped ({names}), "
-                                  f"{len(waiting)} not started", signal_number)
+    waiting, running, ended = list(to_do), [], []
+
+    def may_start() -> bool:
+        return not stop.requested and all(outcome is None for _, outcome in ended)
+
+    try:
+        while running or (waiting and may_start()):
+            while waiting and len(running) < jobs and may_start():
+                kill_point("sweep-run-start")  # test-only: a signal before a run starts
+                if not may_start():
+                    break
+                index, run = waiting.pop(0)
+                job = start_job(sweep_dir, index, run, threads)
+                logger.info("sweep run %d/%d: %s (job log %s)", index, total, run.name, job.log)
+                running.append(job)
+                kill_point("sweep-job-started", job.process.pid)  # test-only: the job dies (a failed job)
+            pass_stop_on(stop, running)
+            reaped = [job for job in running if job.process.poll() is not None]
+            for job in reaped:
+                running.remove(job)
+                ended.append((job, job_outcome(job, total)))
+                kill_point("sweep-run-end")  # test-only: a signal after a run ended
+            if not reaped:
+                time.sleep(0.1)
+    except KeyboardInterrupt:  # a second signal: the jobs get theirs too, and stop at once
+        ended += stop_at_once(running, stop, total)
+        raise sweep_ended(ended, len(waiting), stop, at_once=True) from None
+    ending = sweep_ended(ended, len(waiting), stop)
+    if ending is not None:
+        raise ending
+
+
+def pass_stop_on(stop: StopRequest, running: list[Job]) -> None:
+    """The sweep's stop request, to every running job once (they are in sessions of their own)."""
+    for job in running:
+        if stop.requested and not job.told_to_stop:
+            job.process.send_signal(stop.signal_number)
+            job.told_to_stop = True
+
+
+def stop_at_once(running: list[Job], stop: StopRequest, total: int) -> list[tuple[Job, object]]:
+    """After a second signal: each job gets another (its second: it stops without finishing its step;
+    a job not told yet stops after its step), then the sweep waits for them all."""
+    for job in running:
+        job.process.send_signal(stop.signal_number)
+        job.told_to_stop = True
+    ended = []
+    for job in running:
+        job.process.wait()
+        ended.append((job, job_outcome(job, total)))
+    return ended
+
+
+def sweep_ended(ended: list[tuple[Job, object]], not_started_count: int, stop: StopRequest,
+                at_once: bool = False) -> TrainingInterrupted | SweepJobFailed | None:
+    """Why the sweep stopped, with what each run did; None when every run it started is done."""
+    ended = sorted(ended, key=lambda ending: ending[0].index)  # in the planned order, not the order they ended
+    finished = [job.run.name for job, outcome in ended if outcome is None]
+    stopped = [job.run.name for job, outcome in ended if isinstance(outcome, TrainingInterrupted)]
+    failed = [(job, outcome) for job, outcome in ended if isinstance(outcome, FmnistError)]
+    account = "; ".join(part for part in (
+        f"{len(finished)} finished" if finished else "",
+        f"{len(stopped)} stopped ({', '.join(stopped)})" if stopped else "",
+        f"{len(failed)} failed ({', '.join(job.run.name for job, _ in failed)})" if failed else "",
+        not_started(not_started_count) if not_started_count else "",
+    ) if part) or "no run started"
+    if stop.requested:
+        how = f"at once by a second {stop.signal_name}" if at_once else f"by {stop.signal_name}"
+        return TrainingInterrupted(f"sweep stopped {how}: {account}", stop.signal_number)
+    if failed:
+        return SweepJobFailed(f"{failed[0][1]}; sweep stopped: {account}")
+    if stopped:  # a job was stopped on its own (someone signalled that process)
+        signal_number = next(outcome.signal_number for _, outcome in ended if isinstance(outcome, TrainingInterrupted))
+        return TrainingInterrupted(f"sweep stopped: a job was stopped on its own; {account}", signal_number)
+    return None
 
 
 def job_outcome(job: Job, total: int) -> FmnistError | TrainingInterrupted | None:
@@ -323,6 +400,17 @@ def job_outcome(job: Job, total: int) -> FmnistError | TrainingInterrupted | Non
         return None
     stopped_by = code - 128 if code > 128 else -code if code < 0 else None
     if stopped_by in (signal.SIGINT, signal.SIGTERM):
-        logger.info("sweep run %d/%d: %s stopped (%s)", job.index, total, name, last_line(job.log))
+        logger.info("sweep run %d/%d: %s stopped (%s)", job.index, total, name, how_it_stopped(job.log))
         return TrainingInterrupted(f"run {name} stopped", stopped_by)
-    return FmnistError(f"sweep run {name} failed (exit code {code}): {last_line(job.log)}; its log: {job.log}")
+    # A job killed by a signal (the out-of-memory killer's SIGKILL) had no last word: its last line is a log line.
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}: {last_line(job.log)}"
+    logger.info("sweep run %d/%d: %s failed (%s)", job.index, total, name, how)
+    return FmnistError(f"sweep run {name} failed ({how}); its log: {job.log}")
+
+
+def how_it_stopped(log: Path) -> str:
+    """The job's own stop line; a job that had no line to say was stopped while Python started it."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    if lines and lines[-1].startswith("fmnist: "):
+        return lines[-1].removeprefix("fmnist: ")
+    return "stopped as its process started, before it wrote anything"

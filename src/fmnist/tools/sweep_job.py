@@ -7,6 +7,10 @@ trains exactly as it would in turn. A run folder that exists is resumed (or left
 finished), one that does not is started. The exit code tells the sweep what happened: 0 finished,
 3 diverged (NonFiniteLossError, a result of the study), 128 + signal when stopped, 2 for an error
 (its line is the last one of the job's log).
+
+The sweep passes a Ctrl-C or SIGTERM on to its jobs. A job listens from the start (not only once
+its training loop runs), so a signal that comes while it loads the data stops it after its first
+step at the latest; a second signal stops it at once, its run folder keeping its last saved epoch.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 
 from fmnist.errors import CheckpointError, FmnistError
 from fmnist.experiment import resume, train
-from fmnist.faults import TrainingInterrupted
+from fmnist.faults import TrainingInterrupted, stop_after_step
 from fmnist.runs.folder import is_run_folder, read_json
 from fmnist.runs.resume import is_finished
 from fmnist.training.config import TrainConfig
@@ -46,14 +50,22 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(threads)
     # This process's output goes to the job's log file, which the sweep names in its messages.
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    try:
-        run_job(sweep_dir, name)
-    except FmnistError as error:
-        print(f"fmnist: error: {error}", flush=True)
-        return error.exit_code
-    except TrainingInterrupted as interruption:
-        print(f"fmnist: {interruption}", flush=True)
-        return interruption.exit_code
+    with stop_after_step() as stop:  # training shares this request (see faults.stop_after_step)
+        try:
+            if stop.requested:
+                raise TrainingInterrupted(f"stopped by {stop.signal_name} before {name} began; nothing was written",
+                                          stop.signal_number)
+            run_job(sweep_dir, name)
+        except FmnistError as error:
+            print(f"fmnist: error: {error}", flush=True)
+            return error.exit_code
+        except TrainingInterrupted as interruption:
+            print(f"fmnist: {interruption}", flush=True)
+            return interruption.exit_code
+        except KeyboardInterrupt:  # the sweep's second signal: stop without finishing the step
+            print(f"fmnist: stopped at once by a second {stop.signal_name}; {name} keeps its last saved epoch",
+                  flush=True)
+            return 128 + stop.signal_number
     return 0
 
 
