@@ -330,7 +330,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not 1 <= args.top_k <= NUM_CLASSES:
         raise UsageError(f"--top-k {args.top_k}: must be between 1 and {NUM_CLASSES}")
-    predictions = predict(load_model(args.checkpoint, args.device), args.images, invert=args.invert, skip_unreadable=True)
+    model = load_model(args.checkpoint, args.device)
+    predictions = predict(model, args.images, invert=args.invert, skip_unreadable=True)
     failures = [prediction for prediction in predictions if prediction.error is not None]
     for failure in failures:
         print(f"fmnist: error: {failure.error}", file=sys.stderr)
