@@ -3,8 +3,8 @@
 It trains, stops and resumes bit for bit on the GPU, runs two NCCL processes under torchrun, serves on the
 GPU, checks that a training step never makes the CPU wait for the GPU, and checks the precision choices
 (bf16, fp16 with its scaler, TF32) and their accuracy, on small generated data; docs/gpu.md says what
-each promise is. Written without a GPU at hand (issue 31): its first run on one is still to come. tests/test_device_ready.py checks the same on a CPU, with the
-CUDA calls stood in for.
+each promise is. Written without a GPU at hand (issue 31): its first run on one is still to come.
+tests/test_device_ready.py checks the same on a CPU, with the CUDA calls stood in for.
 """
 
 from __future__ import annotations
