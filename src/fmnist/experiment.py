@@ -44,7 +44,15 @@ from fmnist.training.distributed import (
 )
 from fmnist.training.loop import EpochRecorder, NonFiniteLossError, evaluate, fit
 from fmnist.training.progress import WithProgress
-from fmnist.training.runtime import resolve_amp, resolve_device, seed_everything
+from fmnist.training.runtime import (
+    Precision,
+    check_precision,
+    choose_precision,
+    resolve_device,
+    seed_everything,
+    speed_settings_line,
+    use_tf32,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +140,11 @@ def main_holds_lock(path: Path, what: str, group: Processes | None) -> Iterator[
 
 
 def check_device_options(config: TrainConfig, device: torch.device) -> None:
-    if config.amp == "fp16" and device.type != "cuda":
-        raise ConfigError(f"--amp fp16: needs a CUDA device, and this run is on {device}; use --amp bf16 or none",
-                          "amp")
+    """Refuse what the device cannot do (fp16 off CUDA, bf16 on an old macOS), then set its speed settings:
+    TF32 on CUDA, as --tf32 says (process-wide, as torch keeps it)."""
+    check_precision(config.amp, device)
+    if device.type == "cuda":
+        use_tf32(bool(config.tf32))
 
 
 def resolve_run(config: TrainConfig, data: DataSplits, device: torch.device, group: Processes | None) -> dict:
@@ -146,14 +156,16 @@ def resolve_run(config: TrainConfig, data: DataSplits, device: torch.device, gro
             raise ConfigError("--time-budget: not under torchrun yet (each process would measure its own plan); "
                               "give --epochs", "time_budget")
         plan = plan_time_budget(config, data.train.to(device), data.val.to(device), data.test.to(device))
-    return {"amp": resolve_amp(config.amp, device), "time_plan": plan.to_dict() if plan else None}
+    precision = choose_precision(config.amp, device)
+    return {"amp": precision.amp, "amp_reason": precision.reason, "time_plan": plan.to_dict() if plan else None}
 
 
 def resolved_at_start(path: Path, config: TrainConfig, device: torch.device) -> dict:
     """The run's resolved settings from config.json (runs of older versions: resolved now, as they were)."""
     resolved = read_saved_config(path).get("resolved")
     if not isinstance(resolved, dict):
-        return {"amp": resolve_amp(config.amp, device), "time_plan": None}
+        precision = choose_precision(config.amp, device)
+        return {"amp": precision.amp, "amp_reason": precision.reason, "time_plan": None}
     if config.time_budget is not None and not isinstance(resolved.get("time_plan"), dict):
         raise CheckpointError(f"{path}/config.json: a time-budgeted run without its plan (resolved.time_plan); "
                               "restore config.json or start a new run")
@@ -201,7 +213,8 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     seed_everything(config.seed, config.deterministic)
     training = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device),
                               total_steps=plan.total_steps if plan else None, amp=resolved["amp"])
-    point = restore_run(resume_from, config, training) if resume_from is not None else ResumePoint()
+    rank = group.rank if group else 0
+    point = restore_run(resume_from, config, training, rank) if resume_from is not None else ResumePoint()
     if resume_from is not None:
         on_main(group, lambda: remove_leftovers(path))  # after every process restored: see restore_run
         on_main(group, lambda: record_resume(path, data, device))
@@ -217,10 +230,9 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
         training.model = network.module
         train_batches = ShardedBatches(training.train_loader, group)
         recorder = DistributedRecorder(group, recorder, point.history, train_batches.images_per_epoch())
-    precision = "" if resolved["amp"] == "none" else f", {resolved['amp']} autocast"
-    logger.info("run: %s  model %s (%s parameters) on %s%s%s", path, config.model,
+    logger.info("run: %s  model %s (%s parameters) on %s%s, %s", path, config.model,
                 f"{count_parameters(training.model):,}", device, f" x {group.world_size} processes" if group else "",
-                precision)
+                run_settings(resolved, config, device))
     if progress:
         train_batches = WithProgress(train_batches, epochs, len(point.history) + 1)
     # A compiled model shares the original's parameters; checkpoints keep saving the original.
@@ -243,6 +255,14 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
                                      "epochs": epochs, "epochs_completed": len(recorder.history)})
             raise NonFiniteLossError(f"{error}; training stopped: {kept(path, recorder)}, and summary.json records "
                                      "the divergence (try a lower --lr or --max-lr)") from None
+
+
+def run_settings(resolved: dict, config: TrainConfig, device: torch.device) -> str:
+    """The run line's account of what was chosen for this device and why: the precision (--amp auto says what
+    it found), and on a GPU determinism against speed and TF32."""
+    precision = Precision(resolved["amp"], resolved.get("amp_reason") or "as the run chose at its start")
+    speed = speed_settings_line(device, config.deterministic, config.tf32)
+    return precision.describe() + (f", {speed}" if speed else "")
 
 
 def budget_record(plan: TimePlan | None, fit_seconds: float, history: list[dict], resumed: bool) -> dict:

@@ -123,6 +123,7 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per image (1-10)")
     predict.add_argument("--no-invert", dest="invert", action="store_false",
                          help="never invert (by default images on a light background are inverted to light on black)")
+    predict.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs (default: auto)")
     json_option(predict)
 
     export = command("export", "write a checkpoint's model as ONNX (pip install -e '.[onnx]')")
@@ -136,6 +137,7 @@ def build_parser() -> ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+    serve.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs (default: auto)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0,
                        help="largest request body in MB; larger ones are answered 413 (default 10)")
     serve.add_argument("--max-batch", type=int,
@@ -328,7 +330,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not 1 <= args.top_k <= NUM_CLASSES:
         raise UsageError(f"--top-k {args.top_k}: must be between 1 and {NUM_CLASSES}")
-    predictions = predict(load_model(args.checkpoint), args.images, invert=args.invert, skip_unreadable=True)
+    model = load_model(args.checkpoint, args.device)
+    predictions = predict(model, args.images, invert=args.invert, skip_unreadable=True)
     failures = [prediction for prediction in predictions if prediction.error is not None]
     for failure in failures:
         print(f"fmnist: error: {failure.error}", file=sys.stderr)
@@ -355,7 +358,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: must be between 0 and 65535")
     serve(args.checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-          max_batch=args.max_batch)
+          max_batch=args.max_batch, device=args.device)
     return 0  # stopped by Ctrl-C or SIGTERM after answering the requests in flight: a clean stop
 
 

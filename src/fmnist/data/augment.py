@@ -2,8 +2,9 @@
 
 Each op takes a normalized (N, 1, 28, 28) batch and the loader's generator, and draws one set of
 random numbers per image from it (on the CPU, so a seed gives the same draws on any device, and
-a checkpoint that saves the loader's generator resumes the same augmentations). No per-image
-Python, no PIL: the cost is a few tensor ops per batch.
+a checkpoint that saves the loader's generator resumes the same augmentations). The draws reach the
+GPU through data/transfer.py, queued behind its work instead of waiting for it. No per-image Python,
+no PIL: the cost is a few tensor ops per batch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch.nn import functional
 
 from fmnist.data.fashion import NUM_CLASSES
+from fmnist.data.transfer import to_device
 
 # Random erasing's rectangle, as torchvision's RandomErasing draws it: 2-33% of the image,
 # aspect ratio (height / width) between 0.3 and 3.3, on a log scale so tall and wide are as likely.
@@ -30,7 +32,7 @@ def uniform(count: int, low: float, high: float, generator: torch.Generator) -> 
 def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2 (clothes stay clothes when mirrored)."""
     flip = torch.rand(len(images), generator=generator) < 0.5
-    return torch.where(flip.to(images.device).view(-1, 1, 1, 1), images.flip(3), images)
+    return torch.where(to_device(flip, images.device).view(-1, 1, 1, 1), images.flip(3), images)
 
 
 def random_crop(images: torch.Tensor, generator: torch.Generator, padding: int, fill: float) -> torch.Tensor:
@@ -40,8 +42,8 @@ def random_crop(images: torch.Tensor, generator: torch.Generator, padding: int, 
     """
     count, size = len(images), images.shape[-1]
     padded = functional.pad(images[:, 0], (padding, padding, padding, padding), value=fill)
-    tops = torch.randint(0, 2 * padding + 1, (count,), generator=generator).to(images.device)
-    lefts = torch.randint(0, 2 * padding + 1, (count,), generator=generator).to(images.device)
+    # One draw of both offsets, one copy to the device.
+    tops, lefts = to_device(torch.randint(0, 2 * padding + 1, (2, count), generator=generator), images.device)
     offsets = torch.arange(size, device=images.device)
     rows = (tops[:, None] + offsets)[:, :, None]  # (N, 28, 1)
     columns = (lefts[:, None] + offsets)[:, None, :]  # (N, 1, 28)
@@ -60,7 +62,7 @@ def random_rotate(images: torch.Tensor, generator: torch.Generator, degrees: flo
     # Rows of the 2x3 matrix mapping output to input coordinates; both axes span [-1, 1] in a
     # square image, so a rotation in those coordinates is a rotation in pixels.
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    theta = theta.to(device=images.device, dtype=images.dtype)
+    theta = to_device(theta, images.device).to(dtype=images.dtype)
     grid = functional.affine_grid(theta, list(images.shape), align_corners=False)
     rotated = functional.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return rotated + fill
@@ -84,7 +86,7 @@ def random_erase(images: torch.Tensor, generator: torch.Generator, probability: 
     in_rows = (offsets >= tops[:, None]) & (offsets < (tops + heights)[:, None])  # (N, 28)
     in_columns = (offsets >= lefts[:, None]) & (offsets < (lefts + widths)[:, None])
     mask = in_rows[:, :, None] & in_columns[:, None, :] & erase[:, None, None]
-    return images.masked_fill(mask.to(images.device).unsqueeze(1), 0.0)
+    return images.masked_fill(to_device(mask, images.device).unsqueeze(1), 0.0)
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ def mixup(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     """Blend each image with another of the batch, weight lam ~ Beta(alpha, alpha), labels likewise
     (Zhang et al., 2018). One lam per batch and a random pairing, as timm and torchvision do."""
     lam = beta_draw(alpha, generator)
-    partner = torch.randperm(len(images), generator=generator).to(images.device)
+    partner = to_device(torch.randperm(len(images), generator=generator), images.device)
     targets = one_hot(labels)
     return lam * images + (1 - lam) * images[partner], lam * targets + (1 - lam) * targets[partner]
 
@@ -153,7 +155,7 @@ def cutmix(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generato
     share of the area (Yun et al., 2019). The box covers 1 - lam of the image, lam ~ Beta(alpha, alpha),
     centred anywhere and clipped at the edges; lam is then recomputed from the clipped box."""
     lam = beta_draw(alpha, generator)
-    partner = torch.randperm(len(images), generator=generator).to(images.device)
+    partner = to_device(torch.randperm(len(images), generator=generator), images.device)
     size = images.shape[-1]
     side = size * math.sqrt(1 - lam)
     centre_row, centre_column = (torch.rand(2, generator=generator) * size).tolist()

@@ -13,6 +13,7 @@ import torch
 
 from fmnist.data.fashion import MEAN, STD
 from fmnist.data.splits import Split
+from fmnist.data.transfer import to_device
 
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 # (images, labels, generator) -> (images, soft targets (N, 10)): mixup and cutmix (augment.Mixing).
@@ -68,7 +69,7 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.split.images.device
         if self.shuffle:
-            order = torch.randperm(len(self.split), generator=self.generator).to(device)
+            order = to_device(torch.randperm(len(self.split), generator=self.generator), device)
         else:
             order = None
         for index in range(len(self)):
@@ -86,3 +87,10 @@ class TensorLoader:
             if self.mix is not None:
                 images, labels = self.mix(images, labels, self.generator)
             yield images.contiguous(memory_format=torch.channels_last), labels
+
+
+def endless(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches, epoch after epoch, from one iterator: a benchmark or a time budget's probe may
+    time more batches than one epoch has, and a fresh iterator per timed chunk would time its start too."""
+    while True:
+        yield from loader

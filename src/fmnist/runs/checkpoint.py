@@ -32,11 +32,13 @@ FORMAT = "fmnist-checkpoint-1"
 RESUME_KEYS = ("optimizer", "history", "learning_rates", "rng", "loader_rng")
 
 
-def checkpoint_state(config: TrainConfig, training: Training, history: list[dict], learning_rates: list[float]) -> dict:
+def checkpoint_state(config: TrainConfig, training: Training, history: list[dict], learning_rates: list[float],
+                     rank_rng: list[dict] | None = None) -> dict:
     """Everything needed to use the model and to resume the run, as plain types and tensors.
 
     "model" holds the weights to use: the moving average with --ema, whose raw weights (what
-    training continues from) are in "raw_model".
+    training continues from) are in "raw_model". "rng" holds this process's generators, its device's
+    included; under torchrun, `rank_rng` (saved as "rank_rng") holds every rank's, each restored by its own.
     """
     optimization = training.optimization
     state = {
@@ -51,9 +53,11 @@ def checkpoint_state(config: TrainConfig, training: Training, history: list[dict
         "model": weights_to_use(training.model, optimization).state_dict(),
         "optimizer": optimization.optimizer.state_dict(),
         "scheduler": optimization.scheduler.state_dict() if optimization.scheduler is not None else None,
-        "rng": rng_state(),
+        "rng": rng_state(next(training.model.parameters()).device),
         "loader_rng": training.train_loader.generator.get_state(),
     }
+    if rank_rng is not None:
+        state["rank_rng"] = rank_rng
     if optimization.ema is not None:
         state["raw_model"] = training.model.state_dict()
         state["ema_updates"] = int(optimization.ema.n_averaged)

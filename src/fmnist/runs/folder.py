@@ -26,6 +26,7 @@ import torch
 from fmnist.errors import CheckpointError
 from fmnist.files import atomic_write_json, atomic_write_text
 from fmnist.training.config import TrainConfig
+from fmnist.training.runtime import accelerator_record
 from fmnist.version import __version__
 
 METRIC_FIELDS = [
@@ -57,6 +58,8 @@ def environment(device: torch.device) -> dict:
         "fmnist": __version__,
         "git_commit": git_commit(),
         "device": str(device),
+        # The GPU's name, compute capability and CUDA/cuDNN versions: a run's timings belong to its card.
+        "accelerator": accelerator_record(device),
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

@@ -29,6 +29,8 @@ class RunRecorder:
         self.learning_rates = list(learning_rates or [])
         self.also = list(also)
         self.after_epoch = after_epoch
+        # Under torchrun, every rank's generator states, set by DistributedRecorder before each end_epoch.
+        self.rank_rng: list[dict] | None = None
 
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
         """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
@@ -42,7 +44,7 @@ class RunRecorder:
         write_metrics(self.path, self.history, self.learning_rates)
         for logger in self.also:
             logger.log_epoch(row, learning_rates)
-        state = checkpoint_state(self.config, self.training, self.history, self.learning_rates)
+        state = checkpoint_state(self.config, self.training, self.history, self.learning_rates, self.rank_rng)
         if is_best:
             save_checkpoint(state, self.path / "best.pt")
         save_checkpoint(state, self.path / "last.pt")

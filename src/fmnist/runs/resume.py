@@ -3,9 +3,10 @@
 Resume restarts the interrupted epoch: it loads last.pt, written at the end of the last completed
 epoch, and replays everything after it. That checkpoint holds the model, optimizer and scheduler
 states, the epoch, the step count, the metrics history (hence the best validation accuracy so far),
-and the state of every random generator (Python, NumPy, torch CPU and CUDA, and the loader's
-permutation generator). Nothing random happens between saving last.pt and the next epoch's first
-batch, so on the CPU a resumed run repeats the uninterrupted run exactly: same metrics, same weights.
+and the state of every random generator (Python, NumPy, torch's CPU generator and the run device's own,
+each torchrun rank's its own, and the loader's permutation generator). Nothing random happens between
+saving last.pt and the next epoch's first batch, so a resumed run repeats the uninterrupted run exactly:
+same metrics, same weights (on a GPU too, with --deterministic: docs/gpu.md).
 
 Nothing is ever overwritten on a guess: a folder whose last.pt is gone while it recorded epochs, a
 config.json that no longer matches last.pt, or a finished run is refused with one line. Only a
@@ -109,6 +110,13 @@ def stopped_while_saving_epoch_1(path: Path) -> bool:
     return not best.exists() or load_checkpoint(best, for_resume=True)["epoch"] == 1
 
 
+def rank_generators(state: dict, rank: int) -> dict:
+    """The generator states that process `rank` saved; a rank the saving run did not have (resumed with more
+    processes, or a checkpoint of one process) takes rank 0's, as all ranks were seeded alike."""
+    per_rank = state.get("rank_rng") or []
+    return per_rank[rank] if rank < len(per_rank) else state["rng"]
+
+
 @dataclass
 class ResumePoint:
     """Where a resumed run continues: the epochs and learning rates recorded so far."""
@@ -117,8 +125,11 @@ class ResumePoint:
     learning_rates: list[float] = field(default_factory=list)
 
 
-def restore_run(run_dir: str | Path, config: TrainConfig, training: Training) -> ResumePoint:
-    """Load last.pt into the freshly built training objects; return what the run recorded so far."""
+def restore_run(run_dir: str | Path, config: TrainConfig, training: Training, rank: int = 0) -> ResumePoint:
+    """Load last.pt into the freshly built training objects; return what the run recorded so far.
+
+    `rank`: this process's rank under torchrun, whose own generator states it restores.
+    """
     path = Path(run_dir)
     last = path / "last.pt"
     if not last.exists() and stopped_while_saving_epoch_1(path):
@@ -153,7 +164,7 @@ def restore_run(run_dir: str | Path, config: TrainConfig, training: Training) ->
             optimization.scheduler.load_state_dict(state["scheduler"])
         if optimization.grad_scaler is not None:
             optimization.grad_scaler.load_state_dict(state["grad_scaler"])
-        set_rng_state(state["rng"])
+        set_rng_state(rank_generators(state, rank), next(training.model.parameters()).device)
         training.train_loader.generator.set_state(state["loader_rng"])
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"{last}: cannot restore the training state ({one_line_reason(error)}); "

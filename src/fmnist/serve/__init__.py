@@ -35,10 +35,11 @@ def require_serve_extra() -> None:
 
 
 def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0,
-          max_batch: int | None = None) -> int | None:
+          max_batch: int | None = None, device: str = "auto") -> int | None:
     """Serve the model of a run folder or checkpoint until Ctrl-C or SIGTERM; return that signal's number.
 
-    `max_upload_mb` caps a request's body; `max_batch` the images per forward pass (1: no batching).
+    `max_upload_mb` caps a request's body; `max_batch` the images per forward pass (1: no batching);
+    `device` where the model runs (auto: CUDA, then MPS, then the CPU).
     """
     require_serve_extra()
     from fmnist.serve.app import ServeSettings, create_app
@@ -49,7 +50,7 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
         raise ConfigError(f"--max-upload-mb {max_upload_mb:g}: must be more than 0")
     if max_batch is not None and max_batch < 1:
         raise ConfigError(f"--max-batch {max_batch}: must be at least 1")
-    model = load_model(source)
+    model = load_model(source, device)
     # A model whose weights went NaN would answer every request with an error: say so now, once.
     class_probabilities(model, [torch.zeros(IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)])
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1_000_000), max_batch=max_batch or MAX_BATCH)
@@ -57,6 +58,6 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
     card = app.state.card
     accuracy = f"test accuracy {card['test_accuracy']:.4f}" if card["test_accuracy"] is not None else \
         "no recorded test accuracy"
-    logger.info("serving %s: %s, recipe %s, epoch %d, %s", model.info["checkpoint"], card["model"],
-                card["recipe"] or "none", card["epoch"], accuracy)
+    logger.info("serving %s: %s, recipe %s, epoch %d, %s, on %s", model.info["checkpoint"], card["model"],
+                card["recipe"] or "none", card["epoch"], accuracy, next(model.parameters()).device)
     return run_server(app, host, port)

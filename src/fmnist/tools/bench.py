@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fmnist.data.loader import endless
 from fmnist.data.splits import load_splits
 from fmnist.errors import ConfigError
 from fmnist.models import count_parameters
@@ -72,12 +73,6 @@ class LoadMeter:
             "other_processes_cores_busy": others,
             "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         }
-
-
-def endless(loader):
-    """The loader's batches, epoch after epoch: a benchmark may time more batches than one epoch has."""
-    while True:
-        yield from loader
 
 
 def timed_training(model, loader, optimization: Optimization, warmup: int, steps: int) -> tuple[float, int]:

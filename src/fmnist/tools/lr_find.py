@@ -10,6 +10,7 @@ run folder it starts from is only read.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -18,11 +19,11 @@ from pathlib import Path
 
 from torch.optim.lr_scheduler import LambdaLR
 
+from fmnist.data.loader import endless
 from fmnist.data.splits import load_splits
 from fmnist.errors import ConfigError
 from fmnist.experiment import check_device_options
 from fmnist.reports import plots
-from fmnist.tools.bench import endless
 from fmnist.training.build import build_training
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import NonFiniteLossError, Optimization, train_one_epoch
@@ -60,12 +61,7 @@ def find_lr(config: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, s
     training = build_training(sweep, data.train.to(device), data.val.to(device), data.test.to(device))
     if initial_weights is not None:
         training.model.load_state_dict(initial_weights)
-    growth = (end_lr / start_lr) ** (1 / (steps - 1))
-    optimization = Optimization(
-        training.optimization.loss_fn, training.optimization.optimizer,
-        scheduler=LambdaLR(training.optimization.optimizer, lambda step: growth**step), scheduler_interval="batch",
-        clip_grad_norm=training.optimization.clip_grad_norm, autocast=training.optimization.autocast,
-    )
+    optimization = range_test_optimization(training.optimization, (end_lr / start_lr) ** (1 / (steps - 1)))
     batches = endless(training.train_loader)
     learning_rates, losses = [], []
     average, lowest = 0.0, math.inf
@@ -87,6 +83,14 @@ def find_lr(config: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, s
     logger.info("lr-find: %d batches from %.1e to %.1e; lowest smoothed loss %.4f at %.2e", len(losses),
                 learning_rates[0], learning_rates[-1], min(losses), lowest_at)
     return LrFindResult(learning_rates, losses, lowest_at / 10, lowest_at)
+
+
+def range_test_optimization(optimization: Optimization, growth: float) -> Optimization:
+    """The run's own optimization (loss, optimizer, clipping, precision and fp16's GradScaler: without the
+    scaler, small fp16 gradients round to zero and the curve is wrong), with the rate growing by `growth`
+    every batch instead of the run's schedule. No moving average: the test looks at the raw weights' loss."""
+    schedule = LambdaLR(optimization.optimizer, lambda step: growth**step)
+    return dataclasses.replace(optimization, scheduler=schedule, scheduler_interval="batch", ema=None)
 
 
 def plot(result: LrFindResult, path: Path) -> Path:

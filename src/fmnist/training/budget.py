@@ -4,10 +4,12 @@ Users have minutes, not epochs, and CPUs differ by 1.5x or more: an epoch count 
 one machine misses on the next. So a budget is planned once, at the start. A few training steps and
 validation batches are timed on a throwaway copy of the run (the run itself then starts from its seed
 as if nothing had happened), and the number of steps is chosen so that training, the validation pass
-after each epoch and the checkpoints end within the budget. The schedule is built for exactly those
-steps, so the learning rate anneals to its end at the budget instead of being cut off half-way: the
-lesson of budgeted training (Li, Yumer and Ramanan, ICLR 2020). The plan is saved with the run, and a
-resumed run finishes the same plan, whatever the speed of the machine it resumes on.
+after each epoch and the checkpoints end within the budget. With --compile, the copy is compiled as the
+run will be: its steps are timed at the compiled speed, and the run's own compilation is planned for.
+The schedule is built for exactly those steps, so the learning rate anneals to its end at the budget
+instead of being cut off half-way: the lesson of budgeted training (Li, Yumer and Ramanan, ICLR 2020).
+The plan is saved with the run, and a resumed run finishes the same plan, whatever the speed of the
+machine it resumes on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
+from fmnist.data.loader import endless
 from fmnist.data.splits import Split
 from fmnist.errors import ConfigError
 from fmnist.files import atomic_torch_save, atomic_write_bytes
@@ -35,7 +40,8 @@ logger = logging.getLogger(__name__)
 # Measured step times ran 5-13% slower over whole runs than in the first seconds (the first epoch is
 # the fastest on this lab's VMs: BENCHMARKS.md): plan for this much less than the budget leaves.
 SAFETY_MARGIN = 0.10
-# The first steps allocate memory and choose kernels (and compile, with --compile): never timed.
+# The first steps allocate memory and choose kernels (and compile, with --compile): not timed as steps.
+# With --compile, their time beyond that of ordinary steps is the compilation the run will pay again.
 WARMUP_STEPS = 5
 # Steps are timed in chunks of CHUNK_STEPS for about MEASURE_SECONDS (or 3% of a short budget), at
 # least MIN_CHUNKS of them; a step's time is the median chunk's, so that one slow moment (another
@@ -60,6 +66,7 @@ class TimePlan:
     epoch_end_seconds: float  # one validation pass and the checkpoints after each epoch
     steps_per_epoch: int
     total_steps: int
+    compile_seconds: float = 0.0  # --compile: the run compiles its model again, inside the budget
 
     @property
     def epochs(self) -> int:
@@ -70,8 +77,9 @@ class TimePlan:
         return self.total_steps - (self.epochs - 1) * self.steps_per_epoch
 
     def planned_seconds(self) -> float:
-        """What the plan expects to spend: measuring, the steps, and each epoch's validation."""
-        return self.measure_seconds + self.total_steps * self.step_seconds + self.epochs * self.epoch_end_seconds
+        """What the plan expects to spend: measuring, compiling, the steps, and each epoch's validation."""
+        return (self.measure_seconds + self.compile_seconds + self.total_steps * self.step_seconds
+                + self.epochs * self.epoch_end_seconds)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "epochs": self.epochs, "last_epoch_steps": self.last_epoch_steps}
@@ -80,14 +88,16 @@ class TimePlan:
     def from_dict(cls, saved: dict) -> TimePlan:
         names = ("budget", "budget_seconds", "measure_seconds", "step_seconds", "epoch_end_seconds",
                  "steps_per_epoch", "total_steps")
-        return cls(**{name: saved[name] for name in names})
+        # Plans of runs before --compile was planned for have no compile_seconds: they compiled nothing in it.
+        return cls(**{name: saved[name] for name in names}, compile_seconds=saved.get("compile_seconds", 0.0))
 
     def describe(self) -> str:
         last = "" if self.last_epoch_steps == self.steps_per_epoch else f", the last cut to {self.last_epoch_steps}"
+        compiling = f", compiled steps; compiling takes {self.compile_seconds:.1f} s" if self.compile_seconds else ""
         return (f"time budget {self.budget}: a step takes {self.step_seconds * 1000:.1f} ms and each epoch's "
                 f"validation and checkpoints {self.epoch_end_seconds:.2f} s here (measured in "
-                f"{self.measure_seconds:.1f} s); planned {self.total_steps:,} steps = {self.epochs} epochs of "
-                f"{self.steps_per_epoch}{last}, ending after about {self.planned_seconds():.0f} s")
+                f"{self.measure_seconds:.1f} s{compiling}); planned {self.total_steps:,} steps = {self.epochs} "
+                f"epochs of {self.steps_per_epoch}{last}, ending after about {self.planned_seconds():.0f} s")
 
 
 def overrun_line(plan: TimePlan, used_seconds: float, train_seconds: float) -> str | None:
@@ -99,7 +109,7 @@ def overrun_line(plan: TimePlan, used_seconds: float, train_seconds: float) -> s
     if used_seconds <= plan.budget_seconds:
         return None
     over = used_seconds - plan.budget_seconds
-    average_step = train_seconds / plan.total_steps
+    average_step = max(0.0, train_seconds - plan.compile_seconds) / plan.total_steps
     average_epoch_end = (used_seconds - plan.measure_seconds - train_seconds) / plan.epochs
     return (f"time budget {plan.budget}: training and validation took {used_seconds:,.0f} s, {over:,.0f} s "
             f"({over / plan.budget_seconds:.1%}) over: a step took {average_step * 1000:.1f} ms on average against "
@@ -109,21 +119,21 @@ def overrun_line(plan: TimePlan, used_seconds: float, train_seconds: float) -> s
 
 
 def plan_steps(budget: str, measure_seconds: float, step_seconds: float, epoch_end_seconds: float,
-               steps_per_epoch: int) -> TimePlan:
+               steps_per_epoch: int, compile_seconds: float = 0.0) -> TimePlan:
     """The most steps whose training and validation fit in what the budget has left after measuring.
 
     Whole epochs first; then, if time is left for a validation pass and some steps, a last epoch
     cut short. Refused (ConfigError) when fewer than MIN_STEPS fit.
     """
     budget_seconds = parse_duration(budget)
-    available = (budget_seconds - measure_seconds) * (1 - SAFETY_MARGIN)
+    available = (budget_seconds - measure_seconds - compile_seconds) * (1 - SAFETY_MARGIN)
     epoch_seconds = steps_per_epoch * step_seconds + epoch_end_seconds
     full_epochs = max(0, math.floor(available / epoch_seconds))
     left_for_last = available - full_epochs * epoch_seconds - epoch_end_seconds
     extra_steps = min(steps_per_epoch - 1, math.floor(left_for_last / step_seconds)) if left_for_last > 0 else 0
     total_steps = full_epochs * steps_per_epoch + extra_steps
     if total_steps < MIN_STEPS:
-        needed = measure_seconds + (MIN_STEPS * step_seconds
+        needed = measure_seconds + compile_seconds + (MIN_STEPS * step_seconds
                                     + math.ceil(MIN_STEPS / steps_per_epoch) * epoch_end_seconds) / (1 - SAFETY_MARGIN)
         raise ConfigError(
             f"--time-budget {budget}: too short for this run on this machine: measuring took {measure_seconds:.1f} s, "
@@ -131,14 +141,14 @@ def plan_steps(budget: str, measure_seconds: float, step_seconds: float, epoch_e
             f"{MIN_STEPS} steps of the shortest run need about {needed:.0f} s; give --time-budget "
             f"{format_duration(math.ceil(needed))} or more", "time_budget")
     return TimePlan(budget, budget_seconds, measure_seconds, step_seconds, epoch_end_seconds, steps_per_epoch,
-                    total_steps)
+                    total_steps, compile_seconds)
 
 
 def plan_time_budget(config: TrainConfig, train: Split, val: Split, test: Split) -> TimePlan:
     """Time this run's steps and validation here, on a throwaway copy, and plan config.time_budget.
 
-    The copy is built like the run (model, augmentation, mixing, EMA, precision) and seeded like it, so
-    what is timed is what will run; the caller seeds again before building the run itself.
+    The copy is built like the run (model, augmentation, mixing, EMA, precision, compilation) and seeded
+    like it, so what is timed is what will run; the caller seeds again before building the run itself.
     """
     started = time.perf_counter()
     budget_seconds = parse_duration(config.time_budget)
@@ -146,42 +156,68 @@ def plan_time_budget(config: TrainConfig, train: Split, val: Split, test: Split)
     probe = build_training(config, train, val, test, total_steps=MIN_STEPS)
     optimization = probe.optimization
     optimization.scheduler = None  # the probe's rate does not matter, and its schedule would run out
-    count_steps(probe, WARMUP_STEPS)
-    step_seconds = median_step_seconds(probe, min(MEASURE_SECONDS, 0.03 * budget_seconds))
-    epoch_end_seconds = validation_seconds(probe, config.tta_flip) + checkpoint_seconds(probe, config.out)
+    # One stream of batches for all that is timed: a new iterator per chunk would time its start as well.
+    batches = endless(probe.train_loader)
+    network = torch.compile(probe.model) if config.compile else probe.model  # as experiment.run compiles it
+    warm_started = time.perf_counter()
+    warmed_steps = warm_up_steps(network, probe, batches)
+    warmed_batches = warm_up_validation(network, probe, config.tta_flip)
+    warm_up_seconds = time.perf_counter() - warm_started
+    step_seconds = median_step_seconds(network, probe, batches, min(MEASURE_SECONDS, 0.03 * budget_seconds))
+    batch_seconds = validation_batch_seconds(network, probe, config.tta_flip)
+    epoch_end_seconds = batch_seconds * len(probe.val_loader) + checkpoint_seconds(probe, config.out)
+    compile_seconds = 0.0
+    if config.compile:  # what warming up took beyond the same steps and batches at their compiled speed
+        compile_seconds = max(0.0, warm_up_seconds - warmed_steps * step_seconds - warmed_batches * batch_seconds)
     plan = plan_steps(config.time_budget, time.perf_counter() - started, step_seconds, epoch_end_seconds,
-                      len(probe.train_loader))
+                      len(probe.train_loader), compile_seconds)
     logger.info("%s", plan.describe())
     return plan
 
 
-def median_step_seconds(probe, measure_for: float) -> float:
+def warm_up_steps(network, probe, batches) -> int:
+    """WARMUP_STEPS steps, then one on a batch of the size that ends each epoch, if it differs: compiled code
+    and autotuned kernels are made per batch shape, on the probe as in the run. Returns the steps taken."""
+    train_one_epoch(network, itertools.islice(batches, WARMUP_STEPS), probe.optimization)
+    last = last_batch_size(len(probe.train_loader.split), probe.train_loader.batch_size, len(probe.train_loader))
+    if last == probe.train_loader.batch_size:
+        return WARMUP_STEPS
+    images, labels = next(batches)
+    train_one_epoch(network, [(images[:last], labels[:last])], probe.optimization)
+    return WARMUP_STEPS + 1
+
+
+def warm_up_validation(network, probe, flip_tta: bool) -> int:
+    """The first validation batch, and one of the size that ends the pass if it differs (see warm_up_steps);
+    returns the batches evaluated."""
+    loader = probe.val_loader
+    images, labels = next(iter(loader))
+    shapes = [len(labels), last_batch_size(len(loader.split), loader.batch_size, len(loader))]
+    batches = [(images[:size], labels[:size]) for size in dict.fromkeys(shapes)]
+    evaluate(weights_to_use(network, probe.optimization), batches, flip_tta)
+    return len(batches)
+
+
+def last_batch_size(images: int, batch_size: int, batches: int) -> int:
+    return min(batch_size, images - (batches - 1) * batch_size)
+
+
+def median_step_seconds(network, probe, batches, measure_for: float) -> float:
     """A training step's time: the median of CHUNK_STEPS-step chunks timed for about `measure_for` seconds."""
     chunks = []
     started = time.perf_counter()
     while len(chunks) < MIN_CHUNKS or time.perf_counter() - started < measure_for:
-        steps, seconds = count_steps(probe, CHUNK_STEPS)
-        chunks.append(seconds / steps)
+        stats = train_one_epoch(network, itertools.islice(batches, CHUNK_STEPS), probe.optimization)
+        chunks.append(stats.seconds / len(stats.learning_rates))
     return statistics.median(chunks)
 
 
-def count_steps(probe, steps: int) -> tuple[int, float]:
-    """Run `steps` training steps (over as many passes as the loader needs); (steps, seconds)."""
-    done, seconds = 0, 0.0
-    while done < steps:
-        stats = train_one_epoch(probe.model, probe.train_loader, probe.optimization,
-                                max_batches=min(steps - done, len(probe.train_loader)))
-        done += len(stats.learning_rates)
-        seconds += stats.seconds
-    return done, seconds
-
-
-def validation_seconds(probe, flip_tta: bool) -> float:
-    """One validation pass, scaled up from its first EVAL_PROBE_BATCHES batches."""
+def validation_batch_seconds(network, probe, flip_tta: bool) -> float:
+    """One validation batch's time, from the first EVAL_PROBE_BATCHES batches (after warm_up_validation)."""
     batches = min(EVAL_PROBE_BATCHES, len(probe.val_loader))
-    network = weights_to_use(probe.model, probe.optimization)
-    timed = evaluate(network, itertools.islice(probe.val_loader, batches), flip_tta)
-    return timed.seconds * len(probe.val_loader) / batches
+    timed = evaluate(weights_to_use(network, probe.optimization), itertools.islice(probe.val_loader, batches),
+                     flip_tta)
+    return timed.seconds / batches
 
 
 def checkpoint_seconds(probe, out: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -87,4 +88,29 @@ def build_ema(model: torch.nn.Module, decay: float | None) -> AveragedModel | No
     each step, average = decay * average + (1 - decay) * weights; the first step copies the weights."""
     if decay is None:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return MovingAverage(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+class MovingAverage(AveragedModel):
+    """torch's AveragedModel with an update that never makes the CPU wait for the GPU.
+
+    Its update counter stays on the CPU (where reading it is free); torch's own update_parameters copies
+    that counter to the GPU, with a blocking copy, once per group of tensors (weights and integer buffers)
+    at every step, only to hand it to an EMA function that ignores it. The arithmetic is torch's.
+    """
+
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        averages = [tensor.detach() for tensor in itertools.chain(self.module.parameters(), self.module.buffers())]
+        currents = [tensor.detach() for tensor in itertools.chain(model.parameters(), model.buffers())]
+        if int(self.n_averaged) == 0:  # the first update copies the weights
+            for average, current in zip(averages, currents, strict=True):
+                average.copy_(current)
+        else:
+            groups: dict[tuple, tuple[list, list]] = {}
+            for average, current in zip(averages, currents, strict=True):
+                group = groups.setdefault((average.device, average.dtype), ([], []))
+                group[0].append(average)
+                group[1].append(current)
+            for group_averages, group_currents in groups.values():
+                self.multi_avg_fn(group_averages, group_currents, self.n_averaged)
+        self.n_averaged += 1

@@ -73,6 +73,7 @@ CONDITIONAL = {
     "cutmix": (lambda c: c.loss == "ce", "mixed labels need --loss ce (focal loss takes one class per image)"),
     "sync_bn": (lambda c: c.model in list_models() and has_batch_norm(c.model),
                 "only models with BatchNorm layers have statistics to synchronize"),
+    "tf32": (lambda c: c.device in ("cuda", "auto"), "TF32 is a CUDA GPU's: other devices compute float32 in full"),
     "pretrained": (lambda c: c.model in PRETRAINED_MODELS,
                    f"only --model {', '.join(PRETRAINED_MODELS)} has pretrained weights"),
 }
@@ -129,6 +130,9 @@ class TrainConfig:
                                   "for GPUs)")
     deterministic: bool = option(True, "deterministic algorithms, cuDNN included: the same seed repeats the run; "
                                        "--no-deterministic lets cuDNN pick the fastest (GPU speed, not repeatable)")
+    tf32: bool | None = option(True, "on CUDA GPUs of compute capability 8.0 and later: float32 matrix products and "
+                                     "convolutions in TF32 (a 10-bit mantissa, several times faster); --no-tf32 "
+                                     "keeps full float32 (--device cuda or auto)")
     pretrained: str | None = option(None, "resnet18: ImageNet weights from PATH, or torchvision's cache if no PATH",
                                     metavar="PATH")
     sync_bn: bool | None = option(False, "under torchrun on CUDA: BatchNorm statistics over the whole global batch "

@@ -44,7 +44,7 @@ from fmnist.errors import ConfigError, FmnistError
 from fmnist.faults import StopRequest, TrainingInterrupted
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import EpochRecorder
-from fmnist.training.runtime import resolve_device
+from fmnist.training.runtime import resolve_device, rng_state
 
 Result = TypeVar("Result")
 
@@ -251,7 +251,12 @@ class DistributedRecorder:
         # fit logs this same row after recording it, so the log shows the whole batch's numbers too.
         row.update(train_loss=loss_sum / images, train_accuracy=correct / images, seconds=seconds.item(),
                    images_per_second=images / seconds.item() if seconds.item() > 0 else 0.0)
+        # Each rank's generators (its own GPU's above all: dropout draws differ by slice) go into rank 0's
+        # checkpoint, so that each rank resumes from its own, not rank 0's.
+        states = [None] * self.group.world_size if self.group.is_main else None
+        dist.gather_object(rng_state(self.group.device), states, dst=0, group=self.group.messages)
         if self.recorder is not None:
+            self.recorder.rank_rng = states
             self.recorder.end_epoch(row, learning_rates, is_best)
         else:
             self.own_history.append(row)

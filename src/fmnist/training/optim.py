@@ -16,6 +16,10 @@ SCHEDULER_INTERVAL = {"onecycle": "batch", "cosine": "batch", "linear": "batch",
 # the default recipe here (benchmarks/speed_levers.py, BENCHMARKS.md). A resumed run keeps the
 # implementation its checkpoint's optimizer state names.
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
+# SGD is fused on CUDA for another reason: a fused optimizer takes fp16's GradScaler verdict (inf or NaN
+# found) as a tensor, while a plain one makes the CPU read it from the GPU at every step. On the CPU,
+# SGD stays torch's default, so the CPU's recorded results stay as they were.
+FUSED_SGD_DEVICES = ("cuda",)
 # OneCycle's own momentum cycle (torch's defaults): it starts at the maximum and overwrites what the
 # optimizer was given.
 ONECYCLE_MAX_MOMENTUM = 0.95
@@ -31,8 +35,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     lr = config.lr if config.lr is not None else config.max_lr
     if config.optimizer == "sgd":
         momentum = config.momentum if config.momentum is not None else ONECYCLE_MAX_MOMENTUM
+        fused = bool(parameters) and parameters[0].device.type in FUSED_SGD_DEVICES
         return torch.optim.SGD(
-            parameters, lr=lr, momentum=momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+            parameters, lr=lr, momentum=momentum, nesterov=config.nesterov, weight_decay=config.weight_decay,
+            fused=fused or None,
         )
     fused = bool(parameters) and parameters[0].device.type in FUSED_ADAM_DEVICES
     adam = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
