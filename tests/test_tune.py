@@ -265,17 +265,25 @@ def test_a_signal_mid_trial_is_fmnists_two_lines_and_the_same_command_goes_on(si
     assert snapshot(trial_0) == kept  # the stopped trial's saved epoch is kept as it was
 
 
+# Where the signal comes outside a trial's steps: before the first trial, as trial 0's trial.json is
+# written, after the last trial (before the table); and what the study holds after the same command.
+OUTSIDE_A_TRIAL = [("tune-start:1", ["COMPLETE"]), ("write-trial.json:1", ["COMPLETE", "COMPLETE"]),
+                   ("tune-end:1", ["COMPLETE", "COMPLETE"])]
+
+
+@pytest.mark.parametrize(("point", "trials_in_the_end"), OUTSIDE_A_TRIAL)
 @pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
-def test_a_signal_outside_a_trials_steps_also_prints_the_command_that_goes_on(signal_name, code, search, tmp_path):
+def test_a_signal_outside_a_trials_steps_also_prints_the_command_that_goes_on(point, trials_in_the_end, signal_name,
+                                                                              code, search, tmp_path):
     data, space = search
     url = storage_url("journal", tmp_path)
     args = tune_args(data, tmp_path / "runs", space, url, trials=1)
-    # Trial 0 has trained; the signal comes as its trial.json is written.
-    stopped = fmnist_process(args, kill_at=f"write-trial.json:1:{signal_name}")
+    stopped = fmnist_process(args, kill_at=f"{point}:{signal_name}")
     assert stopped.returncode == code and stopped.stderr.count("\n") == 2, stopped.stderr
+    assert "Traceback" not in stopped.stderr
     assert stopped.stderr.splitlines()[1] == "continue with: " + " ".join(["fmnist", *args])
     assert fmnist_process(args).returncode == 0
-    assert [trial.state.name for trial in load_study(url).trials] == ["COMPLETE", "COMPLETE"]
+    assert [trial.state.name for trial in load_study(url).trials] == trials_in_the_end
 
 
 def test_show_of_a_study_without_trials_says_so_and_writes_nothing(tmp_path, capsys):

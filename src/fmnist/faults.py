@@ -13,7 +13,8 @@ torchrun process of rank R (one process of a run dies, the others go on); `POINT
 the whole process group, as a terminal's Ctrl-C does. Several targets, separated by commas, may fire
 at one point (`P:1:SIGINT,P:1:SIGINT` is a first and a second Ctrl-C). A sweep's points
 (`sweep-run-start`, `sweep-run-end`, `sweep-job-started`) are visited by the sweep's own process;
-at `sweep-job-started` the signal goes to the job just started, not to the sweep. Unset (always,
+at `sweep-job-started` the signal goes to the job just started, not to the sweep. `fmnist tune`
+visits `tune-start` before its first trial and `tune-end` after its last. Unset (always,
 outside tests) it does nothing.
 """
 

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from fmnist.errors import ConfigError
 from fmnist.experiment import train
-from fmnist.faults import TrainingInterrupted
+from fmnist.faults import TrainingInterrupted, kill_point
 from fmnist.files import atomic_write_json
 from fmnist.reports import plots
 from fmnist.reports.report import markdown_table
@@ -450,31 +450,36 @@ def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: 
     check_study_name(study_name)
     space = read_space(space_path)
     base = check_space(space, space_path, config_file, overrides)
-    study = open_study(optuna, open_storage(storage_url), storage_url, study_name, pruner, search_record(space, base))
     study_dir = Path(base.out) / study_name
-    study_dir.mkdir(parents=True, exist_ok=True)
-    fail_trials_of_gone_workers(optuna, study)
-    logger.info("study %s in %s: %d trials so far; this process runs %d; runs in %s", study_name, storage_url,
-                len(study.get_trials(deepcopy=False)), trials, study_dir)
-    objective = objective_for(optuna, study_dir, space, config_file, overrides,
-                              {**(details or {}), "study": study_name, "storage": storage_url})
+    # From the study's opening to its table, a signal stops with the command that goes on: before the
+    # first trial and after the last too, not only inside a trial's steps.
     try:
         with optuna_trial_outcomes_unlogged(), sigterm_stops_like_ctrl_c():
+            study = open_study(optuna, open_storage(storage_url), storage_url, study_name, pruner,
+                               search_record(space, base))
+            study_dir.mkdir(parents=True, exist_ok=True)
+            fail_trials_of_gone_workers(optuna, study)
+            logger.info("study %s in %s: %d trials so far; this process runs %d; runs in %s", study_name,
+                        storage_url, len(study.get_trials(deepcopy=False)), trials, study_dir)
+            objective = objective_for(optuna, study_dir, space, config_file, overrides,
+                                      {**(details or {}), "study": study_name, "storage": storage_url})
+            kill_point("tune-start")
             study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,),
                            callbacks=[record_trial(optuna, study_dir)])
+            kill_point("tune-end")
+            return study_dir, best_trials_table(optuna, study, 10)
     except TrainingInterrupted as interruption:
         stopped = TrainingInterrupted(f"tune stopped: {interruption}; that trial is marked failed in the study",
                                       interruption.signal_number)
         stopped.study_path = study_dir
         raise stopped from None
-    except KeyboardInterrupt as interruption:  # a signal between steps (sampling, trial.json), or a second one
+    except KeyboardInterrupt as interruption:  # a signal outside a trial's steps, or a second one
         signal_number = getattr(interruption, "signal_number", signal.SIGINT)
         said = "SIGTERM" if signal_number == signal.SIGTERM else "Ctrl-C"
         stopped = TrainingInterrupted(f"tune stopped by {said}; a trial in progress is marked failed in the study",
                                       signal_number)
         stopped.study_path = study_dir
         raise stopped from None
-    return study_dir, best_trials_table(optuna, study, 10)
 
 
 def best_trials_table(optuna, study, top: int) -> str:
