@@ -32,11 +32,13 @@ FORMAT = "fmnist-checkpoint-1"
 RESUME_KEYS = ("optimizer", "history", "learning_rates", "rng", "loader_rng")
 
 
-def checkpoint_state(config: TrainConfig, training: Training, history: list[dict], learning_rates: list[float]) -> dict:
+def checkpoint_state(config: TrainConfig, training: Training, history: list[dict], learning_rates: list[float],
+                     resolved: dict | None = None) -> dict:
     """Everything needed to use the model and to resume the run, as plain types and tensors.
 
     "model" holds the weights to use: the moving average with --ema, whose raw weights (what
-    training continues from) are in "raw_model".
+    training continues from) are in "raw_model". "resolved" is what the run settled at its start
+    (precision, time plan), as config.json records it: resume checks an edited config.json against it.
     """
     optimization = training.optimization
     state = {
@@ -54,6 +56,8 @@ def checkpoint_state(config: TrainConfig, training: Training, history: list[dict
         "rng": rng_state(),
         "loader_rng": training.train_loader.generator.get_state(),
     }
+    if resolved is not None:
+        state["resolved"] = resolved
     if optimization.ema is not None:
         state["raw_model"] = training.model.state_dict()
         state["ema_updates"] = int(optimization.ema.n_averaged)

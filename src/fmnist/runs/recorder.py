@@ -21,7 +21,7 @@ class RunRecorder:
 
     def __init__(self, path: Path, config: TrainConfig, training: Training,
                  history: list[dict] | None = None, learning_rates: list[float] | None = None, also=(),
-                 after_epoch: Callable[[dict], None] | None = None):
+                 after_epoch: Callable[[dict], None] | None = None, resolved: dict | None = None):
         self.path = Path(path)
         self.config = config
         self.training = training
@@ -29,6 +29,7 @@ class RunRecorder:
         self.learning_rates = list(learning_rates or [])
         self.also = list(also)
         self.after_epoch = after_epoch
+        self.resolved = resolved  # the run's settled precision and time plan, kept in each checkpoint
 
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
         """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
@@ -42,7 +43,8 @@ class RunRecorder:
         write_metrics(self.path, self.history, self.learning_rates)
         for logger in self.also:
             logger.log_epoch(row, learning_rates)
-        state = checkpoint_state(self.config, self.training, self.history, self.learning_rates)
+        state = checkpoint_state(self.config, self.training, self.history, self.learning_rates,
+                                 self.resolved)
         if is_best:
             save_checkpoint(state, self.path / "best.pt")
         save_checkpoint(state, self.path / "last.pt")
