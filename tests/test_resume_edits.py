@@ -183,8 +183,9 @@ def test_a_hand_edited_time_plan_says_which_key_and_the_value_to_put_back(budget
         resume_refuses(run, saved, capsys)
     saved = copy.deepcopy(original)
     saved["config"]["max_lr"] = "fast"
-    assert "config.json's config.max_lr is not valid (--max-lr 'fast': should be of type float, not str); put back 0.01" \
-        in resume_refuses(run, saved, capsys)
+    error = resume_refuses(run, saved, capsys)
+    assert "config.json's config.max_lr is not valid (--max-lr 'fast': should be of type float" in error
+    assert "put back 0.01, what last.pt was trained with" in error
 
 
 def test_the_run_still_resumes_once_config_json_is_put_back(budgeted_run, capsys, tmp_path):

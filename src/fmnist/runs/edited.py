@@ -31,6 +31,7 @@ REQUIRED_RECORDS = {"data": "the data set it trained on", "environment": "the ve
 # Records read later in the run (the report, the next resume), with the type they must have.
 RECORD_TYPES = {"data": dict, "environment": dict, "options_given": dict, "command": list, "rerun": str,
                 "resumes": list, "processes": int}
+JSON_TYPE_NAMES = {dict: "table", list: "list", str: "string", int: "whole number"}
 RESOLVED_KEYS = ("amp", "time_plan")
 RESOLVED_AMP = ("none", "bf16", "fp16")  # --amp auto is resolved to one of these when a run starts
 
@@ -64,6 +65,7 @@ def checked_config(path: Path, saved: dict, last_state: dict | None) -> TrainCon
 
 
 def check_records(path: Path, saved: dict) -> None:
+    """The records fmnist always writes are there, and those read later have their types."""
     for name, meaning in REQUIRED_RECORDS.items():
         if name not in saved:
             raise refused(path, f"has no {name} ({meaning})", f'put it back (an empty "{name}": {{}} will do), '
@@ -80,9 +82,6 @@ def check_records(path: Path, saved: dict) -> None:
     if not all(isinstance(entry, dict) for entry in saved.get("resumes", [])):
         raise refused(path, "says resumes holds something other than tables (one per resume)",
                       'put back what fmnist wrote (an empty "resumes": [] will do), or start a new run')
-
-
-JSON_TYPE_NAMES = {dict: "table", list: "list", str: "string", int: "whole number"}
 
 
 def short(value) -> str:
