@@ -34,7 +34,8 @@ def test_durations_read_as_people_write_them(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "5x", "m", "-5s", "0s", "0", "inf", "nan", "5m x", "1e400"])
+@pytest.mark.parametrize("text", ["", "5x", "m", "-5s", "0s", "0", "inf", "nan", "5m x", "1e400", "1_0", "infinity",
+                                  "-0", "0x10"])
 def test_what_is_not_a_positive_duration_is_refused(text):
     with pytest.raises(ValueError):
         parse_duration(text)
@@ -115,7 +116,9 @@ def test_a_budget_replaces_the_recipes_epochs_and_refuses_explicit_ones(tmp_path
 
 
 @pytest.mark.parametrize("arguments", [
-    ["--time-budget", "5x"], ["--time-budget", "0s"], ["--time-budget", "-1m"],
+    ["--time-budget", "5x"], ["--time-budget", "0s"], ["--time-budget", "-1m"], ["--time-budget", "1e308"],
+    ["--time-budget", "169h"], ["--time-budget", "inf"], ["--time-budget", "nan"], ["--time-budget", "1e400"],
+    ["--time-budget", "1_0"], ["--time-budget", ""], ["--time-budget", "99999999999999999999h"],
     ["--time-budget", "1m", "--epochs", "3"], ["--recipe", "fast", "--epochs", "2", "--time-budget", "2m"],
 ])
 def test_bad_budgets_are_one_line_and_exit_2(arguments, tiny_data, tmp_path, capsys):
@@ -125,6 +128,29 @@ def test_bad_budgets_are_one_line_and_exit_2(arguments, tiny_data, tmp_path, cap
     assert code == 2 and error.count("\n") == 1 and "Traceback" not in error
     assert "--time-budget" in error
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_budgets_up_to_a_week_are_planned_and_longer_ones_refused_when_the_config_is_made():
+    assert TrainConfig(time_budget="168h").time_budget == "168h"
+    with pytest.raises(ConfigError, match=r"--time-budget '1e308': more than a week \(168h\).*give at most 168h"):
+        TrainConfig(time_budget="1e308")  # was an OverflowError once the plan was made
+    # The longest budget with the fastest step still makes a plan whose arithmetic and line hold.
+    plan = plan_steps("168h", measure_seconds=1.0, step_seconds=1e-6, epoch_end_seconds=1e-6, steps_per_epoch=1)
+    assert plan.total_steps > 10**11 and plan.planned_seconds() <= plan.budget_seconds
+    assert "planned" in plan.describe() and TimePlan.from_dict(plan.to_dict()) == plan
+    with pytest.raises(ConfigError, match="more than a week"):
+        plan_steps("1e308", 1.0, 1.0, 1.0, 10)  # the library function refuses it too
+
+
+def test_a_run_killed_while_its_budget_is_measured_leaves_nothing_in_out(tiny_data, tmp_path):
+    out = tmp_path / "runs"
+    out.mkdir()
+    killed = fmnist_process(["train", "--data-dir", str(tiny_data), "--allow-unverified-data", "--out", str(out),
+                             "--val-size", "100", "--batch-size", "50", "--limit-batches", "4", "--device", "cpu",
+                             "--time-budget", "1m"], kill_at="budget-measure-write:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list(out.iterdir()) == []  # the measuring's files have no name: the kernel freed them with the process
+    assert not list(tmp_path.rglob(".budget-*"))  # the scratch folder it once made beside the runs
 
 
 def test_a_budget_too_short_for_this_machine_is_refused_after_measuring_and_leaves_nothing(tiny_data, tmp_path,

@@ -14,6 +14,8 @@ import io
 import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -26,15 +28,17 @@ from PIL import Image
 from conftest import train_tiny_run
 from fmnist.cli import main
 from fmnist.data.images import to_fashion_mnist
-from fmnist.errors import CheckpointError
+from fmnist.errors import CheckpointError, ConfigError
 from fmnist.inference import class_probabilities, load_model, predict
 from fmnist.runs.folder import read_summary
 
 try:
+    import uvicorn
     from fastapi.testclient import TestClient
 
     from fmnist.serve.app import ServeSettings, create_app, model_card, prepare_image
     from fmnist.serve.batching import InferenceQueue
+    from fmnist.serve.server import AnnouncingServer, address_to_open, listening_socket, listens_everywhere
 except ImportError as error:  # fail, not skip: CI must run these
     pytest.fail(f"{error.name} is missing: the serve tests need `pip install -e '.[serve,dev]'` "
                 "(make test installs it)", pytrace=False)
@@ -488,16 +492,32 @@ def test_without_the_extra_the_command_says_how_to_install_it(tiny_run, monkeypa
     assert err.count("\n") == 1 and "uvicorn is not installed" in err and "pip install -e '.[serve]'" in err
 
 
-@pytest.mark.parametrize("arguments, fragment", [
-    (["--port", "70000"], "--port 70000: must be between 0 and 65535"),
-    (["--max-upload-mb", "0"], "--max-upload-mb 0: must be more than 0"),
-    (["--max-batch", "0"], "--max-batch 0: must be at least 1"),
-    (["--host", "192.0.2.1", "--port", "0"], "cannot listen on 192.0.2.1:0"),  # TEST-NET-1: nobody's address
-])
-def test_bad_options_are_one_line(tiny_run, arguments, fragment, capsys):
+@pytest.mark.parametrize("arguments, fragments", [
+    (["--port", "70000"], ["--port 70000: must be a whole number between 0 and 65535"]),
+    (["--port", "65536"], ["--port 65536: must be a whole number between 0 and 65535", "0 picks a free one"]),
+    (["--port", "-1"], ["--port -1: must be a whole number between 0 and 65535"]),
+    (["--port", "eighty"], ["--port: invalid int value: 'eighty'", "fmnist serve --help"]),
+    (["--port", "80.5"], ["--port: invalid int value: '80.5'"]),
+    (["--max-upload-mb", "0"], ["--max-upload-mb 0: must be more than 0"]),
+    (["--max-batch", "0"], ["--max-batch 0: must be at least 1"]),
+    # TEST-NET-1 is nobody's address: bind() fails at once (EADDRNOTAVAIL), no packet is sent.
+    (["--host", "192.0.2.1", "--port", "0"], ["cannot listen on 192.0.2.1:0", "not an address of this machine",
+                                              "use 127.0.0.1 (this machine only), 0.0.0.0 (every interface)"]),
+    (["--host", "192.0.2.1", "--port", "-1"], ["--port -1: must be a whole number"]),
+    (["--host", "no-such-host.invalid", "--port", "0"], ["--host no-such-host.invalid: not an address of this machine",
+                                                         "use 127.0.0.1"]),
+    (["--host", "a" * 300, "--port", "0"], ["not an address of this machine (not a valid host name)", "use 127.0.0.1"]),
+    (["--host", "a..b", "--port", "0"], ["--host a..b: not an address of this machine"]),
+    (["--host", "[::1]", "--port", "0"], ["--host [::1]: not an address of this machine"]),
+], ids=["70000", "65536", "-1", "not-a-number", "fraction", "max-upload", "max-batch", "not-this-machine",
+        "bad-host-and-port", "unresolvable", "name-too-long", "empty-label", "bracketed-ipv6"])
+def test_bad_options_are_one_line_and_nothing_says_it_serves(tiny_run, arguments, fragments, capsys):
     assert main(["serve", str(tiny_run), *arguments]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and fragment in err, err
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+    assert all(fragment in captured.err for fragment in fragments), captured.err
+    assert len(captured.err) < 400, captured.err  # a host name of 300 characters is cut, the advice stays
+    assert "serving" not in captured.out and "open http" not in captured.out, captured.out
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "a folder without checkpoints"])
@@ -532,5 +552,59 @@ def test_a_port_in_use_is_one_line(tiny_run, capsys):
         port = taken.getsockname()[1]
         assert threading.current_thread() is threading.main_thread()
         assert main(["serve", str(tiny_run), "--port", str(port)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err and "another --port" in err
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in captured.err
+    assert "another --port" in captured.err and "Traceback" not in captured.err
+    assert "serving" not in captured.out, captured.out  # before: "serving ...", then the error
+
+
+PRIVILEGED_BIND = """
+import encodings.idna, os  # idna: getaddrinfo loads it, and nobody may not read Python's own folder
+from fmnist.errors import ConfigError
+from fmnist.serve.server import listening_socket
+if os.geteuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)  # nobody: the limit on ports below 1024 is for users other than root
+try:
+    listening_socket("127.0.0.1", 1)
+except ConfigError as error:
+    print(error)
+"""
+
+
+def test_a_privileged_port_says_which_ports_this_user_may_take():
+    start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    if start.exists() and int(start.read_text()) <= 1:
+        pytest.skip("this machine lets every user listen on port 1 (net.ipv4.ip_unprivileged_port_start)")
+    result = subprocess.run([sys.executable, "-c", PRIVILEGED_BIND], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout == ("cannot listen on 127.0.0.1:1 (Permission denied); ports below 1024 need root: "
+                             "choose --port 1024 or above (0: a free one)\n")
+
+
+def test_the_startup_lines_wait_until_uvicorn_serves_the_socket(model):
+    sock = listening_socket("127.0.0.1", 0)
+    seen = []
+
+    def announce() -> None:
+        seen.append([listener.is_serving() for listener in server.servers])
+        server.should_exit = True
+
+    server = AnnouncingServer(uvicorn.Config(create_app(model), log_config=None, lifespan="on"), announce)
+    with sock:
+        server.run(sockets=[sock])
+    assert seen == [[True]]  # once, and when the listener already accepts connections
+
+
+def test_the_address_shown_is_the_bound_one():
+    for host, shown in [("127.0.0.1", "http://127.0.0.1:"), ("localhost", "http://127.0.0.1:"),
+                        ("0", "http://127.0.0.1:"), ("", "http://127.0.0.1:"), ("::1", "http://[::1]:")]:
+        try:
+            sock = listening_socket(host, 0)
+        except ConfigError:
+            assert host == "::1", host  # a machine without IPv6
+            continue
+        with sock:
+            url = address_to_open(sock)
+            assert url.startswith(shown) and url == f"{shown}{sock.getsockname()[1]}/", (host, url)
+            assert listens_everywhere(sock) == (host in ("0", ""))

@@ -33,7 +33,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import train_tiny_run
+from conftest import fmnist_process, one_line, train_tiny_run
 from fmnist.cli import main
 from fmnist.data.fashion import CLASS_NAMES
 from fmnist.data.images import read_image, to_fashion_mnist
@@ -436,6 +436,17 @@ def test_a_websocket_upgrade_is_one_log_line_and_a_plain_answer(tiny_server):
                                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200")
     tiny_server.wait_for(r"Unsupported upgrade request", timeout=30)
+
+
+def test_the_startup_lines_name_the_port_that_answers_and_a_second_server_there_is_one_line(tiny_server, tiny_run):
+    serving, opening = tiny_server.output[:2]  # what --port 0 printed first
+    port = port_of(tiny_server)
+    assert serving.startswith(f"serving {tiny_run / 'best.pt'}: ") and port != 0
+    assert opening.startswith(f"open http://127.0.0.1:{port}/ in a browser")
+    assert httpx2.get(tiny_server.url + "healthz").status_code == 200
+    second = fmnist_process(["serve", str(tiny_run), "--port", str(port)], timeout=120)
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in one_line(second)
+    assert second.stdout == ""  # before: "serving ...", and then the error
 
 
 def test_sigterm_under_load_answers_every_request_in_flight(tiny_run):

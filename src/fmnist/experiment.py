@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fmnist.data.splits import DataSplits, load_splits
-from fmnist.errors import CheckpointError, ConfigError, FmnistError
+from fmnist.errors import ConfigError, FmnistError
 from fmnist.faults import StopRequest, TrainingInterrupted, stop_after_step
 from fmnist.files import atomic_write_json, check_writable, exclusive_lock
 from fmnist.models import count_parameters, create_model
@@ -162,19 +162,18 @@ def resolve_run(config: TrainConfig, data: DataSplits, device: torch.device, gro
 
 def resolved_at_start(path: Path, config: TrainConfig, device: torch.device) -> dict:
     """The run's resolved settings from config.json (runs of older versions: resolved now, as they were)."""
-    resolved = read_saved_config(path).get("resolved")
+    resolved = read_saved_config(path).get("resolved")  # checked by config_to_resume when resuming
     if not isinstance(resolved, dict):
         precision = choose_precision(config.amp, device)
         return {"amp": precision.amp, "amp_reason": precision.reason, "time_plan": None}
-    if config.time_budget is not None and not isinstance(resolved.get("time_plan"), dict):
-        raise CheckpointError(f"{path}/config.json: a time-budgeted run without its plan (resolved.time_plan); "
-                              "restore config.json or start a new run")
     return resolved
 
 
-def record_resume(path: Path, data: DataSplits, device: torch.device) -> None:
-    """config.json keeps the first process's environment; each resume adds where it ran and on which data."""
+def record_resume(path: Path, data: DataSplits, device: torch.device, resolved: dict) -> None:
+    """config.json keeps the first process's environment; each resume adds where it ran and on which data.
+    A run of an older fmnist gets the settings it resolved now, which its checkpoints record from here on."""
     saved = read_saved_config(path)
+    saved.setdefault("resolved", resolved)
     saved.setdefault("resumes", []).append({"data": data_record(data), "environment": environment(device)})
     atomic_write_json(path / "config.json", saved)
 
@@ -213,17 +212,21 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     seed_everything(config.seed, config.deterministic)
     training = build_training(config, data.train.to(device), data.val.to(device), data.test.to(device),
                               total_steps=plan.total_steps if plan else None, amp=resolved["amp"])
+    if plan is not None and plan.steps_per_epoch != len(training.train_loader):
+        raise ConfigError(f"--data-dir {data.directory}: {len(training.train_loader)} batches per epoch, but the run's "
+                          f"time plan was made for {plan.steps_per_epoch}; resume it on the data it started on",
+                          "data_dir")
     rank = group.rank if group else 0
     point = restore_run(resume_from, config, training, rank) if resume_from is not None else ResumePoint()
     if resume_from is not None:
         on_main(group, lambda: remove_leftovers(path))  # after every process restored: see restore_run
-        on_main(group, lambda: record_resume(path, data, device))
+        on_main(group, lambda: record_resume(path, data, device, resolved))
         logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, epochs)
     tensorboard = recorder = None
     if is_main(group):  # the process that writes the run folder (the only one without torchrun)
         tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
         recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
-                               also=[tensorboard] if tensorboard else [], after_epoch=after_epoch)
+                               also=[tensorboard] if tensorboard else [], after_epoch=after_epoch, resolved=resolved)
     network, train_batches = training.model, training.train_loader
     if group is not None:  # one of several processes: see training/distributed.py
         network = wrap_model(training.model, group, config.sync_bn)

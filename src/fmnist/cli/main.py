@@ -355,8 +355,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from fmnist.serve import serve
 
-    if not 0 <= args.port <= 65535:
-        raise UsageError(f"--port {args.port}: must be between 0 and 65535")
     serve(args.checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
           max_batch=args.max_batch, device=args.device)
     return 0  # stopped by Ctrl-C or SIGTERM after answering the requests in flight: a clean stop

@@ -21,7 +21,7 @@ class RunRecorder:
 
     def __init__(self, path: Path, config: TrainConfig, training: Training,
                  history: list[dict] | None = None, learning_rates: list[float] | None = None, also=(),
-                 after_epoch: Callable[[dict], None] | None = None):
+                 after_epoch: Callable[[dict], None] | None = None, resolved: dict | None = None):
         self.path = Path(path)
         self.config = config
         self.training = training
@@ -31,6 +31,7 @@ class RunRecorder:
         self.after_epoch = after_epoch
         # Under torchrun, every rank's generator states, set by DistributedRecorder before each end_epoch.
         self.rank_rng: list[dict] | None = None
+        self.resolved = resolved  # the run's settled precision and time plan, kept in each checkpoint
 
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
         """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
@@ -44,7 +45,8 @@ class RunRecorder:
         write_metrics(self.path, self.history, self.learning_rates)
         for logger in self.also:
             logger.log_epoch(row, learning_rates)
-        state = checkpoint_state(self.config, self.training, self.history, self.learning_rates, self.rank_rng)
+        state = checkpoint_state(self.config, self.training, self.history, self.learning_rates, self.rank_rng,
+                                 self.resolved)
         if is_best:
             save_checkpoint(state, self.path / "best.pt")
         save_checkpoint(state, self.path / "last.pt")

@@ -20,13 +20,11 @@ from pathlib import Path
 
 from fmnist.errors import CheckpointError, ConfigError, one_line_reason
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
+from fmnist.runs.edited import MAY_CHANGE_ON_RESUME, checked_config
 from fmnist.runs.folder import read_history, read_saved_config, read_summary
 from fmnist.training.build import Training
 from fmnist.training.config import TrainConfig
 from fmnist.training.runtime import set_rng_state
-
-# Options that may differ on resume: they say where the run happens, not what it computes.
-MAY_CHANGE_ON_RESUME = ("device", "data_dir")
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -41,30 +39,17 @@ def config_to_resume(run_dir: str | Path, overrides: dict) -> TrainConfig:
         raise CheckpointError(f"--resume {path}: no such run folder; check the path (runs/<name>)")
     if not path.is_dir():
         raise CheckpointError(f"--resume {path}: not a folder; give the run folder, not a file in it")
-    saved = read_saved_config(path)["config"]
+    saved = read_saved_config(path)
     if is_finished(path):
         diverged = read_summary(path).get("diverged")
         if diverged:
             raise CheckpointError(f"--resume {path}: this run stopped because its loss diverged ({diverged}); "
                                   "start a new run, with a lower --lr or --max-lr")
         raise CheckpointError(f"--resume {path}: this run already finished; start a new run instead")
-    try:
-        config = TrainConfig.from_saved(saved)
-    except ConfigError as error:
-        raise CheckpointError(f"--resume {path}: config.json does not hold a valid config ({error}); "
-                              "restore it or start a new run") from None
     last = path / "last.pt"
-    if last.exists():  # config.json edited by hand must still describe the run last.pt continues
-        state = load_checkpoint(last, for_resume=True)
-        recorded = TrainConfig.from_saved(state["config"])
-        differing = [name for name in recorded.to_dict()
-                     if name not in MAY_CHANGE_ON_RESUME and getattr(recorded, name) != getattr(config, name)]
-        if differing:
-            name = differing[0]
-            raise CheckpointError(
-                f"--resume {path}: config.json says {name} = {getattr(config, name)!r} but last.pt was trained "
-                f"with {getattr(recorded, name)!r}; restore config.json (the checkpoint's value) or start a new run"
-            )
+    # config.json edited by hand must still describe the run last.pt continues: see edited.py.
+    last_state = load_checkpoint(last, for_resume=True) if last.exists() else None
+    config = checked_config(path, saved, last_state)
     changes = {}
     for name, value in overrides.items():
         if value is None or value == getattr(config, name):

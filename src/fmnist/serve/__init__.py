@@ -11,6 +11,7 @@ the clean stop. It needs the optional extra: `pip install -e '.[serve]'`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -44,8 +45,9 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
     require_serve_extra()
     from fmnist.serve.app import ServeSettings, create_app
     from fmnist.serve.batching import MAX_BATCH
-    from fmnist.serve.server import run_server
+    from fmnist.serve.server import check_port, listening_socket, run_server
 
+    check_port(port)
     if not max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb {max_upload_mb:g}: must be more than 0")
     if max_batch is not None and max_batch < 1:
@@ -58,6 +60,9 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
     card = app.state.card
     accuracy = f"test accuracy {card['test_accuracy']:.4f}" if card["test_accuracy"] is not None else \
         "no recorded test accuracy"
-    logger.info("serving %s: %s, recipe %s, epoch %d, %s, on %s", model.info["checkpoint"], card["model"],
-                card["recipe"] or "none", card["epoch"], accuracy, next(model.parameters()).device)
-    return run_server(app, host, port)
+    serving = f"serving {model.info['checkpoint']}: {card['model']}, recipe {card['recipe'] or 'none'}, " \
+              f"epoch {card['epoch']}, {accuracy}, on {next(model.parameters()).device}"
+    # Bound after the model loaded (a damaged checkpoint is one line before anything listens); the
+    # serving line comes once the port answers.
+    with contextlib.closing(listening_socket(host, port)) as sock:
+        return run_server(app, sock, serving)

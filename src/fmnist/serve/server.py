@@ -1,7 +1,9 @@
 """Running the application with uvicorn: the listening socket, the startup line, a clean stop.
 
-The socket is bound here, before uvicorn starts, so that a port in use is one line (not uvicorn's
-log and exit code 3), `--port 0` can pick a free port, and the startup line names the real address.
+The socket is bound here, before uvicorn starts, so that a port in use, an address that is not this
+machine's or a privileged port is one line (not uvicorn's log and exit code 3), and `--port 0` can
+pick a free port. Nothing says "serving" before the port answers: the startup lines are logged once
+uvicorn has started, from the socket's real address.
 
 A request uvicorn cannot parse (a malformed request line or header, bytes beyond the Content-Length
 it declared) is answered as the application answers errors: 400 and one JSON line (JsonErrorH11).
@@ -21,7 +23,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import h11
 import uvicorn
@@ -34,7 +36,9 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 BACKLOG = 2048  # connections the kernel queues while all are busy: 200 clients at once fit
 GRACEFUL_SECONDS = 30  # after a stop signal, requests in flight get this long to finish
-ANY_ADDRESS = ("0.0.0.0", "::", "")
+MAX_PORT = 65535
+PRIVILEGED_BELOW = 1024  # Linux's net.ipv4.ip_unprivileged_port_start, and every other Unix's fixed limit
+HOST_ADVICE = "use 127.0.0.1 (this machine only), 0.0.0.0 (every interface) or an address this machine has"
 NOT_HTTP = ("not a valid HTTP/1.1 request (a malformed request line or header, or more bytes than its "
             "Content-Length said); send one request per Content-Length")
 
@@ -61,13 +65,21 @@ class NoWebSocketAdvice(logging.Filter):
         return not record.getMessage().startswith("No supported WebSocket library")
 
 
+def check_port(port: int) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= MAX_PORT:
+        raise ConfigError(f"--port {port}: must be a whole number between 0 and {MAX_PORT} (0 picks a free one)")
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to (host, port) and listening, or a one-line ConfigError saying why not."""
+    """A TCP socket bound to (host, port) and listening, or a one-line ConfigError saying why not and what to do."""
+    check_port(port)
     try:
+        # "" is every interface to bind() but no name to getaddrinfo: None says the same to both.
         family, kind, protocol, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as error:
-        raise ConfigError(f"--host {host}: not an address of this machine ({error.strerror})") from None
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as error:  # UnicodeError: a name label longer than DNS allows
+        reason = error.strerror if isinstance(error, socket.gaierror) else "not a valid host name"
+        raise ConfigError(f"--host {short(host)}: not an address of this machine ({reason}); {HOST_ADVICE}") from None
     sock = socket.socket(family, kind, protocol)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once on the same port
     try:
@@ -75,16 +87,50 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.listen(BACKLOG)
     except OSError as error:
         sock.close()
-        in_use = error.errno == errno.EADDRINUSE
-        hint = "choose another --port, or stop what is using it" if in_use else "choose another --host or --port"
-        raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror}); {hint}") from None
+        advice = bind_advice(error.errno, port)
+        raise ConfigError(f"cannot listen on {short(host)}:{port} ({error.strerror}); {advice}") from None
     return sock
 
 
-def address_to_open(host: str, sock: socket.socket) -> str:
-    port = sock.getsockname()[1]
-    shown = "127.0.0.1" if host in ANY_ADDRESS else host
+def short(host: str) -> str:
+    """The --host text as an error line shows it: a name of hundreds of characters would hide the advice."""
+    return host if len(host) <= 60 else host[:57] + "..."
+
+
+def bind_advice(number: int | None, port: int) -> str:
+    """What to do when bind() failed with this errno."""
+    if number == errno.EADDRINUSE:
+        return "choose another --port (0 picks a free one), or stop what is using it"
+    if number == errno.EADDRNOTAVAIL:
+        return f"that --host is not an address of this machine; {HOST_ADVICE}"
+    if number == errno.EACCES and port < PRIVILEGED_BELOW:
+        return f"ports below {PRIVILEGED_BELOW} need root: choose --port {PRIVILEGED_BELOW} or above (0: a free one)"
+    return f"choose another --host or --port; {HOST_ADVICE}"
+
+
+def address_to_open(sock: socket.socket) -> str:
+    """The URL a browser on this machine opens: the bound address, or 127.0.0.1 for every interface."""
+    bound, port = sock.getsockname()[:2]
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound, bound)
     return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
+def listens_everywhere(sock: socket.socket) -> bool:
+    # From the bound address, not the --host text: "0", "*" and "" all bind to every interface.
+    return sock.getsockname()[0] in ("0.0.0.0", "::")
+
+
+class AnnouncingServer(uvicorn.Server):
+    """uvicorn's server that logs its startup lines once it accepts and answers connections, not before."""
+
+    def __init__(self, config: uvicorn.Config, announce: Callable[[], None]):
+        super().__init__(config)
+        self.announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and not self.should_exit:
+            self.announce()
 
 
 @contextlib.contextmanager
@@ -104,22 +150,27 @@ def stop_signals_end_quietly() -> Iterator[list[int]]:
             signal.signal(number, handler)
 
 
-def run_server(app, host: str, port: int) -> int | None:
-    """Serve `app` on host:port until Ctrl-C or SIGTERM; return the signal that stopped it."""
-    sock = listening_socket(host, port)
+def run_server(app, sock: socket.socket, serving: str) -> int | None:
+    """Serve `app` on the listening socket until Ctrl-C or SIGTERM; return the signal that stopped it.
+
+    `serving` is the first startup line (what is served), logged with the address once uvicorn has started.
+    """
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", http=JsonErrorH11, ws="none",
                             timeout_graceful_shutdown=GRACEFUL_SECONDS, backlog=BACKLOG)
-    server = uvicorn.Server(config)
+
+    def announce() -> None:
+        logger.info("%s", serving)
+        logger.info("open %s in a browser (the API: %sdocs); Ctrl-C stops", address_to_open(sock),
+                    address_to_open(sock))
+        if listens_everywhere(sock):
+            logger.info("listening on every network interface: anyone who can reach this machine can use it")
+
+    server = AnnouncingServer(config, announce)
     # Its warnings about malformed multipart bodies repeat what the 400 answer already told the client.
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
     uvicorn_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(known, NoWebSocketAdvice) for known in uvicorn_log.filters):
         uvicorn_log.addFilter(NoWebSocketAdvice())
-    logger.info("open %s in a browser (the API: %sdocs); Ctrl-C stops", address_to_open(host, sock),
-                address_to_open(host, sock))
-    if host in ANY_ADDRESS:
-        logger.info("listening on every network interface (--host %s): anyone who can reach this machine can use it",
-                    host or "''")
     with stop_signals_end_quietly() as received:
         try:
             server.run(sockets=[sock])

@@ -14,9 +14,11 @@ machine it resumes on.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -28,10 +30,10 @@ import torch
 from fmnist.data.loader import endless
 from fmnist.data.splits import Split
 from fmnist.errors import ConfigError
-from fmnist.files import atomic_torch_save, atomic_write_bytes
+from fmnist.faults import kill_point
 from fmnist.training.build import build_training
 from fmnist.training.config import TrainConfig
-from fmnist.training.duration import format_duration, parse_duration
+from fmnist.training.duration import format_duration, parse_time_budget
 from fmnist.training.loop import evaluate, train_one_epoch, weights_to_use
 from fmnist.training.runtime import seed_everything
 
@@ -85,11 +87,47 @@ class TimePlan:
         return {**asdict(self), "epochs": self.epochs, "last_epoch_steps": self.last_epoch_steps}
 
     @classmethod
-    def from_dict(cls, saved: dict) -> TimePlan:
-        names = ("budget", "budget_seconds", "measure_seconds", "step_seconds", "epoch_end_seconds",
-                 "steps_per_epoch", "total_steps")
+    def from_dict(cls, saved) -> TimePlan:
+        """The plan config.json recorded, checked key by key: a hand-edited plan is a ConfigError naming
+        the key (field `time_plan.KEY`), never a KeyError or a run that trains to another plan."""
+        if not isinstance(saved, dict):
+            raise ConfigError(f"time_plan {saved!r}: should be a table of {', '.join(SAVED_PLAN_KEYS)}", "time_plan")
+        for name in saved:
+            if name not in SAVED_PLAN_KEYS:
+                raise ConfigError(f"time_plan.{name}: not a key of a time plan (its keys: "
+                                  f"{', '.join(SAVED_PLAN_KEYS)})", f"time_plan.{name}")
+        for name in SAVED_PLAN_KEYS:
+            if name not in saved and name != "compile_seconds":
+                raise ConfigError(f"time_plan.{name}: missing", f"time_plan.{name}")
+            if name in saved:
+                check_plan_value(name, saved[name])
         # Plans of runs before --compile was planned for have no compile_seconds: they compiled nothing in it.
-        return cls(**{name: saved[name] for name in names}, compile_seconds=saved.get("compile_seconds", 0.0))
+        plan = cls(**{name: saved[name] for name in PLAN_FIELDS if name in saved})
+        plan.check_arithmetic(saved)
+        return plan
+
+    def check_arithmetic(self, saved: dict) -> None:
+        """What plan_steps guarantees, and the derived keys: a plan edited out of shape says where."""
+
+        def require(condition: bool, name: str, rule: str) -> None:
+            if not condition:
+                raise ConfigError(f"time_plan.{name} {saved[name]!r}: {rule}", f"time_plan.{name}")
+
+        try:
+            budget_seconds = parse_time_budget(self.budget)
+        except ValueError as error:
+            raise ConfigError(f"time_plan.budget {self.budget!r}: {error}", "time_plan.budget") from None
+        require(self.budget_seconds == budget_seconds, "budget_seconds", f"should be {budget_seconds:g}, the "
+                f"seconds in its budget {self.budget!r}")
+        require(self.measure_seconds < self.budget_seconds, "measure_seconds", "should be less than the budget")
+        require(self.total_steps >= MIN_STEPS, "total_steps", f"should be at least {MIN_STEPS}")
+        require(saved["epochs"] == self.epochs, "epochs", f"should be {self.epochs}: total_steps / steps_per_epoch, "
+                "rounded up")
+        require(saved["last_epoch_steps"] == self.last_epoch_steps, "last_epoch_steps",
+                f"should be {self.last_epoch_steps}, the steps left for the last epoch")
+        require(self.planned_seconds() <= self.budget_seconds, "total_steps",
+                f"would take about {self.planned_seconds():.0f} s at the measured costs, more than the budget "
+                f"of {self.budget_seconds:g} s")
 
     def describe(self) -> str:
         last = "" if self.last_epoch_steps == self.steps_per_epoch else f", the last cut to {self.last_epoch_steps}"
@@ -98,6 +136,29 @@ class TimePlan:
                 f"validation and checkpoints {self.epoch_end_seconds:.2f} s here (measured in "
                 f"{self.measure_seconds:.1f} s{compiling}); planned {self.total_steps:,} steps = {self.epochs} "
                 f"epochs of {self.steps_per_epoch}{last}, ending after about {self.planned_seconds():.0f} s")
+
+
+PLAN_FIELDS = ("budget", "budget_seconds", "measure_seconds", "step_seconds", "epoch_end_seconds", "steps_per_epoch",
+               "total_steps", "compile_seconds")
+SAVED_PLAN_KEYS = (*PLAN_FIELDS, "epochs", "last_epoch_steps")  # the last two follow from the others: to_dict
+
+
+def check_plan_value(name: str, value) -> None:
+    """A saved plan's value of the right type and range (ConfigError naming `time_plan.NAME`)."""
+    if name == "budget":
+        ok, rule = isinstance(value, str), "should be the budget as written, such as \"5m\""
+    elif name in ("steps_per_epoch", "total_steps", "epochs", "last_epoch_steps"):
+        # At most 2**53: the plan's arithmetic multiplies them by floats, which hold no larger whole numbers.
+        ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 2**53
+        rule = "should be a whole number from 1 to 2**53"
+    else:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if name in ("budget_seconds", "step_seconds"):
+            ok, rule = number and value > 0, "should be a finite number of seconds > 0"
+        else:
+            ok, rule = number and value >= 0, "should be a finite number of seconds >= 0"
+    if not ok:
+        raise ConfigError(f"time_plan.{name} {value!r}: {rule}", f"time_plan.{name}")
 
 
 def overrun_line(plan: TimePlan, used_seconds: float, train_seconds: float) -> str | None:
@@ -125,7 +186,10 @@ def plan_steps(budget: str, measure_seconds: float, step_seconds: float, epoch_e
     Whole epochs first; then, if time is left for a validation pass and some steps, a last epoch
     cut short. Refused (ConfigError) when fewer than MIN_STEPS fit.
     """
-    budget_seconds = parse_duration(budget)
+    try:
+        budget_seconds = parse_time_budget(budget)
+    except ValueError as error:
+        raise ConfigError(f"--time-budget {budget!r}: {error}", "time_budget") from None
     available = (budget_seconds - measure_seconds - compile_seconds) * (1 - SAFETY_MARGIN)
     epoch_seconds = steps_per_epoch * step_seconds + epoch_end_seconds
     full_epochs = max(0, math.floor(available / epoch_seconds))
@@ -151,7 +215,7 @@ def plan_time_budget(config: TrainConfig, train: Split, val: Split, test: Split)
     like it, so what is timed is what will run; the caller seeds again before building the run itself.
     """
     started = time.perf_counter()
-    budget_seconds = parse_duration(config.time_budget)
+    budget_seconds = parse_time_budget(config.time_budget)  # checked when the config was made
     seed_everything(config.seed, config.deterministic)
     probe = build_training(config, train, val, test, total_steps=MIN_STEPS)
     optimization = probe.optimization
@@ -221,13 +285,39 @@ def validation_batch_seconds(network, probe, flip_tta: bool) -> float:
 
 
 def checkpoint_seconds(probe, out: str) -> float:
-    """Writing best.pt, last.pt and the metrics after an epoch: serialized and written atomically (with
-    fsync) as the run folder's are, into a scratch folder on the same disk when the runs folder exists."""
-    scratch_parent = out if Path(out).is_dir() else None
-    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".budget-") as scratch:
-        start = time.perf_counter()
-        state = {"model": probe.model.state_dict(), "optimizer": probe.optimization.optimizer.state_dict()}
-        for name in ("probe-best.pt", "probe-last.pt"):  # not the run's names: the kill points count those
-            atomic_torch_save(state, Path(scratch) / name)
-        atomic_write_bytes(Path(scratch) / "probe-metrics.csv", b"0" * 4096)
-        return time.perf_counter() - start
+    """Writing best.pt, last.pt and the metrics after an epoch: serialized and written with fsync as the
+    run folder's are, on the disk of --out (its nearest existing folder), into files that have no name.
+
+    Nameless (O_TMPFILE on Linux; elsewhere unlinked the moment they are made) so that a run killed while
+    measuring, SIGKILL included, leaves nothing in --out: the kernel frees such a file with the process.
+    """
+    folder = nearest_existing_folder(Path(out))
+    start = time.perf_counter()
+    state = {"model": probe.model.state_dict(), "optimizer": probe.optimization.optimizer.state_dict()}
+    for _ in range(2):  # best.pt and last.pt
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        timed_write(buffer.getvalue(), folder)
+    timed_write(b"0" * 4096, folder)  # metrics.csv and lr_steps.csv
+    return time.perf_counter() - start
+
+
+def nearest_existing_folder(path: Path) -> Path | None:
+    """`path` or its closest existing parent folder (the disk a new --out will be on); None if none is found."""
+    for candidate in (path, *path.absolute().parents):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def timed_write(data: bytes, folder: Path | None) -> None:
+    """Write and fsync `data` into a nameless file in `folder` (the system's temporary folder if None)."""
+    try:
+        handle = tempfile.TemporaryFile(dir=folder)
+    except OSError:  # --out's disk takes no new file (read-only, full): train() says so; time the temp folder
+        handle = tempfile.TemporaryFile()
+    with handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+        kill_point("budget-measure-write")  # test-only: a SIGKILL while measuring, with the file written

@@ -59,8 +59,8 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split, *
     precision = amp or resolve_amp(config.amp, train.images.device)
     if total_steps is None:
         if config.epochs is None:
-            raise ConfigError("--time-budget: a budgeted run needs its planned steps (see training/budget.py)",
-                              "time_budget")
+            raise ConfigError(f"--time-budget {config.time_budget}: a budgeted config has no epoch count; train it "
+                              "with train(config), which plans its steps, or pass total_steps", "time_budget")
         total_steps = config.epochs * len(train_loader)
     return Training(
         model=model,

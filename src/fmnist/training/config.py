@@ -28,7 +28,7 @@ else:  # pragma: no cover
 from fmnist.data.fashion import MEAN, SPLIT_SEED, STD, VAL_SIZE
 from fmnist.errors import ConfigError
 from fmnist.models import PRETRAINED_MODELS, has_batch_norm, list_models
-from fmnist.training.duration import parse_duration
+from fmnist.training.duration import parse_time_budget
 from fmnist.training.recipes import get_recipe
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -311,7 +311,7 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
     require(config.epochs >= 1, "epochs", "must be at least 1")
     if config.time_budget is not None:
         try:
-            parse_duration(config.time_budget)
+            parse_time_budget(config.time_budget)
         except ValueError as error:
             raise ConfigError(f"--time-budget {config.time_budget!r}: {error}", "time_budget") from None
     require(config.batch_size >= 1, "batch_size", "must be at least 1")
