@@ -116,9 +116,10 @@ def resume_refuses(run: Path, edited: dict, capsys) -> str:
 # The cases come from a config.json of this version's shape: one written by a quick config, not the
 # fixture (collection happens before fixtures run); the test checks that the shapes agree.
 SHAPE = {"config": TrainConfig(time_budget="40s").to_dict(), "seed": 42, "data": {}, "environment": {},
-         "options_given": {}, "resolved": {"amp": "none", "time_plan": {
+         "options_given": {}, "resolved": {"amp": "none", "amp_reason": "--amp none", "time_plan": {
              "budget": "40s", "budget_seconds": 40.0, "measure_seconds": 1.0, "step_seconds": 1.0,
-             "epoch_end_seconds": 1.0, "steps_per_epoch": 4, "total_steps": 28, "epochs": 7, "last_epoch_steps": 4}},
+             "epoch_end_seconds": 1.0, "steps_per_epoch": 4, "total_steps": 28, "compile_seconds": 0.0, "epochs": 7,
+             "last_epoch_steps": 4}},
          "resumes": []}
 
 
@@ -160,9 +161,15 @@ def test_without_last_pt_what_is_not_a_complete_valid_config_is_refused(budgeted
     table_path, key, value = case
     if table_path == () and key == "resumes":
         pytest.skip("a run not resumed yet has no resumes")
+    if value is MISSING and (*table_path, key) in OLDER_RUNS_LACK:
+        pytest.skip("runs of older versions lack this key, and resume")
     error = resume_refuses(run, apply(saved, case), capsys)
     assert error.startswith(f"fmnist: error: --resume {run}: config.json"), error
     assert ".py" not in error
+
+
+# Keys added after runs were made without them: such a run (no last.pt to compare with) still resumes.
+OLDER_RUNS_LACK = {("resolved", "amp_reason"), ("resolved", "time_plan", "compile_seconds")}
 
 
 def test_a_hand_edited_time_plan_says_which_key_and_the_value_to_put_back(budgeted_run, capsys, tmp_path):

@@ -33,6 +33,7 @@ RECORD_TYPES = {"data": dict, "environment": dict, "options_given": dict, "comma
                 "resumes": list, "processes": int}
 JSON_TYPE_NAMES = {dict: "table", list: "list", str: "string", int: "whole number"}
 RESOLVED_KEYS = ("amp", "time_plan")
+RESOLVED_OPTIONAL_KEYS = ("amp_reason",)  # why --amp auto chose its precision; runs before it have none
 RESOLVED_AMP = ("none", "bf16", "fp16")  # --amp auto is resolved to one of these when a run starts
 
 
@@ -168,8 +169,12 @@ def check_resolved(path: Path, saved: dict, config: TrainConfig, last_state: dic
                           f"put back {shown(wanted)}, or start a new run")
         return
     todo = "restore config.json, or start a new run"
-    if not isinstance(resolved, dict) or set(resolved) != set(RESOLVED_KEYS):
-        raise refused(path, f"says resolved = {short(resolved)}, not a table of {' and '.join(RESOLVED_KEYS)}", todo)
+    if not isinstance(resolved, dict) or not set(RESOLVED_KEYS) <= set(resolved) <= {*RESOLVED_KEYS,
+                                                                                      *RESOLVED_OPTIONAL_KEYS}:
+        raise refused(path, f"says resolved = {short(resolved)}, not a table of {' and '.join(RESOLVED_KEYS)} "
+                      f"(and {', '.join(RESOLVED_OPTIONAL_KEYS)})", todo)
+    if not isinstance(resolved.get("amp_reason", ""), str):
+        raise refused(path, f"says resolved.amp_reason = {short(resolved['amp_reason'])}, which should be text", todo)
     check_resolved_values(path, resolved, config, todo)
 
 
