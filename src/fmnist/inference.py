@@ -188,7 +188,7 @@ def predict(
     predictions, rows = [], []
     for chunk in chunks(prepare(images_or_paths, invert, skip_unreadable), batch_size):
         readable = [image for _, image in chunk if isinstance(image, torch.Tensor)]
-        probabilities = iter(class_probabilities(model, readable) if readable else [])
+        probabilities = iter(probability_rows(model, readable) if readable else [])
         for source, image in chunk:
             if isinstance(image, DataError):
                 predictions.append(Prediction(source, error=display_path(Path(str(image)))))
@@ -205,9 +205,14 @@ def check_flag(value, name: str) -> None:
         raise ConfigError(f"predict({name}={short(value)}): give True or False", name)
 
 
-def class_probabilities(model: nn.Module, images: list[torch.Tensor]) -> torch.Tensor:
-    """Softmax over the classes (N, 10) for float (28, 28) images on the 0..255 scale, normalized as
-    the model was trained."""
+def class_probabilities(model: nn.Module, images: list[torch.Tensor]) -> list[list[float]]:
+    """Softmax over the classes for (28, 28) images, uint8 or float on the 0..255 scale, as lists (serve)."""
+    return probability_rows(model, images).tolist()
+
+
+def probability_rows(model: nn.Module, images: list[torch.Tensor]) -> torch.Tensor:
+    """Softmax over the classes (N, 10) on the CPU for (28, 28) images, uint8 or float on the 0..255
+    scale, normalized as the model was trained."""
     mean, std = getattr(model, "mean", MEAN), getattr(model, "std", STD)
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
@@ -261,31 +266,36 @@ def prepare(images_or_paths, invert: bool, skip_unreadable: bool) -> Iterator[tu
             yield display_path(path), error
 
 
+def images_error(text: str) -> DataError:
+    """A DataError about predict's images, naming the argument."""
+    return DataError(f"predict(images_or_paths): {text}")
+
+
 def pil_pixels(image: Image.Image, invert: bool, what: str) -> torch.Tensor:
     if image.width < 1 or image.height < 1:
-        raise DataError(f"predict: {what} is an image of {image.width}x{image.height} pixels; give one with pixels")
+        raise images_error(f"{what} is an image of {image.width}x{image.height} pixels; give one with pixels")
     return to_fashion_mnist(image, invert).float()
 
 
 def given_items(images_or_paths) -> list:
     """The images or paths as a non-empty list, all in memory or all paths; anything else is a DataError."""
     if isinstance(images_or_paths, (str, os.PathLike, Image.Image)):
-        return [images_or_paths]
+        images_or_paths = [images_or_paths]
     if not isinstance(images_or_paths, Iterable) or isinstance(images_or_paths, (bytes, bytearray, dict)):
-        raise DataError(f"predict: cannot read images from {type(images_or_paths).__name__}; "
+        raise images_error(f"cannot read images from {type(images_or_paths).__name__}; "
                         f"give {WHAT_PREDICT_TAKES}")
     items = list(images_or_paths)
     if not items:
-        raise DataError(f"predict: no images given (an empty {type(images_or_paths).__name__}); "
+        raise images_error(f"no images given (an empty {type(images_or_paths).__name__}); "
                         f"give at least one of {WHAT_PREDICT_TAKES}")
     for index, item in enumerate(items):
         if not isinstance(item, (str, os.PathLike, *IN_MEMORY)):
-            raise DataError(f"predict: item {index} is a {type(item).__name__}; give {WHAT_PREDICT_TAKES}")
+            raise images_error(f"item {index} is a {type(item).__name__}; give {WHAT_PREDICT_TAKES}")
         if isinstance(item, str) and (not item or "\x00" in item):
-            raise DataError(f"predict: item {index} is {short(item)}, not a usable path; give {WHAT_PREDICT_TAKES}")
+            raise images_error(f"item {index} is {short(item)}, not a usable path; give {WHAT_PREDICT_TAKES}")
     in_memory = [isinstance(item, IN_MEMORY) for item in items]
     if any(in_memory) and not all(in_memory):
-        raise DataError(f"predict: item {in_memory.index(not in_memory[0])} and item 0 are not both paths or both "
+        raise images_error(f"item {in_memory.index(not in_memory[0])} and item 0 are not both paths or both "
                         "images; predict files and in-memory images in separate calls")
     return items
 
@@ -301,23 +311,23 @@ def pixel_batch(images, single: bool = False, what: str = "images") -> torch.Ten
     """
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 and images.dtype.kind != "f":
-            raise DataError(f"predict: {what} of NumPy dtype {images.dtype}; give uint8 pixels 0..255 or floats "
+            raise images_error(f"{what} of NumPy dtype {images.dtype}; give uint8 pixels 0..255 or floats "
                             "in [0, 1] (from other integers: images.astype(numpy.uint8))")
         # Native byte order, and floats as float64 (torch has no float128): from_numpy takes only some dtypes.
         images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8 if images.dtype == np.uint8
                                                        else np.float64))
     if images.dtype != torch.uint8 and images.dtype not in FLOAT_DTYPES:
-        raise DataError(f"predict: {what} of dtype {images.dtype}; give uint8 pixels 0..255 or floats in [0, 1] "
+        raise images_error(f"{what} of dtype {images.dtype}; give uint8 pixels 0..255 or floats in [0, 1] "
                         "(from other integers: images.to(torch.uint8))")
     shape = tuple(images.shape)
     batch = to_batch_shape(images.detach())
     if batch is None or (single and len(batch) != 1):
         wanted = "(28, 28), (1, 28, 28) or (28, 28, 1)" if single else \
             "(28, 28), (N, 28, 28), (N, 1, 28, 28) or (N, 28, 28, 1)"
-        raise DataError(f"predict: {what} of shape {shape}; give {wanted} grayscale images "
+        raise images_error(f"{what} of shape {shape}; give {wanted} grayscale images "
                         "(resize other sizes, or pass PIL images)")
     if batch.numel() == 0:
-        raise DataError(f"predict: no images given (a tensor of shape {shape}); give at least one")
+        raise images_error(f"no images given (a tensor of shape {shape}); give at least one")
     batch = batch.cpu()
     if batch.dtype == torch.uint8:
         return batch.float()
@@ -344,11 +354,11 @@ def to_batch_shape(images: torch.Tensor) -> torch.Tensor | None:
 def float_pixels(images: torch.Tensor, what: str) -> torch.Tensor:
     """Float pixels in [0, 1] on the 0..255 scale normalize() takes."""
     if not torch.isfinite(images).all():
-        raise DataError(f"predict: {what} hold NaN or infinite pixels; give uint8 pixels 0..255 or floats in [0, 1]")
+        raise images_error(f"{what} hold NaN or infinite pixels; give uint8 pixels 0..255 or floats in [0, 1]")
     low, high = images.min().item(), images.max().item()
     if low < 0 or high > 1:
         hint = " (pixels 0..255: pass them as uint8, e.g. images.astype(numpy.uint8))" if high > 1 else ""
-        raise DataError(f"predict: float {what} range from {low:g} to {high:g}; give floats in [0, 1]{hint}")
+        raise images_error(f"float {what} range from {low:g} to {high:g}; give floats in [0, 1]{hint}")
     return images * 255.0
 
 
