@@ -150,3 +150,16 @@ def test_the_gap_note_blames_only_what_the_run_used():
     mixed = gap_line({"mixup": 0.2, "cutmix": 1.0}, dropout=True)
     assert "mixup and cutmix" in mixed and "dropout" in mixed and "label smoothing" not in mixed
     assert "augmentation" not in gap_line({})
+
+
+def test_every_public_result_has_a_one_line_repr(runs_root):
+    root, run = runs_root
+    data = fmnist.load_splits(root / "data", val_size=100, verify=False)
+    training = fmnist.build_training(tiny_config(root, "unused"), data.train, data.val, data.test)
+    evaluation = run.evaluate()
+    predictions = run.predict(data.test.images[:5])
+    stats = fmnist.train_one_epoch(training.model, training.train_loader, training.optimization, max_batches=2)
+    for result in (run, run.history, evaluation, evaluation.result, predictions, predictions[0], data, data.test,
+                   training, stats):
+        text = repr(result)
+        assert len(text) < 240 and "\n" not in text, (type(result).__name__, text[:300])

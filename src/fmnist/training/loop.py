@@ -56,7 +56,7 @@ class Optimization:
     grad_scaler: torch.amp.GradScaler | None = None
 
 
-@dataclass
+@dataclass(repr=False)
 class EpochStats:
     loss: float
     accuracy: float
@@ -67,6 +67,10 @@ class EpochStats:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def __repr__(self) -> str:  # learning_rates holds one rate per step
+        return (f"EpochStats(loss={self.loss:.4f}, accuracy={self.accuracy:.4f}, images={self.images:,}, "
+                f"seconds={self.seconds:.1f}, steps={len(self.learning_rates)})")
 
 
 def train_one_epoch(
