@@ -24,7 +24,7 @@ def test_train_plot_tabulate_and_predict_as_a_practitioner_would(real_data, tmp_
 
     # 1. Train: the run comes back as data.
     run = fmnist.train(fmnist.TrainConfig.from_recipe("quick", name="first", **TINY))
-    assert run.path == tmp_path / "runs" / "first" and run.status == "finished"
+    assert run.path.resolve() == tmp_path / "runs" / "first" and run.status == "finished"
 
     # 2. Its history, plotted.
     figure, axis = plt.subplots()
