@@ -36,7 +36,7 @@ def run_sweep(recipe: str, points: int, jobs: int, threads: int, out: Path, name
 
 def test_accuracies(sweep_dir: Path) -> list[float]:
     with open(sweep_dir / "runs.csv", newline="") as handle:
-        return [float(row["test acc"]) for row in csv.DictReader(handle) if row["test acc"] != "-"]
+        return [float(row["test_accuracy"]) for row in csv.DictReader(handle) if row["test_accuracy"]]
 
 
 if __name__ == "__main__":

@@ -72,4 +72,6 @@ def test_the_readme_python_quick_start_runs(readme_quick_start):
     accuracy = float(printed[0].split()[0])
     assert accuracy >= 0.895  # the quick recipe's two epochs reach 0.90
     assert f"run folder {Path('runs') / run.name}" in printed[0]
-    assert len(printed) == 4 and all(line.split()[0] in " ".join(fmnist.CLASS_NAMES) for line in printed[1:])
+    assert printed[1].startswith("validation accuracy per epoch: [") and printed[1].count(",") == 1  # 2 epochs
+    assert printed[2].endswith("(3, 10)")
+    assert len(printed) == 6 and all(line.split()[0] in " ".join(fmnist.CLASS_NAMES) for line in printed[3:])

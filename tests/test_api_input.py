@@ -59,18 +59,20 @@ def network() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize(("images", "fragment"), [
-    (torch.zeros(28, 28, 1, dtype=torch.uint8), "shape (28, 28, 1)"),
     (torch.zeros(2, 3, 28, 28, dtype=torch.uint8), "shape (2, 3, 28, 28)"),
-    (torch.zeros(2, 1, 28, 28, dtype=torch.uint8), "shape (2, 1, 28, 28)"),
+    (torch.zeros(2, 28, 28, 3, dtype=torch.uint8), "shape (2, 28, 28, 3)"),
     (torch.zeros(5, 784, dtype=torch.uint8), "shape (5, 784)"),
     (torch.zeros(28, dtype=torch.uint8), "shape (28,)"),
-    (torch.zeros(2, 28, 28, dtype=torch.float64), "dtype torch.float64; give uint8"),
+    (torch.zeros(0, 0, dtype=torch.uint8), "shape (0, 0)"),
+    (torch.full((2, 28, 28), 255.0), "float images range from 255 to 255; give floats in [0, 1]"),
+    (torch.full((2, 28, 28), -0.5), "range from -0.5 to -0.5"),
     (torch.zeros(2, 28, 28, dtype=torch.int64), "dtype torch.int64"),
     (torch.zeros(2, 28, 28, dtype=torch.bool), "dtype torch.bool"),
-    (torch.full((2, 28, 28), float("nan")), "dtype torch.float32"),
+    (torch.full((2, 28, 28), float("nan")), "NaN or infinite"),
     (torch.zeros(0, 28, 28, dtype=torch.uint8), "no images given"),
-    (np.zeros((2, 28, 28)), "NumPy dtype float64"),
+    (np.zeros((2, 28, 28), dtype=np.int32), "NumPy dtype int32"),
     (np.zeros((2, 28, 28, 3), dtype=np.uint8), "shape (2, 28, 28, 3)"),
+    ([Image.new("L", (0, 0))], "item 0 is an image of 0x0 pixels"),
     ([], "no images given (an empty list)"),
     ([[0] * 28] * 28, "item 0 is a list"),
     ([torch.zeros(28, 28, dtype=torch.uint8), "boot.png"], "predict files and in-memory images in separate calls"),
@@ -91,6 +93,33 @@ def test_predict_takes_numpy_arrays_and_lists_of_images_like_a_tensor(network):
     assert [p.probabilities for p in predict(network, list(batch))] == expected
     assert [p.probabilities for p in predict(network, [image.numpy() for image in batch])] == expected
     assert [p.source for p in predict(network, list(batch))] == ["image 0", "image 1", "image 2"]
+
+
+@pytest.mark.parametrize("layout", ["N,28,28", "N,1,28,28", "N,28,28,1", "list of 28,28,1", "float 0..1",
+                                    "numpy float32 N,28,28,1", "float64 N,1,28,28"])
+def test_predict_takes_every_layout_and_floats_in_0_1_with_the_same_answer(network, layout):
+    batch = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
+    expected = predict(network, batch)
+    given = {
+        "N,28,28": batch, "N,1,28,28": batch[:, None], "N,28,28,1": batch[..., None],
+        "list of 28,28,1": [image[..., None] for image in batch], "float 0..1": batch.float() / 255,
+        "numpy float32 N,28,28,1": batch.numpy()[..., None].astype(np.float32) / 255,
+        "float64 N,1,28,28": batch[:, None].double() / 255,
+    }[layout]
+    result = predict(network, given)
+    assert isinstance(result.probabilities, np.ndarray) and result.probabilities.shape == (3, 10)
+    assert result.labels.shape == (3,) and result.labels.dtype == np.int64
+    np.testing.assert_allclose(result.probabilities, expected.probabilities, atol=1e-5)
+    assert (result.labels == expected.labels).all()
+    assert [p.label for p in result] == result.labels.tolist()
+
+
+def test_predict_marks_unreadable_files_in_its_arrays(network, tmp_path):
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    result = predict(network, [tmp_path / "bad.png", tmp_path / "good.png"], skip_unreadable=True)
+    assert result[0].error is not None and result.labels[0] == -1 and np.isnan(result.probabilities[0]).all()
+    assert result.labels[1] == result[1].label and result.class_names[0] is None
 
 
 def test_predict_refuses_a_missing_file_a_missing_run_a_bad_model_and_batch_size(network, tmp_path):

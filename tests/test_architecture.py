@@ -24,6 +24,7 @@ LAYERS = [
     ("fmnist.training",),
     ("fmnist.runs",),
     ("fmnist.inference",),
+    ("fmnist.results",),
     ("fmnist.reports",),
     ("fmnist.experiment",),
     ("fmnist.tools",),

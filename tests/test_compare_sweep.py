@@ -48,17 +48,19 @@ def test_sweep_runs_every_grid_point_and_seed(sweep):
 
 def test_sweep_table_has_mean_and_std_over_seeds(sweep):
     sweep_dir, _ = sweep
-    rows = {row["grid point"]: row for row in read_csv(sweep_dir / "comparison.csv")}
+    rows = {row["grid_point"]: row for row in read_csv(sweep_dir / "comparison.csv")}
     assert set(rows) == {"lr=0.001", "lr=0.003"}
+    table = (sweep_dir / "comparison.md").read_text()
     for lr in ("0.001", "0.003"):
         accuracies = [
             json.loads((sweep_dir / f"lr={lr},seed={seed}" / "summary.json").read_text())["test_accuracy"]
             for seed in (42, 43)
         ]
-        expected = f"{statistics.mean(accuracies):.4f} ± {statistics.stdev(accuracies):.4f}"
-        assert rows[f"lr={lr}"]["test acc"] == expected
-        assert rows[f"lr={lr}"]["runs"] == "2" and " ± " in rows[f"lr={lr}"]["best val acc"]
-    table = (sweep_dir / "comparison.md").read_text()
+        row = rows[f"lr={lr}"]  # numbers in the CSV, formatted in the markdown table
+        assert float(row["test_accuracy_mean"]) == pytest.approx(statistics.mean(accuracies))
+        assert float(row["test_accuracy_std"]) == pytest.approx(statistics.stdev(accuracies))
+        assert row["runs"] == "2" and float(row["best_val_accuracy_std"]) >= 0
+        assert f"{statistics.mean(accuracies):.4f} ± {statistics.stdev(accuracies):.4f}" in table
     assert table.startswith("| grid point | runs | finished | best val acc | test acc | wall s | images/s |")
     assert (sweep_dir / "comparison.png").read_bytes().startswith(PNG_SIGNATURE)
 
@@ -68,16 +70,36 @@ def test_compare_tabulates_runs_and_draws_their_curves(sweep, tmp_path, capsys):
     runs = [sweep_dir / "lr=0.001,seed=42", sweep_dir / "lr=0.003,seed=43"]
     assert main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
-    assert "| run | model | recipe | parameters | epochs | best val acc | test acc | wall s | images/s |" in printed
+    # The settings that differ (lr and seed here) are columns; runs cut by --limit-batches say so.
+    assert ("| run | model | recipe | lr | seed | parameters | epochs | best val acc | test acc | wall s | images/s "
+            "| notes |") in printed
+    assert "cut to 2 batches/epoch" in printed
     rows = read_csv(tmp_path / "cmp" / "comparison.csv")
     assert [row["run"] for row in rows] == [run.name for run in runs]
     summary = json.loads((runs[1] / "summary.json").read_text())
-    assert rows[1]["test acc"] == f"{summary['test_accuracy']:.4f}"
-    assert rows[1]["parameters"] == f"{summary['parameters']:,}" and rows[1]["epochs"] == "2"
+    assert float(rows[1]["test_accuracy"]) == summary["test_accuracy"]  # numbers, as recorded
+    assert rows[1]["parameters"] == str(summary["parameters"]) and rows[1]["epochs_done"] == "2"
+    assert (rows[1]["lr"], rows[1]["seed"], rows[1]["limit_batches"], rows[1]["status"]) == ("0.003", "43", "2",
+                                                                                             "finished")
+    assert rows[1]["recipe"] == ""  # missing values are empty cells
     assert (tmp_path / "cmp" / "comparison.png").read_bytes().startswith(PNG_SIGNATURE)
-    # A folder of runs stands for all of them.
-    assert main(["compare", str(sweep_dir), "--out", str(tmp_path / "all")]) == 0
-    assert len(read_csv(tmp_path / "all" / "comparison.csv")) == 4
+    # A folder of runs stands for all of them, at any depth: the sweep inside its parent folder too.
+    assert main(["compare", str(sweep_dir.parent), "--out", str(tmp_path / "all"), "--sort", "test_accuracy",
+                 "--descending"]) == 0
+    rows = read_csv(tmp_path / "all" / "comparison.csv")
+    assert len(rows) == 4 and all(row["run"].startswith("lr-study/") for row in rows)
+    accuracies = [float(row["test_accuracy"]) for row in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+
+
+def test_compare_refuses_an_unknown_sort_column_before_writing(sweep, tmp_path, capsys):
+    sweep_dir, _ = sweep
+    assert main(["compare", str(sweep_dir), "--out", str(tmp_path / "cmp"), "--sort", "accuracy"]) == 2
+    err = capsys.readouterr().err
+    assert "--sort accuracy: no such column; choose one of: run, model" in err and err.count("\n") == 1
+    assert not (tmp_path / "cmp").exists()
+    assert main(["compare", str(sweep_dir), "--out", str(tmp_path / "cmp"), "--descending"]) == 2
+    assert "--descending" in capsys.readouterr().err and not (tmp_path / "cmp").exists()
 
 
 @pytest.mark.parametrize(
@@ -136,4 +158,6 @@ def test_a_diverging_run_is_recorded_and_the_sweep_finishes(tiny_data, tmp_path)
     ])
     assert status == 0
     [row] = read_csv(tmp_path / "diverge" / "comparison.csv")
-    assert (row["runs"], row["finished"], row["test acc"]) == ("1", "0", "-")
+    assert (row["runs"], row["finished"], row["test_accuracy_mean"]) == ("1", "0", "")
+    [run] = read_csv(tmp_path / "diverge" / "runs.csv")
+    assert (run["status"], run["epochs_done"], run["test_accuracy"]) == ("diverged", "0", "")

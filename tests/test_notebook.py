@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,6 @@ def test_the_walkthrough_runs_top_to_bottom(real_data, tmp_path):
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
     outputs = "".join(output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", []))
     assert "test accuracy" in outputs and "same as by hand: True" in outputs
+    # The run as data: predict's arrays give the accuracy evaluate() reports.
+    from_arrays, from_evaluate = re.search(r"accuracy from the arrays (\S+), evaluate\(\) (\S+)", outputs).groups()
+    assert from_arrays == from_evaluate

@@ -1,8 +1,9 @@
 """fmnist: a fast, readable PyTorch lab for Fashion-MNIST.
 
-    from fmnist import TrainConfig, train
-    result = train(TrainConfig.from_recipe("quick"))     # a run folder in runs/, about 30 s on a CPU
-    print(result.test_accuracy, result.path)
+    from fmnist import TrainConfig, load_runs, train
+    run = train(TrainConfig.from_recipe("quick"))     # a run folder in runs/, about 30 s on a CPU
+    print(run.test_accuracy, run.path, run.history["val_accuracy"])
+    load_runs("runs")                                 # every run beneath, as a pandas DataFrame
 
 The package is layered; each layer imports only from the ones above it in this list:
 
@@ -12,6 +13,7 @@ The package is layered; each layer imports only from the ones above it in this l
     training/                 config and recipes, optimizer/schedule/loss builders, the epoch loop, torchrun
     runs/                     run folders: checkpoint format, files, recording epochs, resuming
     inference                 load_model, predict, evaluate a checkpoint
+    results                   runs as data: load_run (a Run: config, history, model, evaluate), load_runs (a table)
     reports/                  figures, report.md, comparisons, TensorBoard
     experiment                train(config) and resume(run_dir): a config to a finished run folder
     tools/                    sweeps (in parallel too), Optuna searches, benchmarks, the yardstick, ONNX export
@@ -27,9 +29,18 @@ from fmnist.data.loader import TensorLoader, normalize
 from fmnist.data.splits import DataSplits, Split, load_splits
 from fmnist.errors import CheckpointError, ConfigError, DataError, FmnistError
 from fmnist.experiment import RunResult, resume, train
-from fmnist.inference import Prediction, TrainedModel, evaluate_checkpoint, load_model, predict
+from fmnist.inference import (
+    CheckpointEvaluation,
+    Prediction,
+    Predictions,
+    TrainedModel,
+    evaluate_checkpoint,
+    load_model,
+    predict,
+)
 from fmnist.models import count_parameters, create_model, list_models, register_model
 from fmnist.models.layers import LearnedAffine
+from fmnist.results import History, Run, load_run, load_runs
 from fmnist.training.build import Training, build_training
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import EvalResult, Optimization, evaluate, fit, train_one_epoch
@@ -39,16 +50,20 @@ from fmnist.version import __version__
 __all__ = [
     "CLASS_NAMES",
     "CheckpointError",
+    "CheckpointEvaluation",
     "ConfigError",
     "DataError",
     "DataSplits",
     "EvalResult",
     "FmnistError",
+    "History",
     "LearnedAffine",
     "MEAN",
     "Optimization",
     "Prediction",
+    "Predictions",
     "Recipe",
+    "Run",
     "RunResult",
     "STD",
     "Split",
@@ -66,6 +81,8 @@ __all__ = [
     "list_models",
     "list_recipes",
     "load_model",
+    "load_run",
+    "load_runs",
     "load_splits",
     "normalize",
     "predict",

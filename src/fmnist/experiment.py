@@ -12,7 +12,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,8 +21,10 @@ from fmnist.errors import ConfigError, FmnistError
 from fmnist.faults import StopRequest, TrainingInterrupted, stop_after_step
 from fmnist.files import atomic_write_json, check_writable, exclusive_lock
 from fmnist.models import count_parameters, create_model
+from fmnist.models.registry import model_origin
 from fmnist.reports.report import write_report
 from fmnist.reports.tensorboard_log import TensorBoardLog, require_tensorboard
+from fmnist.results import Run, read_run
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
 from fmnist.runs.folder import create_run_folder, environment, read_saved_config, write_config, write_summary
 from fmnist.runs.recorder import RunRecorder
@@ -57,21 +58,14 @@ from fmnist.training.runtime import (
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RunResult:
-    """What a finished run reports; everything else is in its folder (`path`)."""
-
-    path: Path
-    test_accuracy: float
-    test_loss: float
-    best_epoch: int
-    best_val_accuracy: float
-    wall_seconds: float
+RunResult = Run  # the name train() and resume() returned before they returned the whole Run
 
 
 def train(config: TrainConfig, *, progress: bool = False, details: dict | None = None,
-          after_epoch: Callable[[dict], None] | None = None) -> RunResult:
+          after_epoch: Callable[[dict], None] | None = None) -> Run:
     """Train `config` in a new run folder, validate every epoch, then test the best epoch's weights once.
+
+    Returns the finished Run (fmnist.results): its config, history, summary, model, and test figures.
 
     `progress` draws a bar per epoch on stderr. `details` (e.g. the command that started the run)
     are recorded in config.json. `after_epoch(row)` is called once each epoch is saved (it may
@@ -98,6 +92,7 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
                     **(details or {}), "data": data_record(data), "environment": environment(device),
                     "options_given": {name: getattr(config, name) for name in sorted(config.given)},
                     "resolved": resolved, **({"processes": group.world_size} if group else {}),
+                    "model_origin": model_origin(config.model),  # what a new process imports to rebuild it
                 }))
                 return run(path, config, data, device, None, progress, started, group, after_epoch)
             except (FmnistError, OSError) as error:
@@ -109,7 +104,7 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
                 raise
 
 
-def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> RunResult:
+def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> Run:
     """Continue the stopped run in `run_dir` after its last completed epoch, with its saved config.
 
     Only `device` and `data_dir` may change (`changes`); anything else is refused. Under torchrun,
@@ -203,7 +198,7 @@ def data_record(data: DataSplits) -> dict:
 
 def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device, resume_from: Path | None,
         progress: bool, started: float, group: Processes | None = None,
-        after_epoch: Callable[[dict], None] | None = None) -> RunResult:
+        after_epoch: Callable[[dict], None] | None = None) -> Run:
     """Build, restore (when resuming), fit, then test best.pt and write the summary and report."""
     resolved = on_main(group, lambda: resolved_at_start(path, config, device))
     plan = TimePlan.from_dict(resolved["time_plan"]) if resolved["time_plan"] else None
@@ -226,7 +221,8 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     if is_main(group):  # the process that writes the run folder (the only one without torchrun)
         tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
         recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
-                               also=[tensorboard] if tensorboard else [], after_epoch=after_epoch, resolved=resolved)
+                               also=[tensorboard] if tensorboard else [], after_epoch=after_epoch, resolved=resolved,
+                               started=started, earlier_seconds=earlier_seconds(point.history))
     network, train_batches = training.model, training.train_loader
     if group is not None:  # one of several processes: see training/distributed.py
         network = wrap_model(training.model, group, config.sync_bn)
@@ -249,7 +245,7 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
             budget = budget_record(plan, time.perf_counter() - fit_started, history,
                                    resumed=resume_from is not None)
             return on_main(group, lambda: finish(path, config, data, device, training, history, stop, tensorboard,
-                                                 started, budget))
+                                                 started - earlier_seconds(point.history), budget))
         except TrainingInterrupted as interruption:
             raise interrupted(path, recorder, interruption, stop) from None
         except NonFiniteLossError as error:
@@ -266,6 +262,17 @@ def run_settings(resolved: dict, config: TrainConfig, device: torch.device) -> s
     precision = Precision(resolved["amp"], resolved.get("amp_reason") or "as the run chose at its start")
     speed = speed_settings_line(device, config.deterministic, config.tf32)
     return precision.describe() + (f", {speed}" if speed else "")
+
+
+def earlier_seconds(history: list[dict]) -> float:
+    """The wall time of the parts of a run before this one: up to its last recorded epoch. Runs of
+    older versions did not record it; their epochs' training and validation time stands in for it."""
+    if not history:
+        return 0.0
+    recorded = history[-1].get("wall_seconds")
+    if isinstance(recorded, (int, float)):
+        return float(recorded)
+    return sum((row.get("seconds") or 0.0) + (row.get("eval_seconds") or 0.0) for row in history)
 
 
 def budget_record(plan: TimePlan | None, fit_seconds: float, history: list[dict], resumed: bool) -> dict:
@@ -285,8 +292,11 @@ def budget_record(plan: TimePlan | None, fit_seconds: float, history: list[dict]
 
 def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.device, training: Training,
            history: list[dict], stop: StopRequest, tensorboard: TensorBoardLog | None, started: float,
-           budget: dict) -> RunResult:
-    """After the last epoch: test best.pt once, then write the summary and the report."""
+           budget: dict) -> Run:
+    """After the last epoch: test best.pt once, then write the summary and the report.
+
+    `started` is when the run started, earlier parts of a resumed run included, so that wall_seconds
+    is the whole run's."""
     test, best_epoch = test_best_weights(path, config, training)
     if stop.requested:
         raise TrainingInterrupted("during the final test evaluation", stop.signal_number)
@@ -313,7 +323,7 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
     if tensorboard is not None:
         tensorboard.log_confusion_matrix(test, best_epoch)
         tensorboard.close()
-    return RunResult(path, test.accuracy, test.loss, best_epoch, history[best_epoch - 1]["val_accuracy"], wall_seconds)
+    return read_run(path)
 
 
 def test_best_weights(path: Path, config: TrainConfig, training: Training):

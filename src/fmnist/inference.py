@@ -20,13 +20,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fmnist.data.fashion import CLASS_NAMES, MEAN, STD
+from fmnist.data.fashion import CLASS_NAMES, IMAGE_SIZE, MEAN, NUM_CLASSES, STD
 from fmnist.data.images import IMAGE_SUFFIXES, display_path, image_batch, image_files, read_image, to_fashion_mnist
 from fmnist.data.loader import TensorLoader
 from fmnist.data.locate import find_data_dir
 from fmnist.data.splits import Split, read_split
 from fmnist.data.verify import unverified_files
-from fmnist.errors import CheckpointError, ConfigError, DataError
+from fmnist.errors import CheckpointError, ConfigError, DataError, one_line_reason
 from fmnist.runs.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -61,21 +61,45 @@ class TrainedModel(nn.Module):
 
 def load_model(source: str | os.PathLike, device: str = "cpu") -> TrainedModel:
     """The trained model of a run folder (its best.pt, else last.pt) or of a checkpoint file, in eval mode."""
-    path = checkpoint_path(source)
+    path = checkpoint_argument(source, "load_model", "source")
+    torch_device = device_argument(device, "load_model")
     state = load_checkpoint(path)
     network = model_from_checkpoint(state, path)
     mean, std = normalization(state)
     info = {"model": state["model_name"], "epoch": state["epoch"], "recipe": state["config"].get("recipe"),
             "checkpoint": str(path)}
     model = TrainedModel(network, mean, std, trained_with_flip_tta(state), info)
-    return model.to(device=resolve_device(device), memory_format=torch.channels_last).eval()
+    return model.to(device=torch_device, memory_format=torch.channels_last).eval()
 
 
-@dataclass
+def checkpoint_argument(source, function: str, argument: str) -> Path:
+    """A run folder or checkpoint path given to `function`, else a CheckpointError naming the argument."""
+    if isinstance(source, bool) or not isinstance(source, (str, os.PathLike)) or not str(source) \
+            or "\x00" in str(source):
+        raise CheckpointError(f"{function}({argument}={short(source)}): not a path; give a run folder or a "
+                              "checkpoint file (a str or a Path)")
+    return checkpoint_path(source)
+
+
+def device_argument(device, function: str) -> torch.device:
+    try:
+        return resolve_device(device)
+    except ConfigError as error:
+        reason = str(error).split(": ", 1)[-1]
+        raise ConfigError(f"{function}(device={short(device)}): {reason}", "device") from None
+
+
+def short(value) -> str:
+    """repr(value), cut to a length one line of error can hold."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(repr=False)
 class Prediction:
     """The class probabilities for one image; `error` instead when the file could not be read."""
 
-    source: str  # the file's path, or "image N" for a tensor
+    source: str  # the file's path, or "image N" for an array or tensor
     probabilities: list[float] | None = None
     error: str | None = None
 
@@ -111,6 +135,32 @@ class Prediction:
     def to_line(self, top_k: int = 3) -> str:
         return f"{self.source}: " + ", ".join(f"{name} {probability:.3f}" for name, probability in self.top(top_k))
 
+    def __repr__(self) -> str:
+        if self.error is not None:
+            return f"Prediction({self.source!r}, error={self.error!r})"
+        return f"Prediction({self.source!r}, {self.class_name} {self.probability:.3f})"
+
+
+class Predictions(list):
+    """What predict returns: one Prediction per image, in order, and the same as NumPy arrays:
+    `probabilities` (N, 10) float32 and `labels` (N,) int64. An image that could not be read
+    (skip_unreadable) has a row of NaN and the label -1."""
+
+    def __init__(self, predictions: list[Prediction], probabilities: np.ndarray):
+        super().__init__(predictions)
+        self.probabilities = probabilities
+        readable = ~np.isnan(probabilities).any(axis=1)
+        self.labels = np.where(readable, np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1), -1).astype(np.int64)
+
+    @property
+    def class_names(self) -> list[str | None]:
+        return [CLASS_NAMES[label] if label >= 0 else None for label in self.labels]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(repr(prediction) for prediction in list.__getitem__(self, slice(0, 3)))
+        more = f", ... {len(self) - 3} more" if len(self) > 3 else ""
+        return f"Predictions({len(self)} images: {shown}{more})"
+
 
 def predict(
     model_or_run: nn.Module | str | os.PathLike,
@@ -119,127 +169,213 @@ def predict(
     invert: bool = True,
     skip_unreadable: bool = False,
     batch_size: int = EVAL_BATCH_SIZE,
-) -> list[Prediction]:
-    """Class probabilities for image files, folders of them, or uint8 images (28x28 tensors, PIL images).
+) -> Predictions:
+    """Class probabilities for images: arrays, tensors, PIL images, image files or folders of them.
 
-    `model_or_run` is a TrainedModel, a run folder or checkpoint path, or a plain network (then
-    normalized with Fashion-MNIST's mean and std). Files are made to look like Fashion-MNIST first
-    (data/images.py; `invert=False` keeps their colours as they are). An unreadable file raises
-    DataError, or with `skip_unreadable` comes back as a Prediction with `error` set. Images go
-    through the model in batches, so memory stays flat however many there are.
+    Arrays and tensors (NumPy or torch) may be one image (28, 28) or a batch (N, 28, 28),
+    (N, 1, 28, 28) or (N, 28, 28, 1), of uint8 pixels 0..255 or floats in [0, 1], light on black as
+    in Fashion-MNIST. `model_or_run` is a TrainedModel, a run folder or checkpoint path, or a plain
+    network (then normalized with Fashion-MNIST's mean and std). Files and PIL images are made to look
+    like Fashion-MNIST first (data/images.py; `invert=False` keeps their colours as they are). An
+    unreadable file raises DataError, or with `skip_unreadable` comes back as a Prediction with
+    `error` set. Images go through the model in batches, so memory stays flat however many there are.
+    Returns Predictions: a list of Prediction with `.labels` (N,) and `.probabilities` (N, 10) arrays.
     """
-    model = model_to_use(model_or_run)
+    check_flag(invert, "invert")
+    check_flag(skip_unreadable, "skip_unreadable")
     check_batch_size(batch_size)
-    prepared = prepare(images_or_paths, invert, skip_unreadable)
-    predictions = []
-    for chunk in chunks(prepared, batch_size):
-        readable = [(source, image) for source, image in chunk if isinstance(image, torch.Tensor)]
-        probabilities = iter(class_probabilities(model, [image for _, image in readable]) if readable else [])
+    model = model_to_use(model_or_run)
+    predictions, rows = [], []
+    for chunk in chunks(prepare(images_or_paths, invert, skip_unreadable), batch_size):
+        readable = [image for _, image in chunk if isinstance(image, torch.Tensor)]
+        probabilities = iter(probability_rows(model, readable) if readable else [])
         for source, image in chunk:
             if isinstance(image, DataError):
                 predictions.append(Prediction(source, error=display_path(Path(str(image)))))
+                rows.append(np.full(NUM_CLASSES, np.nan, dtype=np.float32))
             else:
-                predictions.append(Prediction(source, next(probabilities)))
-    return predictions
+                row = next(probabilities)
+                predictions.append(Prediction(source, row.tolist()))
+                rows.append(row.numpy())
+    return Predictions(predictions, np.stack(rows))
+
+
+def check_flag(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"predict({name}={short(value)}): give True or False", name)
 
 
 def class_probabilities(model: nn.Module, images: list[torch.Tensor]) -> list[list[float]]:
-    """Softmax over the classes for uint8 (28, 28) images, normalized as the model was trained."""
+    """Softmax over the classes for (28, 28) images, uint8 or float on the 0..255 scale, as lists (serve)."""
+    return probability_rows(model, images).tolist()
+
+
+def probability_rows(model: nn.Module, images: list[torch.Tensor]) -> torch.Tensor:
+    """Softmax over the classes (N, 10) on the CPU for (28, 28) images, uint8 or float on the 0..255
+    scale, normalized as the model was trained."""
     mean, std = getattr(model, "mean", MEAN), getattr(model, "std", STD)
-    parameter = next(model.parameters())
-    batch = image_batch(images, mean, std).to(parameter.device).contiguous(memory_format=torch.channels_last)
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    batch = image_batch(images, mean, std).to(device).contiguous(memory_format=torch.channels_last)
     model.eval()
-    with torch.inference_mode():
-        probabilities = torch.softmax(model(batch).float(), dim=1)
+    try:
+        with torch.inference_mode():
+            logits = model(batch)
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:  # a network not made for 28x28 images
+        raise CheckpointError(f"predict(model_or_run={type(model).__name__}): the model fails on (N, 1, 28, 28) "
+                              f"images ({one_line_reason(error)}); give a model trained on Fashion-MNIST") from None
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(images), NUM_CLASSES):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise CheckpointError(f"predict(model_or_run={type(model).__name__}): the model answers {shape} for "
+                              f"{len(images)} images, not ({len(images)}, {NUM_CLASSES}) class scores")
+    probabilities = torch.softmax(logits.float(), dim=1).cpu()
     if not torch.isfinite(probabilities).all():
         raise CheckpointError("the model's output is not finite (NaN or infinite weights?); "
                               "it cannot classify anything: use a checkpoint from before the loss diverged")
-    return probabilities.tolist()
+    return probabilities
 
 
 IN_MEMORY = (torch.Tensor, np.ndarray, Image.Image)
-WHAT_PREDICT_TAKES = ("image files or folders (str or Path), PIL images, or uint8 tensors or NumPy arrays "
-                      "of shape (28, 28) or (N, 28, 28)")
+WHAT_PREDICT_TAKES = ("image files or folders (str or Path), PIL images, or tensors or NumPy arrays of shape "
+                      "(28, 28), (N, 28, 28), (N, 1, 28, 28) or (N, 28, 28, 1), uint8 0..255 or float in [0, 1]")
 
 
 def prepare(images_or_paths, invert: bool, skip_unreadable: bool) -> Iterator[tuple[str, torch.Tensor | DataError]]:
-    """(source, uint8 28x28 image or the DataError that reading it raised), lazily, in order."""
+    """(source, float32 (28, 28) image on the 0..255 scale, or the DataError that reading it raised), lazily."""
     if isinstance(images_or_paths, (torch.Tensor, np.ndarray)):
-        for index, image in enumerate(image_tensor(images_or_paths)):
+        for index, image in enumerate(pixel_batch(images_or_paths)):
             yield f"image {index}", image
         return
     items = given_items(images_or_paths)
     if all(isinstance(item, IN_MEMORY) for item in items):
         for index, item in enumerate(items):
-            image = to_fashion_mnist(item, invert) if isinstance(item, Image.Image) else image_tensor(item, single=True)
+            if isinstance(item, Image.Image):
+                image = pil_pixels(item, invert, f"item {index}")
+            else:
+                image = pixel_batch(item, single=True, what=f"item {index}")[0]
             yield f"image {index}", image
         return
     for path in image_files(items):
         try:
             if path.is_dir():  # image_files() keeps a folder only when it holds no image
                 raise DataError(f"{path}: a folder with no image files ({', '.join(IMAGE_SUFFIXES)})")
-            yield display_path(path), to_fashion_mnist(read_image(path), invert)
+            yield display_path(path), pil_pixels(read_image(path), invert, display_path(path))
         except DataError as error:
             if not skip_unreadable:
                 raise
             yield display_path(path), error
 
 
+def images_error(text: str) -> DataError:
+    """A DataError about predict's images, naming the argument."""
+    return DataError(f"predict(images_or_paths): {text}")
+
+
+def pil_pixels(image: Image.Image, invert: bool, what: str) -> torch.Tensor:
+    if image.width < 1 or image.height < 1:
+        raise images_error(f"{what} is an image of {image.width}x{image.height} pixels; give one with pixels")
+    return to_fashion_mnist(image, invert).float()
+
+
 def given_items(images_or_paths) -> list:
     """The images or paths as a non-empty list, all in memory or all paths; anything else is a DataError."""
     if isinstance(images_or_paths, (str, os.PathLike, Image.Image)):
-        return [images_or_paths]
-    if not isinstance(images_or_paths, Iterable):
-        raise DataError(f"predict: cannot read images from {type(images_or_paths).__name__}; "
+        images_or_paths = [images_or_paths]
+    if not isinstance(images_or_paths, Iterable) or isinstance(images_or_paths, (bytes, bytearray, dict)):
+        raise images_error(f"cannot read images from {type(images_or_paths).__name__}; "
                         f"give {WHAT_PREDICT_TAKES}")
     items = list(images_or_paths)
     if not items:
-        raise DataError(f"predict: no images given (an empty {type(images_or_paths).__name__}); "
+        raise images_error(f"no images given (an empty {type(images_or_paths).__name__}); "
                         f"give at least one of {WHAT_PREDICT_TAKES}")
     for index, item in enumerate(items):
         if not isinstance(item, (str, os.PathLike, *IN_MEMORY)):
-            raise DataError(f"predict: item {index} is a {type(item).__name__}; give {WHAT_PREDICT_TAKES}")
+            raise images_error(f"item {index} is a {type(item).__name__}; give {WHAT_PREDICT_TAKES}")
+        if isinstance(item, str) and (not item or "\x00" in item):
+            raise images_error(f"item {index} is {short(item)}, not a usable path; give {WHAT_PREDICT_TAKES}")
     in_memory = [isinstance(item, IN_MEMORY) for item in items]
     if any(in_memory) and not all(in_memory):
-        raise DataError(f"predict: item {in_memory.index(not in_memory[0])} and item 0 are not both paths or both "
+        raise images_error(f"item {in_memory.index(not in_memory[0])} and item 0 are not both paths or both "
                         "images; predict files and in-memory images in separate calls")
     return items
 
 
-def image_tensor(images, single: bool = False) -> torch.Tensor:
-    """uint8 images as a (N, 28, 28) tensor (a (28, 28) one when `single`), else a DataError saying how to fix them."""
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def pixel_batch(images, single: bool = False, what: str = "images") -> torch.Tensor:
+    """Images as a float32 (N, 28, 28) tensor on the 0..255 scale, else a DataError saying how to fix them.
+
+    Takes uint8 pixels or floats in [0, 1]; a channel axis of size 1 before or after the pixels; one
+    image (28, 28) too. `single`: an item of a list, so one image: (28, 28), (1, 28, 28) or (28, 28, 1).
+    """
     if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8:
-            raise DataError(f"predict: images of NumPy dtype {images.dtype}; give uint8 pixels 0..255 "
-                            "(from floats in 0..1: (images * 255).round().astype(numpy.uint8))")
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        if images.dtype != np.uint8 and images.dtype.kind != "f":
+            raise images_error(f"{what} of NumPy dtype {images.dtype}; give uint8 pixels 0..255 or floats "
+                            "in [0, 1] (from other integers: images.astype(numpy.uint8))")
+        # Native byte order, and floats as float64 (torch has no float128): from_numpy takes only some dtypes.
+        images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8 if images.dtype == np.uint8
+                                                       else np.float64))
+    if images.dtype != torch.uint8 and images.dtype not in FLOAT_DTYPES:
+        raise images_error(f"{what} of dtype {images.dtype}; give uint8 pixels 0..255 or floats in [0, 1] "
+                        "(from other integers: images.to(torch.uint8))")
     shape = tuple(images.shape)
-    if images.dtype != torch.uint8:
-        raise DataError(f"predict: images of dtype {images.dtype}; give uint8 pixels 0..255 "
-                        "(from floats in 0..1: (images * 255).round().to(torch.uint8))")
-    if shape[-2:] != (28, 28) or images.dim() not in ((2,) if single else (2, 3)):
-        wanted = "(28, 28)" if single else "(28, 28) or (N, 28, 28)"
-        raise DataError(f"predict: images of shape {shape}; give {wanted} grayscale images "
-                        "(drop a channel dimension with .squeeze(); resize other sizes, or pass PIL images)")
-    images = images if single or images.dim() == 3 else images.unsqueeze(0)
-    if images.numel() == 0:
-        raise DataError(f"predict: no images given (a tensor of shape {shape}); give at least one")
-    return images.cpu()
+    batch = to_batch_shape(images.detach())
+    if batch is None or (single and len(batch) != 1):
+        wanted = "(28, 28), (1, 28, 28) or (28, 28, 1)" if single else \
+            "(28, 28), (N, 28, 28), (N, 1, 28, 28) or (N, 28, 28, 1)"
+        raise images_error(f"{what} of shape {shape}; give {wanted} grayscale images "
+                        "(resize other sizes, or pass PIL images)")
+    if batch.numel() == 0:
+        raise images_error(f"no images given (a tensor of shape {shape}); give at least one")
+    batch = batch.cpu()
+    if batch.dtype == torch.uint8:
+        return batch.float()
+    return float_pixels(batch.float(), what)
+
+
+def to_batch_shape(images: torch.Tensor) -> torch.Tensor | None:
+    """(N, 28, 28) from any layout predict takes, or None."""
+    size = (IMAGE_SIZE, IMAGE_SIZE)
+    shape = tuple(images.shape)
+    if shape == size:
+        return images.unsqueeze(0)
+    if len(shape) == 3 and shape[1:] == size:
+        return images
+    if shape == (*size, 1):  # one image in Keras' layout
+        return images.permute(2, 0, 1)
+    if len(shape) == 4 and shape[1] == 1 and shape[2:] == size:  # PyTorch's (N, C, H, W)
+        return images[:, 0]
+    if len(shape) == 4 and shape[3] == 1 and shape[1:3] == size:  # Keras' (N, H, W, C)
+        return images[..., 0]
+    return None
+
+
+def float_pixels(images: torch.Tensor, what: str) -> torch.Tensor:
+    """Float pixels in [0, 1] on the 0..255 scale normalize() takes."""
+    if not torch.isfinite(images).all():
+        raise images_error(f"{what} hold NaN or infinite pixels; give uint8 pixels 0..255 or floats in [0, 1]")
+    low, high = images.min().item(), images.max().item()
+    if low < 0 or high > 1:
+        hint = " (pixels 0..255: pass them as uint8, e.g. images.astype(numpy.uint8))" if high > 1 else ""
+        raise images_error(f"float {what} range from {low:g} to {high:g}; give floats in [0, 1]{hint}")
+    return images * 255.0
 
 
 def model_to_use(model_or_run) -> nn.Module:
     """A network as given, or the trained model of a run folder or checkpoint path."""
     if isinstance(model_or_run, nn.Module):
         return model_or_run
-    if not isinstance(model_or_run, (str, os.PathLike)):
-        raise CheckpointError(f"predict: the model is a {type(model_or_run).__name__}; give a TrainedModel "
-                              "(load_model), a network, or a run folder or checkpoint path")
-    return load_model(model_or_run)
+    if isinstance(model_or_run, bool) or not isinstance(model_or_run, (str, os.PathLike)):
+        raise CheckpointError(f"predict(model_or_run={short(model_or_run)}): the model is a "
+                              f"{type(model_or_run).__name__}; give a TrainedModel (load_model), a network, or a "
+                              "run folder or checkpoint path")
+    return load_model(checkpoint_argument(model_or_run, "predict", "model_or_run"))
 
 
-def check_batch_size(batch_size) -> None:
+def check_batch_size(batch_size, function: str = "predict") -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"predict: batch_size={batch_size!r}; give a whole number of images, at least 1",
+        raise ConfigError(f"{function}(batch_size={short(batch_size)}): give a whole number of images, at least 1",
                           "batch_size")
 
 
@@ -254,8 +390,11 @@ def chunks(iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-@dataclass
+@dataclass(repr=False)
 class CheckpointEvaluation:
+    """A checkpoint's model on the test split: `result` (an EvalResult: loss, accuracy, and per image the
+    prediction, label and class probabilities), the checkpoint's `state`, the `model` and the data used."""
+
     path: Path
     state: dict
     model: TrainedModel
@@ -264,13 +403,48 @@ class CheckpointEvaluation:
     data_dir: Path
     data_verified: bool
 
+    @property
+    def accuracy(self) -> float:
+        return self.result.accuracy
+
+    @property
+    def loss(self) -> float:
+        return self.result.loss
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(N, 10) float32: each test image's class probabilities."""
+        return self.result.probabilities.numpy()
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) the test images' true classes."""
+        return self.result.labels.numpy()
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """(N,) the predicted classes."""
+        return self.result.predictions.numpy()
+
+    def __repr__(self) -> str:  # the state holds every weight: never print it
+        return (f"CheckpointEvaluation({str(self.path)!r}, {self.state['model_name']} epoch {self.state['epoch']}, "
+                f"accuracy={self.accuracy:.4f}, loss={self.loss:.4f}, images={len(self.result.labels):,})")
+
 
 def evaluate_checkpoint(
-    checkpoint: str | os.PathLike, data_dir: str | None = None, device: str = "auto",
+    checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "auto",
     batch_size: int = EVAL_BATCH_SIZE, allow_unverified_data: bool = False,
 ) -> CheckpointEvaluation:
     """A checkpoint's model on the test split, normalized and (flip TTA) evaluated as in its training."""
-    path = checkpoint_path(checkpoint)
+    path = checkpoint_argument(checkpoint, "evaluate_checkpoint", "checkpoint")
+    if data_dir is not None and (isinstance(data_dir, bool) or not isinstance(data_dir, (str, os.PathLike))):
+        raise DataError(f"evaluate_checkpoint(data_dir={short(data_dir)}): give the data folder (a str or a Path), "
+                        "or None to find it")
+    check_batch_size(batch_size, "evaluate_checkpoint")
+    if not isinstance(allow_unverified_data, bool):
+        raise ConfigError(f"evaluate_checkpoint(allow_unverified_data={short(allow_unverified_data)}): "
+                          "give True or False", "allow_unverified_data")
+    device_argument(device, "evaluate_checkpoint")
     state = load_checkpoint(path)
     model = load_model(path, device)
     directory = find_data_dir(data_dir or state["config"].get("data_dir"))

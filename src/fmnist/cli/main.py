@@ -84,8 +84,12 @@ def build_parser() -> ArgumentParser:
     summary.add_argument("model", metavar="MODEL")
 
     compare = command("compare", "table and validation curves of several runs side by side")
-    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of them (a sweep)")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                         help="run folders, or folders holding them at any depth (runs/, a sweep)")
     compare.add_argument("--out", default="comparison", help="folder for comparison.md/.csv/.png (default: comparison)")
+    compare.add_argument("--sort", metavar="COLUMN",
+                         help="order the runs by a column of comparison.csv, e.g. test_accuracy (default: as found)")
+    compare.add_argument("--descending", action="store_true", help="with --sort: largest first")
 
     sweep = command("sweep", "train a grid of --set values x seeds, then compare (mean ± std)")
     add_train_options(sweep)
@@ -269,7 +273,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fmnist.reports.compare import compare_runs
 
-    print(compare_runs(args.run_dirs, args.out))
+    if args.descending and args.sort is None:
+        raise UsageError("--descending: orders --sort's column; give --sort COLUMN too")
+    print(compare_runs(args.run_dirs, args.out, args.sort, args.descending))
     print(f"written: {args.out}/comparison.md, comparison.csv, comparison.png")
     return 0
 

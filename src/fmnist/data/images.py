@@ -126,7 +126,7 @@ def to_fashion_mnist(image: Image.Image, invert: bool = True) -> torch.Tensor:
 
 
 def image_batch(images: list[torch.Tensor], mean: float, std: float) -> torch.Tensor:
-    """Step 4: uint8 (28, 28) images -> the normalized float (N, 1, 28, 28) batch the model takes."""
+    """Step 4: (28, 28) images, uint8 or float on the 0..255 scale -> the normalized float (N, 1, 28, 28) batch."""
     return normalize(torch.stack(images), mean, std)
 
 

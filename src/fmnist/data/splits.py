@@ -20,7 +20,7 @@ from fmnist.data.verify import unverified_files
 from fmnist.errors import DataError
 
 
-@dataclass
+@dataclass(repr=False)
 class Split:
     """One split held in memory: uint8 images (N, 28, 28) and int64 labels (N,)."""
 
@@ -29,6 +29,9 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __repr__(self) -> str:  # a summary, not 60,000 images
+        return f"Split({len(self):,} images {tuple(self.images.shape)} {self.images.dtype} on {self.images.device})"
 
     def subset(self, indices: torch.Tensor) -> Split:
         return Split(self.images[indices], self.labels[indices])
@@ -72,13 +75,17 @@ def train_val_split(train: Split, val_size: int, split_seed: int) -> tuple[Split
     return train.subset(train_indices), train.subset(val_indices)
 
 
-@dataclass
+@dataclass(repr=False)
 class DataSplits:
     train: Split
     val: Split
     test: Split
     directory: Path
     verified: bool  # the files' content is the official Fashion-MNIST (verify.py)
+
+    def __repr__(self) -> str:
+        return (f"DataSplits(train {len(self.train):,}, val {len(self.val):,}, test {len(self.test):,} images from "
+                f"{str(self.directory)!r}{'' if self.verified else ', NOT verified'})")
 
 
 def load_splits(

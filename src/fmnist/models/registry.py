@@ -1,8 +1,22 @@
-"""A registry of models by name, so the CLI, configs and checkpoints can name a model."""
+"""A registry of models by name, so the CLI, configs and checkpoints can name a model.
+
+Other packages add models through the `fmnist.models` entry-point group (as pytest plugins and timm's
+registry let packages extend them): in their pyproject.toml,
+
+    [project.entry-points."fmnist.models"]
+    my-models = "my_package.models"          # a module whose @register_model decorators run on import
+    tiny-net = "my_package.models:tiny_net"  # or one factory, registered under the entry point's name
+
+They are loaded the first time a model is looked up, so `fmnist train/evaluate/serve/models` in a new
+process know them as well as fmnist's own.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import inspect
+import logging
 from collections.abc import Callable
 
 import torch
@@ -10,14 +24,24 @@ from torch import nn
 
 from fmnist.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "fmnist.models"
 ModelFactory = Callable[..., nn.Module]
 _MODELS: dict[str, ModelFactory] = {}
+_FROM_DISTRIBUTION: dict[str, str] = {}  # model name -> the installed package whose entry point registered it
+_plugins_loaded = False
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator: make a model factory available as `create_model(name)`."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"register_model(name={name!r}): give the model's name, a non-empty str", "name")
 
     def decorator(factory: ModelFactory) -> ModelFactory:
+        if not callable(factory):
+            raise ConfigError(f"register_model({name!r}) decorates a {type(factory).__name__}; decorate a function "
+                              "or class that returns an nn.Module", "factory")
         if name in _MODELS:
             # A silent overwrite would make a name mean two different networks.
             raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__module__}")
@@ -27,15 +51,72 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return decorator
 
 
+def load_plugins() -> None:
+    """Import the models other installed packages declare in the `fmnist.models` entry-point group, once.
+
+    A plugin that fails to load is logged (a warning naming it and why) and skipped: one broken
+    package must not take `fmnist models` or the models of every other package down with it.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True  # first: a plugin's own import may look models up
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        distribution = entry_point.dist.name if entry_point.dist is not None else entry_point.value
+        before = set(_MODELS)
+        try:
+            loaded = entry_point.load()
+            if not inspect.ismodule(loaded) and entry_point.name not in _MODELS:
+                register_model(entry_point.name)(loaded)
+        except Exception as error:  # any error of someone else's import
+            logger.warning("models of %s (entry point %s = %s) not loaded: %s: %s", distribution, entry_point.name,
+                           entry_point.value, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            continue
+        for name in set(_MODELS) - before:
+            _FROM_DISTRIBUTION[name] = distribution
+
+
 def list_models() -> list[str]:
+    load_plugins()
     return sorted(_MODELS)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; an unknown name lists the valid ones."""
+    load_plugins()
     if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())} "
+                          f"(other packages add models through the {ENTRY_POINT_GROUP!r} entry-point group)")
     return _MODELS[name](**kwargs)
+
+
+def model_origin(name: str) -> dict:
+    """Where a registered model comes from, so a run can say what another process must import to
+    rebuild it: {"module": ..., "distribution": ... (an installed package's entry point) or None}."""
+    load_plugins()
+    factory = _MODELS[name]
+    return {"module": getattr(factory, "__module__", None), "distribution": _FROM_DISTRIBUTION.get(name)}
+
+
+def is_builtin(origin: dict | None) -> bool:
+    """Whether a model's origin (model_origin) is fmnist's own zoo, which every process has."""
+    module = (origin or {}).get("module") or ""
+    return module.startswith("fmnist.")
+
+
+def how_to_make_known(name: str, origin: dict | None) -> str:
+    """What makes the model `name` known to another process, from what its run recorded."""
+    origin = origin or {}
+    if origin.get("distribution"):
+        return (f"it came from the installed package {origin['distribution']!r}: install it here "
+                f"(pip install {origin['distribution']})")
+    module = origin.get("module")
+    if module and module != "__main__":
+        return (f"it was registered by the module {module!r}: import {module} before loading, or install it "
+                f"with an entry point in the {ENTRY_POINT_GROUP!r} group (docs/python-api.md)")
+    where = "in a script or notebook (__main__)" if module == "__main__" else "outside fmnist"
+    return (f"it was registered {where}: run that register_model code again before loading, or move it into "
+            f"a module or package with an entry point in the {ENTRY_POINT_GROUP!r} group (docs/python-api.md)")
 
 
 def count_parameters(model: nn.Module) -> int:

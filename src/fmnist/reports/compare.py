@@ -1,5 +1,6 @@
 """`fmnist compare RUN_DIR...`: runs side by side, as a table (printed, markdown, CSV) and one PNG of
 validation curves; and the same per grid point with mean ± std over seeds, for `fmnist sweep`.
+The table itself is fmnist.results.run_table, the one load_runs() gives as a DataFrame.
 
 Everything is read from the run folders' own files, so runs made at different times, by train or
 by sweep, compare the same way.
@@ -9,18 +10,25 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
-from fmnist.errors import CheckpointError
+from fmnist.errors import CheckpointError, ConfigError
 from fmnist.files import atomic_write_text
 from fmnist.reports import plots
 from fmnist.reports.report import markdown_table
-from fmnist.runs.folder import is_run_folder, read_history, read_saved_config, read_summary
+from fmnist.results import FIXED_COLUMNS, Run, find_runs, number, run_table
+from fmnist.runs.folder import is_run_folder
+from fmnist.training.config import TrainConfig
 
-RUN_COLUMNS = ["run", "model", "recipe", "parameters", "epochs", "best val acc", "test acc", "wall s", "images/s"]
-MEASURES = {  # column -> (summary key, digits)
+# comparison.csv: snake_case names, plain numbers, empty cells where a run has no value (pandas reads
+# it as numbers). The printed and markdown table: the same runs formatted for reading.
+SHOWN = {  # CSV column -> (printed header, digits; None: as it is)
+    "parameters": ("parameters", 0), "epochs_done": ("epochs", None), "best_val_accuracy": ("best val acc", 4),
+    "test_accuracy": ("test acc", 4), "wall_seconds": ("wall s", 1), "images_per_second": ("images/s", 0),
+}
+MEASURES = {  # grid column -> (Run attribute or summary key, digits)
     "best val acc": ("best_val_accuracy", 4),
     "test acc": ("test_accuracy", 4),
     "wall s": ("wall_seconds", 1),
@@ -28,69 +36,61 @@ MEASURES = {  # column -> (summary key, digits)
 }
 
 
-@dataclass
-class RunRecord:
-    path: Path
-    config: dict  # the resolved TrainConfig as saved in config.json
-    summary: dict  # empty when the run did not finish
-    history: list[dict]  # metrics.csv rows
+def expand_run_dirs(paths: list[str | Path]) -> list[tuple[str, Run]]:
+    """(label, run) for every run folder given or beneath a folder given (runs/, sweeps inside it too)."""
+    return find_runs(paths, said_as="compare {}")
 
 
-def load_run(path: Path) -> RunRecord:
-    saved = read_saved_config(path)
-    # A run stopped in its first epoch (e.g. a diverging sweep point) has no metrics.csv yet.
-    history = read_history(path) if (path / "metrics.csv").is_file() else []
-    return RunRecord(path, saved["config"], read_summary(path), history)
-
-
-def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
-    """Run folders as given; a folder of run folders (a sweep, or runs/) stands for its runs."""
-    found = []
-    for path in map(Path, paths):
-        if is_run_folder(path):
-            found.append(path)
-            continue
-        inner = sorted(child for child in path.iterdir() if is_run_folder(child)) if path.is_dir() else []
-        if not inner:
-            raise CheckpointError(f"{path}: not a run folder (no config.json) and holds none; check the path")
-        found.extend(inner)
-    return found
-
-
-def number(value, digits: int) -> str:
-    if value is None:
+def formatted(value, digits: int | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if digits is None or isinstance(value, (bool, str)):
+        return str(value)
     return f"{value:,.{digits}f}"
 
 
-def run_row(record: RunRecord) -> dict:
-    summary = record.summary
-    best_val = summary.get("best_val_accuracy")
-    if best_val is None and record.history:  # an unfinished run still has its validation curve
-        best_val = max(row["val_accuracy"] for row in record.history)
-    return {
-        "run": record.path.name,
-        "model": record.config.get("model", "-"),
-        "recipe": record.config.get("recipe") or "-",
-        "parameters": f"{summary['parameters']:,}" if "parameters" in summary else "-",
-        "epochs": len(record.history),
-        "best val acc": number(best_val, 4),
-        "test acc": number(summary.get("test_accuracy"), 4),
-        "wall s": number(summary.get("wall_seconds"), 1),
-        "images/s": number(summary.get("images_per_second"), 0),
-    }
+def notes(row: dict) -> str:
+    """What makes a run not like the others: cut short by --limit-batches, stopped, diverged, resumed."""
+    said = []
+    if row["limit_batches"] is not None:
+        said.append(f"cut to {row['limit_batches']} batches/epoch")
+    if row["status"] != "finished":
+        said.append(f"{row['status']} after epoch {row['epochs_done']}")
+    if row["resumes"]:
+        said.append(f"resumed {row['resumes']}x")
+    return "; ".join(said) or "-"
 
 
-def write_table(rows: list[dict], columns: list[str], out_dir: Path, stem: str) -> str:
-    """Write `stem`.md and `stem`.csv into out_dir; return the markdown table."""
-    table = markdown_table(columns, [[row[column] for column in columns] for row in rows])
-    atomic_write_text(out_dir / f"{stem}.md", table + "\n")
+def printed_rows(columns: list[str], rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    settings = [column for column in columns if column not in FIXED_COLUMNS]
+    keys = ["run", "model", "recipe", *settings, *SHOWN]
+    header = [SHOWN[key][0] if key in SHOWN else key for key in keys] + ["notes"]
+    table = [[formatted(row[key], SHOWN[key][1] if key in SHOWN else None) for key in keys] + [notes(row)]
+             for row in rows]
+    return header, table
+
+
+def csv_text(columns: list[str], rows: list[dict]) -> str:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out_dir / f"{stem}.csv", text.getvalue())
-    return table
+    writer.writerows([{key: "" if value is None else value for key, value in row.items()} for row in rows])
+    return text.getvalue()
+
+
+def sort_rows(columns: list[str], rows: list[dict], sort_by: str | None, descending: bool) -> list[dict]:
+    """Rows ordered by a column (runs without a value last), or as found."""
+    if sort_by is None:
+        return rows
+    if sort_by not in columns:
+        raise ConfigError(f"--sort {sort_by}: no such column; choose one of: {', '.join(columns)}", "sort")
+    present = [row for row in rows if row[sort_by] is not None]
+    missing = [row for row in rows if row[sort_by] is None]
+    return sorted(present, key=lambda row: sort_key(row[sort_by]), reverse=descending) + missing
+
+
+def sort_key(value) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
 def make_out_dir(out_dir: str | Path) -> Path:
@@ -108,69 +108,85 @@ def make_out_dir(out_dir: str | Path) -> Path:
     return out_dir
 
 
-def compare_runs(paths: list[str | Path], out_dir: str | Path) -> str:
-    """comparison.md, comparison.csv and comparison.png in out_dir; returns the table."""
-    records = [load_run(path) for path in expand_run_dirs(paths)]
+def compare_runs(paths: list[str | Path], out_dir: str | Path, sort_by: str | None = None,
+                 descending: bool = False) -> str:
+    """comparison.md, comparison.csv and comparison.png in out_dir; returns the table.
+
+    The runs are every run folder given or beneath a folder given; the table has a column for each
+    setting that differs between them, and notes on runs cut by --limit-batches, stopped or resumed.
+    """
+    found = expand_run_dirs(paths)
+    columns, rows = run_table(found)
+    rows = sort_rows(columns, rows, sort_by, descending)
     out_dir = make_out_dir(out_dir)
-    rows = [run_row(record) for record in records]
-    labels = unique_labels([record.path for record in records])
-    for row, label in zip(rows, labels, strict=True):
-        row["run"] = label
-    table = write_table(rows, RUN_COLUMNS, out_dir, "comparison")
-    plots.overlaid_curves(dict(zip(labels, [record.history for record in records], strict=True)),
-                          out_dir / "comparison.png")
+    table = write_tables(columns, rows, out_dir, "comparison")
+    runs = dict(found)
+    plots.overlaid_curves({row["run"]: runs[row["run"]].history for row in rows}, out_dir / "comparison.png")
     return table
 
 
-def unique_labels(paths: list[Path]) -> list[str]:
-    """Each run's folder name, with as much of its parent path as it takes to tell equal names apart."""
-    labels = [path.name for path in paths]
-    depth = 1
-    while len(set(labels)) < len(labels) and depth < 8:
-        depth += 1
-        labels = ["/".join(path.resolve().parts[-depth:]) for path in paths]
-    if len(set(labels)) < len(labels):  # the same folder given twice
-        labels = [f"{label} ({index + 1})" for index, label in enumerate(labels)]
-    return labels
+def write_tables(columns: list[str], rows: list[dict], out_dir: Path, stem: str) -> str:
+    """`stem`.csv (numbers) and `stem`.md (formatted) of runs; returns the markdown table."""
+    header, printed = printed_rows(columns, rows)
+    table = markdown_table(header, printed)
+    atomic_write_text(out_dir / f"{stem}.md", table + "\n")
+    atomic_write_text(out_dir / f"{stem}.csv", csv_text(columns, rows))
+    return table
 
 
 # ---------------------------------------------------------------- mean ± std over seeds
 
 def mean_std(values: list[float], digits: int) -> str:
     """'mean ± std' with the sample standard deviation (n - 1); a single value has no spread to show."""
+    mean, std = mean_and_std(values)
+    if mean is None:
+        return "-"
+    if std is None:
+        return f"{mean:,.{digits}f}"
+    return f"{mean:,.{digits}f} ± {std:,.{digits}f}"
+
+
+def mean_and_std(values: list) -> tuple[float | None, float | None]:
+    """The mean and sample standard deviation of the values present (std None for fewer than two)."""
     values = [value for value in values if value is not None]
     if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:,.{digits}f}"
-    return f"{statistics.mean(values):,.{digits}f} ± {statistics.stdev(values):,.{digits}f}"
+        return None, None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def grid_label(config: dict, keys: list[str]) -> str:
-    return ", ".join(f"{key}={config.get(key)}" for key in keys) if keys else "all runs"
+def grid_label(config: TrainConfig, keys: list[str]) -> str:
+    return ", ".join(f"{key}={getattr(config, key)}" for key in keys) if keys else "all runs"
 
 
-def group_by_grid_point(records: list[RunRecord], keys: list[str]) -> dict[str, list[RunRecord]]:
-    groups: dict[str, list[RunRecord]] = {}
-    for record in records:
-        groups.setdefault(grid_label(record.config, keys), []).append(record)
+def group_by_grid_point(runs: list[Run], keys: list[str]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(grid_label(run.config, keys), []).append(run)
     return groups
 
 
-def grid_row(label: str, records: list[RunRecord]) -> dict:
-    finished = sum(1 for record in records if "test_accuracy" in record.summary)
-    row = {"grid point": label, "runs": len(records), "finished": finished}
+def measure(run: Run, key: str) -> float | None:
+    return getattr(run, key) if hasattr(run, key) else number(run.summary.get(key))
+
+
+def grid_rows(label: str, runs: list[Run]) -> tuple[dict, dict]:
+    """One grid point's printed row (mean ± std) and its CSV row (mean and std as numbers)."""
+    finished = sum(1 for run in runs if run.test_accuracy is not None)
+    printed = {"grid point": label, "runs": len(runs), "finished": finished}
+    numbers = {"grid_point": label, "runs": len(runs), "finished": finished}
     for column, (key, digits) in MEASURES.items():
-        row[column] = mean_std([record.summary.get(key) for record in records], digits)
-    return row
+        values = [measure(run, key) for run in runs]
+        printed[column] = mean_std(values, digits)
+        numbers[f"{key}_mean"], numbers[f"{key}_std"] = mean_and_std(values)
+    return printed, numbers
 
 
-def mean_curve(records: list[RunRecord]) -> list[dict]:
+def mean_curve(runs: list[Run]) -> list[dict]:
     """Validation accuracy and loss per epoch, averaged over the runs that reached that epoch."""
-    epochs = max((len(record.history) for record in records), default=0)
+    epochs = max((len(run.history) for run in runs), default=0)
     curve = []
     for index in range(epochs):
-        rows = [record.history[index] for record in records if len(record.history) > index]
+        rows = [run.history[index] for run in runs if len(run.history) > index]
         point = {"epoch": rows[0]["epoch"]}
         for metric in ("val_accuracy", "val_loss"):
             values = [row[metric] for row in rows]
@@ -182,11 +198,14 @@ def mean_curve(records: list[RunRecord]) -> list[dict]:
 
 def compare_grid(paths: list[str | Path], keys: list[str], out_dir: str | Path) -> str:
     """Per run (runs.md/.csv) and per grid point with mean ± std over seeds (comparison.md/.csv, .png)."""
-    records = [load_run(path) for path in expand_run_dirs(paths)]
+    found = expand_run_dirs(paths)
     out_dir = Path(out_dir)
-    write_table([run_row(record) for record in records], RUN_COLUMNS, out_dir, "runs")
-    groups = group_by_grid_point(records, keys)
-    columns = ["grid point", "runs", "finished", *MEASURES]
-    table = write_table([grid_row(label, group) for label, group in groups.items()], columns, out_dir, "comparison")
+    write_tables(*run_table(found), out_dir, "runs")
+    groups = group_by_grid_point([run for _, run in found], keys)
+    printed, numbers = zip(*(grid_rows(label, group) for label, group in groups.items()), strict=True)
+    header = ["grid point", "runs", "finished", *MEASURES]
+    table = markdown_table(header, [[row[column] for column in header] for row in printed])
+    atomic_write_text(out_dir / "comparison.md", table + "\n")
+    atomic_write_text(out_dir / "comparison.csv", csv_text(list(numbers[0]), list(numbers)))
     plots.overlaid_curves({label: mean_curve(group) for label, group in groups.items()}, out_dir / "comparison.png")
     return table

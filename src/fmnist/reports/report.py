@@ -8,6 +8,7 @@ the best weights; every observation in report.md is computed from those numbers,
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from fmnist.errors import CheckpointError
 from fmnist.files import atomic_write_text, exclusive_lock
 from fmnist.inference import evaluate_checkpoint
 from fmnist.models import count_parameters
+from fmnist.models.registry import how_to_make_known, is_builtin
 from fmnist.reports import plots
 from fmnist.runs.folder import read_history, read_learning_rates, read_saved_config, read_summary, write_summary
 from fmnist.training.config import EVAL_BATCH_SIZE
@@ -74,14 +76,51 @@ def write_figures(run_path: Path, history: list[dict], learning_rates: list[floa
     return {caption: path.name for caption, path in figures.items()}
 
 
+def has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(module, nn.modules.dropout._DropoutNd) for module in model.modules())
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def observations(history: list[dict], matrix: torch.Tensor, metrics: dict) -> list[str]:
-    """Sentences computed from the run's numbers."""
+def smoothing_floor(smoothing: float, classes: int = len(CLASS_NAMES)) -> float:
+    """The lowest cross-entropy against label-smoothed targets (their entropy): what a perfect fit scores.
+    The true class gets 1 - smoothing + smoothing/classes of the target, every other smoothing/classes."""
+    true_share, other_share = 1 - smoothing + smoothing / classes, smoothing / classes
+    return -true_share * math.log(true_share) - (classes - 1) * other_share * math.log(other_share)
+
+
+def why_train_differs(config: dict, dropout: bool) -> list[str]:
+    """What makes this run's train figures differ from validation's beyond fit: only what it used."""
+    reasons = []
+    if config.get("loss") == "focal":
+        reasons.append("the training loss is focal loss, validation's plain cross-entropy")
+    smoothing = config.get("label_smoothing") or 0.0
+    if smoothing > 0:
+        reasons.append(f"the training loss includes label smoothing {smoothing:g}, which keeps it at "
+                       f"{smoothing_floor(smoothing):.3f} or more even for a perfect fit (validation's is plain "
+                       "cross-entropy), so a training loss above validation's is expected")
+    mixed = [name for name in ("mixup", "cutmix") if (config.get(name) or 0) > 0]
+    if mixed:
+        reasons.append(f"{' and '.join(mixed)} train on blended images with blended labels (accuracy counts the "
+                       "larger share), which raises the training loss and lowers the training accuracy")
+    augmented = [name for name, used in (("rotation", config.get("rotate_degrees")), ("flips", config.get("hflip")),
+                                         ("crops", config.get("crop_padding")), ("erasing", config.get("erase_prob")))
+                 if used]
+    if augmented:
+        reasons.append(f"augmentation ({', '.join(augmented)}) makes the training images harder than validation's")
+    if dropout:
+        reasons.append("dropout is on while training and off for validation")
+    reasons.append("train figures are running averages over the epoch, taken while the weights still improved")
+    return reasons
+
+
+def observations(history: list[dict], matrix: torch.Tensor, metrics: dict, config: dict | None = None,
+                 dropout: bool = False) -> list[str]:
+    """Sentences computed from the run's numbers (and, for the train/validation gap, its settings)."""
     best = max(history, key=lambda row: row["val_accuracy"])  # first of equals, as fit() keeps it
     last = history[-1]
     gap = best["train_accuracy"] - best["val_accuracy"]
@@ -92,8 +131,8 @@ def observations(history: list[dict], matrix: torch.Tensor, metrics: dict) -> li
         f"its weights are the ones tested.",
         f"Train/validation gap at the best epoch: accuracy {gap:+.4f}, "
         f"loss {best['train_loss'] - best['val_loss']:+.4f} "
-        f"(train minus validation): {verdict}. Train figures are running averages over the epoch with dropout and "
-        "augmentation on, so they understate how well the weights at the end of the epoch fit the training data.",
+        f"(train minus validation): {verdict}. The train figures are not measured like validation's: "
+        + "; ".join(why_train_differs(config or {}, dropout)) + ".",
     ]
     if last["val_accuracy"] < best["val_accuracy"]:
         lines.append(f"Validation accuracy fell from {best['val_accuracy']:.4f} (epoch {best['epoch']}) to "
@@ -126,7 +165,7 @@ def test_table(summary: dict, metrics: dict) -> str:
         ["macro precision / recall / F1", three(metrics["macro"])],
         ["weighted precision / recall / F1", three(metrics["weighted"])],
         ["best epoch", summary.get("best_epoch", "?")],
-        ["wall time", wall],
+        ["wall time (every part of a resumed run)", wall],
         ["training images/s (mean over epochs)", speed],
     ])
 
@@ -156,11 +195,30 @@ def rerun_section(saved: dict) -> list[str]:
                   "so that the re-run gets a folder of its own."]
     given = {name: value for name, value in saved.get("options_given", {}).items() if name != "name"}
     arguments = ", ".join(f"{name}={value!r}" for name, value in given.items())
-    python = f"from fmnist import TrainConfig, train\n\ntrain(TrainConfig({arguments}))"
+    needs = model_needs(saved)
+    python = f"{needs}from fmnist import TrainConfig, train\n\ntrain(TrainConfig({arguments}))"
     lines += ["From Python:", f"```python\n{python}\n```"]
+    if needs and saved.get("rerun"):
+        known = how_to_make_known(saved["config"]["model"], saved["model_origin"])
+        lines.append(f"The command needs the model too: {known}.")
     if saved.get("command"):
         lines += ["The command that made this run was:", "```bash\n" + shlex.join(saved["command"]) + "\n```"]
     return lines
+
+
+def model_needs(saved: dict) -> str:
+    """The line a new Python process needs before it can build this run's model ("" for fmnist's own)."""
+    origin = saved.get("model_origin")
+    if not isinstance(origin, dict) or is_builtin(origin):
+        return ""
+    name = saved.get("config", {}).get("model")
+    module = origin.get("module")
+    if origin.get("distribution"):
+        return f"# the model {name!r} comes from the package {origin['distribution']!r}: pip install it first\n"
+    if module and module != "__main__":
+        return f"import {module}  # registers the model {name!r}\n"
+    return (f"# the model {name!r} was registered in a script or notebook: run its register_model code first "
+            "(or move it into a module and import that)\n")
 
 
 def budget_section(saved: dict, summary: dict) -> list[str]:
@@ -187,7 +245,7 @@ def budget_section(saved: dict, summary: dict) -> list[str]:
 
 
 def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[dict], matrix: torch.Tensor,
-                    metrics: dict, figures: dict[str, str]) -> str:
+                    metrics: dict, figures: dict[str, str], dropout: bool = False) -> str:
     config = saved.get("config", {})
     parameters = f"{summary['parameters']:,}" if "parameters" in summary else "?"
     recipe = f", recipe `{config['recipe']}`" if config.get("recipe") else ""
@@ -206,7 +264,7 @@ def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[di
         "## Test metrics (best epoch's weights)",
         test_table(summary, metrics),
         "## Observations",
-        "\n".join(f"- {line}" for line in observations(history, matrix, metrics)),
+        "\n".join(f"- {line}" for line in observations(history, matrix, metrics, config, dropout)),
         "## Per epoch",
         epoch_table(history),
         "## Per class (test)",
@@ -248,7 +306,8 @@ def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, te
                             test_images, test, model, mean, std)
     write_summary(run_path, summary)
     report_path = run_path / "report.md"
-    atomic_write_text(report_path, report_markdown(run_path, saved, summary, history, matrix, metrics, figures))
+    atomic_write_text(report_path, report_markdown(run_path, saved, summary, history, matrix, metrics, figures,
+                                                       has_dropout(model)))
     return report_path
 
 

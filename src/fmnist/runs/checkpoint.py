@@ -21,6 +21,7 @@ from torch import nn
 from fmnist.errors import CheckpointError, one_line_reason
 from fmnist.files import atomic_torch_save
 from fmnist.models import create_model, list_models
+from fmnist.models.registry import how_to_make_known, model_origin
 from fmnist.training.build import Training
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import weights_to_use
@@ -48,6 +49,7 @@ def checkpoint_state(config: TrainConfig, training: Training, history: list[dict
         "fmnist_version": __version__,
         "config": config.to_dict(),
         "model_name": config.model,
+        "model_origin": model_origin(config.model),  # what another process imports to rebuild it
         "epoch": history[-1]["epoch"],
         "history": history,
         "learning_rates": list(learning_rates),  # lets a resumed run rewrite lr_steps.csv
@@ -122,7 +124,11 @@ def check_checkpoint(state, path: Path, for_resume: bool) -> None:
 
     require(isinstance(state, dict) and state.get("format") == FORMAT, "no fmnist checkpoint format marker")
     require(isinstance(state.get("model_name"), str), "no model name")
-    require(state["model_name"] in list_models(), f"unknown model {state['model_name']!r}")
+    if state["model_name"] not in list_models():  # the file is fine: this process lacks the model's code
+        name = state["model_name"]
+        origin = state.get("model_origin") if isinstance(state.get("model_origin"), dict) else None
+        raise CheckpointError(f"{path}: a checkpoint of the model {name!r}, which is not registered in this "
+                              f"process; {how_to_make_known(name, origin)}")
     require(isinstance(state.get("epoch"), int), "no epoch number")
     weights = state.get("model")
     require(isinstance(weights, dict) and all(isinstance(value, torch.Tensor) for value in weights.values()),

@@ -32,7 +32,9 @@ from fmnist.version import __version__
 METRIC_FIELDS = [
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
     "lr", "seconds", "images_per_second", "eval_seconds",
+    "wall_seconds",  # since the run started, every part of a resumed run counted; empty in older runs
 ]
+REQUIRED_METRICS = METRIC_FIELDS[:5]  # what every version of fmnist wrote
 
 
 def git_commit() -> str | None:
@@ -156,17 +158,33 @@ def recorded_test_accuracy(checkpoint: Path, model_name: str, epoch: int) -> flo
 
 
 def read_history(path: Path) -> list[dict]:
-    """metrics.csv as rows of numbers (epoch as int)."""
+    """metrics.csv as rows of numbers: every column it has (epoch as int), and every column fmnist
+    writes now, None where the file has no value (an older run, or a column added since)."""
     csv_path = path / "metrics.csv"
     if not csv_path.is_file():
         raise CheckpointError(f"{path}: no metrics.csv; is it a run folder of fmnist?")
     try:
         with csv_path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        return [{key: int(row[key]) if key == "epoch" else float(row[key]) for key in METRIC_FIELDS} for row in rows]
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+        missing = [name for name in REQUIRED_METRICS if name not in columns]
+        if missing:
+            raise KeyError(f"no column {missing[0]}")
+        columns += [name for name in METRIC_FIELDS if name not in columns]
+        return [{key: metric_value(key, row.get(key)) for key in columns} for row in rows]
     except (OSError, ValueError, KeyError, TypeError, csv.Error) as error:
         raise CheckpointError(f"{csv_path}: damaged ({type(error).__name__}: {error}); "
                               "it is rewritten by resuming the run") from None
+
+
+def metric_value(key: str, text: str | None) -> int | float | None:
+    """A metrics.csv cell as a number; None for an empty cell (a value that row does not have)."""
+    if key in REQUIRED_METRICS and not text:
+        raise ValueError(f"{key} is empty")
+    if text is None or text == "":
+        return None
+    return int(text) if key == "epoch" else float(text)
 
 
 def read_learning_rates(path: Path) -> list[float]:
@@ -182,6 +200,23 @@ def read_learning_rates(path: Path) -> list[float]:
 
 def is_run_folder(path: Path) -> bool:
     return (path / "config.json").is_file()
+
+
+def find_run_folders(root: Path, seen: set[Path] | None = None) -> list[Path]:
+    """Every run folder at or beneath `root` (a runs/ folder with sweeps and studies inside), sorted;
+    a run folder's own subfolders (tensorboard/) and hidden folders are not searched."""
+    seen = set() if seen is None else seen
+    real = root.resolve()
+    if real in seen:  # a symbolic link back up the tree
+        return []
+    seen.add(real)
+    if is_run_folder(root):
+        return [root]
+    try:
+        children = sorted(child for child in root.iterdir() if child.is_dir() and not child.name.startswith("."))
+    except OSError:
+        return []
+    return [run for child in children for run in find_run_folders(child, seen)]
 
 
 RUN_FILES = ("config.json", "metrics.csv", "lr_steps.csv", "summary.json", "report.md", "best.pt", "last.pt", ".lock")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,11 +18,14 @@ class RunRecorder:
     `history` and `learning_rates` hold what earlier epochs recorded (a resumed run). `also` takes
     other loggers with the same `log_epoch(row, learning_rates)` (TensorBoard). `after_epoch(row)`
     is called once the epoch is saved, so it may stop the run by raising (a search's pruner does).
+    Each row gets `wall_seconds`: the run's wall time so far, `earlier_seconds` (the parts before a
+    resume) plus the time since `started` (a time.perf_counter() reading at the start of this part).
     """
 
     def __init__(self, path: Path, config: TrainConfig, training: Training,
                  history: list[dict] | None = None, learning_rates: list[float] | None = None, also=(),
-                 after_epoch: Callable[[dict], None] | None = None, resolved: dict | None = None):
+                 after_epoch: Callable[[dict], None] | None = None, resolved: dict | None = None,
+                 started: float | None = None, earlier_seconds: float = 0.0):
         self.path = Path(path)
         self.config = config
         self.training = training
@@ -32,6 +36,8 @@ class RunRecorder:
         # Under torchrun, every rank's generator states, set by DistributedRecorder before each end_epoch.
         self.rank_rng: list[dict] | None = None
         self.resolved = resolved  # the run's settled precision and time plan, kept in each checkpoint
+        self.started = time.perf_counter() if started is None else started
+        self.earlier_seconds = earlier_seconds
 
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
         """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
@@ -40,6 +46,7 @@ class RunRecorder:
         resuming redoes this epoch and writes best.pt again. The other order could leave a last.pt
         whose epoch was the best but a best.pt that never got it.
         """
+        row["wall_seconds"] = self.earlier_seconds + time.perf_counter() - self.started
         self.history.append(row)
         self.learning_rates.extend(learning_rates)
         write_metrics(self.path, self.history, self.learning_rates)

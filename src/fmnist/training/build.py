@@ -20,7 +20,7 @@ from fmnist.training.optim import SCHEDULER_INTERVAL, build_optimizer, build_sch
 from fmnist.training.runtime import resolve_amp
 
 
-@dataclass
+@dataclass(repr=False)
 class Training:
     """What the training loop needs, built from one config."""
 
@@ -29,6 +29,10 @@ class Training:
     val_loader: TensorLoader
     test_loader: TensorLoader
     optimization: Optimization
+
+    def __repr__(self) -> str:  # print(training.model) shows the layers
+        return (f"Training({type(self.model).__name__}, {type(self.optimization.optimizer).__name__}, "
+                f"{len(self.train_loader)} training batches per epoch)")
 
 
 def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
