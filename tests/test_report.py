@@ -148,3 +148,16 @@ def test_fmnist_report_on_a_missing_folder_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such run folder" in err
+
+
+@pytest.mark.parametrize("overrides", [
+    {"lr": 3e-4}, {"max_lr": 0.05}, {"recipe": "fast", "lr": 0.05}, {"recipe": "fast"},
+    {"recipe": "lenet-aug", "scheduler": "onecycle"}, {"recipe": "lenet-aug", "scheduler": "onecycle", "lr": 1e-3},
+    {"recipe": "fast", "scheduler": "cosine", "lr": 0.2},
+])
+def test_rerun_command_keeps_the_learning_rate(overrides):
+    config = build_config(overrides=overrides)
+    command = rerun_command(config)
+    assert "--max-lr" not in command  # said once, as --lr
+    arguments = build_parser().parse_args(command.split()[1:])
+    assert build_config(arguments.config, overrides_from(arguments)).to_dict() == config.to_dict()

@@ -47,6 +47,12 @@ class ArgumentParser(argparse.ArgumentParser):
         return parsed
 
 
+# lr-find drives the learning rate itself and trains no run: these options have no effect there:
+# --help leaves them out, and given, they are refused in one line that says why.
+LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema",
+                   "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="fmnist", description="A fast, readable PyTorch lab for Fashion-MNIST.")
     parser.add_argument("--version", action="version", version=f"fmnist {__version__}")
@@ -144,7 +150,7 @@ def build_parser() -> ArgumentParser:
     lr_find = command("lr-find", "learning-rate range test: loss against an exponentially growing learning rate")
     lr_find.add_argument("start", metavar="RECIPE|RUN_DIR",
                          help="a recipe to test, or a run folder to start from (its best.pt, else last.pt; only read)")
-    add_train_options(lr_find)
+    add_train_options(lr_find, refused=LR_FIND_IGNORES)
     lr_find.add_argument("--steps", type=int, default=200, help="batches, one learning rate each (default 200)")
     lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default 1e-7)")
     lr_find.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
@@ -359,11 +365,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0  # stopped by Ctrl-C or SIGTERM after answering the requests in flight: a clean stop
 
 
-# lr-find drives the learning rate itself and trains no run: these options have no effect there.
-LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema",
-                   "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
-
-
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from fmnist.files import reader_lock
     from fmnist.runs.checkpoint import load_checkpoint
@@ -381,6 +382,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     start = Path(args.start)
     weights = None
     if is_run_folder(start):
+        if args.config:
+            raise UsageError(f"--config with a run folder: lr-find {args.start} starts from the run's own config; "
+                             "give its options as flags, or give a recipe instead of the run folder")
         with reader_lock(start, "lr-find: run folder"):  # not while the run is training: its files are changing
             config = TrainConfig.from_saved({**read_saved_config(start)["config"], **given})
             weights = load_checkpoint(start)["model"] if any(start.glob("*.pt")) else None
@@ -403,8 +407,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     if result.suggestion is None:
         print(f"the loss was not finite from the first batch; try a lower --start-lr (plot: {out})")
         return 1
-    print(f"lowest smoothed loss at lr {result.lowest_loss_at:.2e}; suggested lr {result.suggestion:.2e} "
-          f"(one tenth of it; for OneCycle, a --max-lr)")
+    print(f"lowest smoothed loss at lr {result.lowest_loss_at:.2e}; suggested --lr {result.suggestion:.2e} "
+          f"(a tenth of it: OneCycle's peak, or where the other schedules start)")
     print(f"plot: {out}")
     return 0
 
