@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fmnist.cli.logs import other_libraries_in_one_line, show_library_logs, stop_showing_library_logs
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
+from fmnist.data.fashion import VAL_SIZE
 from fmnist.errors import FmnistError
 from fmnist.faults import TrainingInterrupted
 from fmnist.training.config import AMP_MODES, DEVICES, EVAL_BATCH_SIZE, FIELDS, build_config
@@ -53,6 +54,12 @@ LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr
                    "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
 
 
+# tune names and places its trials' run folders itself (trial-NNNN in OUT/STUDY).
+TUNE_REFUSES = ("name",)
+DATA_DIR_HELP = "folder holding the four IDX files (default: searched, see `fmnist data info`)"
+DEVICE_HELP = "one of " + ", ".join(DEVICES) + " (auto: CUDA, then MPS, then the CPU)"
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="fmnist", description="A fast, readable PyTorch lab for Fashion-MNIST.")
     parser.add_argument("--version", action="version", version=f"fmnist {__version__}")
@@ -65,9 +72,10 @@ def build_parser() -> ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def test_data_options(sub: ArgumentParser) -> None:
-        sub.add_argument("--data-dir", help="folder holding the four IDX files (default: searched)")
-        sub.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
-        sub.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help=f"default: {EVAL_BATCH_SIZE}")
+        sub.add_argument("--data-dir", help=DATA_DIR_HELP)
+        sub.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP + " (default: auto)")
+        sub.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                         help=f"test images per batch (default: {EVAL_BATCH_SIZE})")
         sub.add_argument("--allow-unverified-data", action="store_true",
                          help="test on IDX files that are not the official Fashion-MNIST (recorded as such)")
 
@@ -97,15 +105,16 @@ def build_parser() -> ArgumentParser:
     add_train_options(sweep)
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
                        help="an option and its values (repeatable; the grid is every combination)")
-    sweep.add_argument("--seeds", type=int, default=1, help="runs per grid point, seeds --seed, --seed + 1, ...")
+    sweep.add_argument("--seeds", type=int, default=1,
+                       help="runs per grid point, seeds --seed, --seed + 1, ... (default: 1)")
     sweep.add_argument("--jobs", type=int, default=1,
-                       help="runs trained at once, each in its own process (default 1: in turn, in this process)")
+                       help="runs trained at once, each in its own process (default: 1, in turn, in this process)")
     sweep.add_argument("--threads-per-job", type=int, metavar="T",
                        help="torch threads of each job (default: the cores here divided by --jobs)")
 
     tune = command("tune", "search options with Optuna; any number of processes and machines share one study "
                            "(pip install -e '.[tune]')")
-    add_train_options(tune)
+    add_train_options(tune, refused=TUNE_REFUSES)
     tune.add_argument("--space", metavar="SPACE.toml",
                       help="the options to search: one [OPTION] table each, with low, high and log = true|false "
                            "for a number, or choices = [...] (docs/scaling.md)")
@@ -121,39 +130,40 @@ def build_parser() -> ArgumentParser:
     tune.add_argument("--show", action="store_true",
                       help="print the best trials and write optimization_history.png and param_importances.png "
                            "to OUT/NAME; trains nothing")
-    tune.add_argument("--top", type=int, help="with --show: trials in the table (default 10)")
+    tune.add_argument("--top", type=int, help="with --show: trials in the table (default: 10)")
 
     predict = command("predict", "classify image files (PNG, JPEG, BMP, WebP, GIF) or folders of them")
     predict.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
-    predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per image (1-10)")
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per image, 1-10 (default: 3)")
     predict.add_argument("--no-invert", dest="invert", action="store_false",
                          help="never invert (by default images on a light background are inverted to light on black)")
     json_option(predict)
 
     export = command("export", "write a checkpoint's model as ONNX (pip install -e '.[onnx]')")
     export.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
-    export.add_argument("--format", default="onnx", choices=["onnx"], help="only onnx for now")
+    export.add_argument("--format", default="onnx", choices=["onnx"],
+                        help="the file format; only onnx for now (default: onnx)")
     export.add_argument("--out", metavar="FILE", help="where to write (default: RUN_DIR/model.onnx)")
     export.add_argument("--force", action="store_true", help="replace an existing file (never a checkpoint)")
 
     serve = command("serve", "a web page and a JSON API for a trained model (pip install -e '.[serve]')")
     serve.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0,
-                       help="largest request body in MB; larger ones are answered 413 (default 10)")
+                       help="largest request body in MB; larger ones are answered 413 (default: 10)")
     serve.add_argument("--max-batch", type=int,
-                       help="most images per forward pass when requests arrive together (default 256; 1: no batching)")
+                       help="most images per forward pass when requests arrive together (default: 256; 1: no batching)")
 
     lr_find = command("lr-find", "learning-rate range test: loss against an exponentially growing learning rate")
     lr_find.add_argument("start", metavar="RECIPE|RUN_DIR",
                          help="a recipe to test, or a run folder to start from (its best.pt, else last.pt; only read)")
     add_train_options(lr_find, refused=LR_FIND_IGNORES)
-    lr_find.add_argument("--steps", type=int, default=200, help="batches, one learning rate each (default 200)")
-    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default 1e-7)")
-    lr_find.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
+    lr_find.add_argument("--steps", type=int, default=200, help="batches, one learning rate each (default: 200)")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-07)")
+    lr_find.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10.0)")
     lr_find.add_argument("--plot", metavar="PNG", help="where to draw the curve (default: lr-find-<name>.png)")
     lr_find.add_argument("--force", action="store_true", help="replace an existing plot file")
     json_option(lr_find)
@@ -164,20 +174,21 @@ def build_parser() -> ArgumentParser:
     bench = command("bench", "training/evaluation images/s against the conventional DataLoader loop")
     bench.add_argument("--recipe", help="benchmark this recipe's model and batch size")
     bench.add_argument("--model", help="model name (default: the recipe's, else affine-cnn)")
-    bench.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
-    bench.add_argument("--steps", type=int, help=f"timed training batches (default {BENCH_STEPS})")
-    bench.add_argument("--warmup", type=int, help=f"untimed batches first (default {BENCH_WARMUP})")
+    bench.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's, else 64)")
+    bench.add_argument("--steps", type=int, help=f"timed training batches (default: {BENCH_STEPS})")
+    bench.add_argument("--warmup", type=int, help=f"untimed batches first (default: {BENCH_WARMUP})")
     bench.add_argument("--no-conventional", action="store_true", default=None, help="skip the conventional loop")
-    bench.add_argument("--device", choices=DEVICES)
+    bench.add_argument("--device", choices=DEVICES, help=DEVICE_HELP + " (default: auto)")
     bench.add_argument("--amp", choices=AMP_MODES, help="mixed precision of fmnist's loop, as in training (the "
-                                                         "conventional loop runs in fp32, as the projects ran it)")
-    bench.add_argument("--data-dir")
-    bench.add_argument("--val-size", type=int, help="validation images held out, as in training (default 5000)")
+                                                         "conventional loop runs in fp32, as the projects ran it; "
+                                                         "default: the recipe's, else auto)")
+    bench.add_argument("--data-dir", help=DATA_DIR_HELP)
+    bench.add_argument("--val-size", type=int, help=f"validation images held out, as in training (default: {VAL_SIZE})")
     bench.add_argument("--allow-unverified-data", action="store_true", default=None,
                        help="run on IDX files that are not the official Fashion-MNIST")
     bench.add_argument("--time-to-accuracy", metavar="RECIPE",
                        help="train RECIPE, timing when test accuracy first reaches 0.90, 0.91, ..., 0.95")
-    bench.add_argument("--seeds", type=int, help="with --time-to-accuracy: seeds 42, 43, ... (mean ± std; default 1)")
+    bench.add_argument("--seeds", type=int, help="with --time-to-accuracy: seeds 42, 43, ... (mean ± std; default: 1)")
     bench.add_argument("--epochs", type=int, help="with --time-to-accuracy: override the recipe's epochs")
     bench.add_argument("--time-budget", metavar="DURATION",
                        help="with --time-to-accuracy: train each seed for this long (90s, 5m, 1h), as fmnist train "
@@ -187,14 +198,14 @@ def build_parser() -> ArgumentParser:
     data = command("data", "find, verify or download the data set")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="where the files are, verification, counts, mean and std")
-    info.add_argument("--data-dir")
+    info.add_argument("--data-dir", help=DATA_DIR_HELP)
     json_option(info)
     download = data_commands.add_parser("download", help="download and verify the four files")
     download.add_argument("--dir", help="target folder (default: the user cache, ~/.cache/fmnist)")
     download.add_argument("--mirror", action="append", help="base URL to try (repeatable; default: official mirrors)")
     download.add_argument("--force", action="store_true", help="replace files there that are not the official ones")
     ensure = data_commands.add_parser("ensure", help="find the data set, else install it (apt) or download it")
-    ensure.add_argument("--data-dir")
+    ensure.add_argument("--data-dir", help=DATA_DIR_HELP)
     ensure.add_argument("--mirror", action="append", help="base URL to try when downloading")
     ensure.add_argument("--no-apt", action="store_true", help="never try apt-get")
     return parser

@@ -19,8 +19,7 @@ NOT_REPEATED = ("name",)
 def shown_default(name: str) -> str:
     """The default as --help shows it: the value TrainConfig() resolves to, for each setting it depends on."""
     if name == "lr":  # under OneCycle the peak, whose default is another than the other schedules' rate
-        return (f"{TrainConfig().lr} under --scheduler onecycle (the default schedule), "
-                f"{TrainConfig(scheduler='cosine').lr} under the others")
+        return f"{TrainConfig().lr} under --scheduler onecycle, {TrainConfig(scheduler='cosine').lr} under the others"
     default = FIELDS[name].metadata["default"]
     return "none" if default is None else ("on" if default is True else "off" if default is False else str(default))
 
