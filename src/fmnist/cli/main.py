@@ -168,8 +168,10 @@ def build_parser() -> ArgumentParser:
     lr_find.add_argument("--force", action="store_true", help="replace an existing plot file")
     json_option(lr_find)
 
-    json_option(command("models", "list the registered models with parameter counts"))
-    json_option(command("recipes", "list the named recipes, their source project and its claim"))
+    json_option(command("models", "the registered models: parameters and what each is"))
+    recipes = command("recipes", "the named recipes: what each is for, its model, epochs and precision")
+    recipes.add_argument("name", metavar="NAME", nargs="?", help="show this recipe in full")
+    json_option(recipes)
 
     bench = command("bench", "training/evaluation images/s against the conventional DataLoader loop")
     bench.add_argument("--recipe", help="benchmark this recipe's model and batch size")
@@ -425,35 +427,28 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from fmnist.models import count_parameters, create_model, list_models
+    from fmnist.cli.listings import model_rows, models_text, terminal_width
 
-    counts = {name: count_parameters(create_model(name)) for name in list_models()}
-    if args.json:
-        print_json([{"name": name, "parameters": count} for name, count in counts.items()])
-        return 0
-    for name, count in counts.items():
-        print(f"{name:<16} {count:>12,} parameters")
+    print_json(model_rows()) if args.json else print(models_text(terminal_width()))
     return 0
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from fmnist.training.recipes import list_recipes
+    from fmnist.cli.listings import recipe_text, recipes_text, terminal_width
+    from fmnist.training.recipes import get_recipe, list_recipes
 
-    recipes = list_recipes()
+    recipes = [get_recipe(args.name)] if args.name else list_recipes()
     if args.json:
-        print_json([{"name": recipe.name, "source": recipe.source, "claim": recipe.claim,
+        document = [{"name": recipe.name, "summary": recipe.summary, "source": recipe.source, "claim": recipe.claim,
                      "description": recipe.description, "measured": recipe.measured or None,
                      "budget": recipe.budget or None, "budget_command": recipe.budget_command(),
                      "measured_at_budget": recipe.measured_at_budget or None,
-                     "options": recipe.overrides} for recipe in recipes])
-        return 0
-    for recipe in recipes:
-        print(f"{recipe.name:<20} {recipe.source:<26} claimed: {recipe.claim}")
-        print(f"{'':<20} {recipe.description}")
-        if recipe.measured:
-            print(f"{'':<20} measured: {recipe.measured} (BENCHMARKS.md)")
-        if recipe.budget:
-            print(f"{'':<20} at its budget: `{recipe.budget_command()}`: {recipe.measured_at_budget}")
+                     "options": recipe.overrides} for recipe in recipes]
+        print_json(document[0] if args.name else document)
+    elif args.name:
+        print(recipe_text(recipes[0], terminal_width()))
+    else:
+        print(recipes_text(terminal_width()))
     return 0
 
 

@@ -12,16 +12,22 @@ from fmnist.errors import ConfigError
 
 ModelFactory = Callable[..., nn.Module]
 _MODELS: dict[str, ModelFactory] = {}
+_SUMMARIES: dict[str, str] = {}
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator: make a model factory available as `create_model(name)`."""
+def register_model(name: str, summary: str = "") -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: make a model factory available as `create_model(name)`.
+
+    `summary` is one short line on what the network is and what it is for (`fmnist models` shows it);
+    without it, the first line of the factory's docstring.
+    """
 
     def decorator(factory: ModelFactory) -> ModelFactory:
         if name in _MODELS:
             # A silent overwrite would make a name mean two different networks.
             raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__module__}")
         _MODELS[name] = factory
+        _SUMMARIES[name] = summary or (factory.__doc__ or "").strip().split("\n")[0]
         return factory
 
     return decorator
@@ -29,6 +35,13 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
+
+
+def describe_model(name: str) -> str:
+    """The one line register_model was given for `name`."""
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    return _SUMMARIES[name]
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -40,6 +53,14 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+@functools.cache
+def parameter_count(name: str) -> int:
+    """The registered model `name`'s parameter count, built on the meta device to count (no memory, no
+    random numbers drawn): `fmnist models` lists 26-million-parameter networks in no time."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return count_parameters(create_model(name))
 
 
 @functools.cache
