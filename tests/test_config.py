@@ -17,8 +17,9 @@ def test_defaults_are_the_custom_layer_assignments_recipe():
     assert (config.model, config.optimizer, config.weight_decay, config.scheduler) == (
         "affine-cnn", "adamw", 0.01, "onecycle")
     assert (config.max_lr, config.batch_size, config.epochs, config.seed) == (0.01, 64, 3, 42)
+    assert config.lr == config.max_lr == 0.01  # under OneCycle, --lr is the peak and --max-lr its other name
     # Options these settings do not use hold None, so config.json shows what was used.
-    assert (config.lr, config.momentum, config.nesterov, config.step_size, config.gamma) == (None,) * 5
+    assert (config.momentum, config.nesterov, config.step_size, config.gamma) == (None,) * 4
     assert (config.focal_gamma, config.focal_alpha, config.label_smoothing) == (None, None, 0.0)
 
 
@@ -135,7 +136,6 @@ def test_unknown_recipe_lists_the_valid_ones():
 
 # Each pair: an option, and settings under which it would have no effect; then what the error names.
 IGNORED = [
-    ({"lr": 0.05}, {}, "--max-lr"),  # OneCycle's rate comes from --max-lr
     ({"max_lr": 0.1}, {"scheduler": "cosine"}, "--lr"),
     ({"max_lr": 0.1}, {"scheduler": "steplr"}, "--lr"),
     ({"momentum": 0.5}, {"optimizer": "adam"}, "--optimizer sgd"),
@@ -198,3 +198,54 @@ def test_an_option_that_a_recipe_makes_useless_is_dropped_not_refused():
     """--optimizer adam on the `fast` recipe: the recipe's SGD momentum simply no longer applies."""
     config = TrainConfig.from_recipe("fast", optimizer="adam")
     assert config.momentum is None and config.nesterov is None
+
+
+# The learning rate under OneCycle (issue 30): --lr is the peak, as fastai's fit_one_cycle takes it,
+# and --max-lr its older name, so that recipes, TOML files, sweeps and recorded runs keep their meaning.
+@pytest.mark.parametrize("name", ["lr", "max_lr"])
+@pytest.mark.parametrize("recipe", [None, "fast", "lenet-aug"])
+def test_under_onecycle_either_name_sets_the_peak(name, recipe):
+    config = TrainConfig(recipe=recipe, scheduler="onecycle", **{name: 3e-4})
+    assert config.lr == config.max_lr == 3e-4
+
+
+def test_two_different_peaks_are_refused_and_the_same_one_is_not():
+    with pytest.raises(ConfigError, match=r"--lr 0.01 and --max-lr 0.02: both are OneCycle's peak rate; give one"):
+        TrainConfig(lr=0.01, max_lr=0.02)
+    assert TrainConfig(lr=0.02, max_lr=0.02) == TrainConfig(max_lr=0.02)
+
+
+def test_without_a_rate_each_schedule_takes_its_default_or_the_recipes():
+    assert TrainConfig().lr == 0.01 and TrainConfig(scheduler="cosine").lr == 1e-3
+    assert TrainConfig(recipe="fast").lr == 0.2 and TrainConfig(recipe="lenet-aug", scheduler="onecycle").lr == 0.01
+
+
+def test_replace_takes_a_new_rate_by_either_name():
+    assert TrainConfig(max_lr=0.05).replace(lr=0.02).max_lr == 0.02
+    assert TrainConfig(lr=0.05).replace(max_lr=0.02).lr == 0.02
+    assert TrainConfig(lr=0.05).replace(scheduler="cosine").lr == 0.05  # the starting rate now
+    with pytest.raises(ConfigError, match="--max-lr 0.05: ignored .* give --lr instead"):
+        TrainConfig(max_lr=0.05).replace(scheduler="cosine")
+
+
+@pytest.mark.parametrize(("in_file", "flag"), [("max_lr", "lr"), ("lr", "max_lr"), ("lr", "lr")])
+def test_a_flags_rate_wins_over_the_files_by_either_name(tmp_path, in_file, flag):
+    path = tmp_path / "run.toml"
+    path.write_text(f"{in_file} = 0.05\n")
+    assert build_config(str(path), {flag: 0.02}).max_lr == 0.02
+
+
+@pytest.mark.parametrize("recipe", ["affine-onecycle", "fast", "quick", "top"])
+def test_recorded_onecycle_runs_load_with_the_same_peak(recipe):
+    """config.json before issue 30 held lr None (or, before that, an unused lr 0.001) beside max_lr."""
+    config = TrainConfig.from_recipe(recipe)
+    for recorded_lr in (None, 1e-3):
+        saved = {**config.to_dict(), "lr": recorded_lr}
+        loaded = TrainConfig.from_saved(json.loads(json.dumps(saved)))
+        assert loaded.max_lr == loaded.lr == config.max_lr
+        assert {**loaded.to_dict(), "lr": None} == {**config.to_dict(), "lr": None}
+
+
+def test_fmnist_train_lr_is_onecycles_peak():
+    config = build_config(None, {"lr": 0.03})
+    assert (config.scheduler, config.max_lr) == ("onecycle", 0.03)

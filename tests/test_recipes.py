@@ -20,14 +20,21 @@ ISSUE_RECIPES = [
 ]
 
 
-def test_recipes_lists_every_recipe_with_its_source_and_claim(capsys):
-    assert main(["recipes"]) == 0
-    out = capsys.readouterr().out
+def shown(arguments: list[str], capsys) -> str:
+    """What `fmnist ARGUMENTS` printed, with its lines joined (the text wraps to the terminal's width)."""
+    assert main(arguments) == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_recipes_lists_every_recipe_and_shows_its_source_and_claim(capsys):
+    out = shown(["recipes"], capsys)
     for name in ISSUE_RECIPES:
         recipe = get_recipe(name)
-        assert recipe.source and recipe.claim and recipe.description
-        assert name in out and f"claimed: {recipe.claim}" in out
-    assert "0.646" in out and "0.678" in out and "~0.86" in out
+        assert recipe.source and recipe.claim and recipe.description and recipe.summary
+        assert f" {name} " in out and recipe.summary in out
+        in_full = shown(["recipes", name], capsys)
+        assert f"source {recipe.source}" in in_full and f"claimed {recipe.claim}" in in_full
+    assert "0.646" in shown(["recipes", "mlp-sgd-ce"], capsys) and "~0.86" in shown(["recipes", "lenet-aug"], capsys)
 
 
 def test_fmnist_recipes_show_what_was_measured(capsys):
@@ -37,8 +44,7 @@ def test_fmnist_recipes_show_what_was_measured(capsys):
     for name in ("quick", "fast", "medium", "best", "top", "top-long"):
         assert listed[name]["source"] == "fmnist" and listed[name]["measured"], name
     assert listed["lenet-aug"]["measured"] is None
-    assert main(["recipes"]) == 0
-    assert f"measured: {get_recipe('top').measured}" in capsys.readouterr().out
+    assert f"measured {get_recipe('top').measured}" in shown(["recipes", "top"], capsys)
 
 
 def test_the_longer_recipes_add_crops_and_erasing_to_flips():

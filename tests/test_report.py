@@ -148,3 +148,33 @@ def test_fmnist_report_on_a_missing_folder_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such run folder" in err
+
+
+@pytest.mark.parametrize("overrides", [
+    {"lr": 3e-4}, {"max_lr": 0.05}, {"recipe": "fast", "lr": 0.05}, {"recipe": "fast"},
+    {"recipe": "lenet-aug", "scheduler": "onecycle"}, {"recipe": "lenet-aug", "scheduler": "onecycle", "lr": 1e-3},
+    {"recipe": "fast", "scheduler": "cosine", "lr": 0.2},
+])
+def test_rerun_command_keeps_the_learning_rate(overrides):
+    config = build_config(overrides=overrides)
+    command = rerun_command(config)
+    assert "--max-lr" not in command  # said once, as --lr
+    arguments = build_parser().parse_args(command.split()[1:])
+    assert build_config(arguments.config, overrides_from(arguments)).to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize("figure", ["probability_bars", "per_class_bars"])
+def test_every_bar_carries_its_value(figure, monkeypatch, tmp_path):
+    from fmnist.reports import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.setdefault("figure", fig) and path)
+    values = [0.9531, 0.04, 0.0049, 0.0004, 0.0, 0.001, 0.0006, 0.0, 0.0, 0.0]
+    names = [f"class {index}" for index in range(10)]
+    if figure == "probability_bars":
+        plots.probability_bars(torch.zeros(28, 28, dtype=torch.uint8), values, names, "a shirt", tmp_path / "p.png")
+    else:
+        plots.per_class_bars(values, names, "accuracy", tmp_path / "p.png")
+    bars = drawn["figure"].axes[-1]
+    assert [text.get_text() for text in bars.texts] == [
+        "0.953", "0.040", "0.005", "<0.001", "<0.001", "0.001", "0.001", "<0.001", "<0.001", "<0.001"]

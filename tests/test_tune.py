@@ -154,7 +154,7 @@ BAD_SPACES = [
     ("[optimizer]\nchoices = [\"adamw\", 3]\n", "[optimizer]: choice 3 is not of the option's type, str"),
     ("[optimizer]\nlow = 1\nhigh = 2\n", "[optimizer]: a str option; give choices"),
     ("[name]\nchoices = [\"a\", \"b\"]\n", "[name]: tune names and places the trials' run folders itself"),
-    ("[lr]\nlow = 1e-4\nhigh = 1e-2\n", "with lr = 0.0001: --lr 0.0001: ignored by these settings"),
+    ("[step_size]\nlow = 1\nhigh = 3\n", "with step_size = 1: --step-size 1: ignored by these settings"),
     ("[optimizer]\nchoices = [\"sgd\", \"adamw\"]\n[nesterov]\nchoices = [true, false]\n",
      "with optimizer = 'adamw', nesterov = True: --nesterov True: ignored by these settings"),
     ("[max_lr\n", "not valid TOML"),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fmnist.cli.logs import other_libraries_in_one_line, show_library_logs, stop_showing_library_logs
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
+from fmnist.data.fashion import VAL_SIZE
 from fmnist.errors import FmnistError
 from fmnist.faults import TrainingInterrupted
 from fmnist.training.config import AMP_MODES, DEVICES, EVAL_BATCH_SIZE, FIELDS, build_config
@@ -47,6 +48,18 @@ class ArgumentParser(argparse.ArgumentParser):
         return parsed
 
 
+# lr-find drives the learning rate itself and trains no run: these options have no effect there:
+# --help leaves them out, and given, they are refused in one line that says why.
+LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema",
+                   "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
+
+
+# tune names and places its trials' run folders itself (trial-NNNN in OUT/STUDY).
+TUNE_REFUSES = ("name",)
+DATA_DIR_HELP = "folder holding the four IDX files (default: searched, see `fmnist data info`)"
+DEVICE_HELP = "one of " + ", ".join(DEVICES) + " (auto: CUDA, then MPS, then the CPU)"
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="fmnist", description="A fast, readable PyTorch lab for Fashion-MNIST.")
     parser.add_argument("--version", action="version", version=f"fmnist {__version__}")
@@ -59,9 +72,10 @@ def build_parser() -> ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def test_data_options(sub: ArgumentParser) -> None:
-        sub.add_argument("--data-dir", help="folder holding the four IDX files (default: searched)")
-        sub.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
-        sub.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help=f"default: {EVAL_BATCH_SIZE}")
+        sub.add_argument("--data-dir", help=DATA_DIR_HELP)
+        sub.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP + " (default: auto)")
+        sub.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                         help=f"test images per batch (default: {EVAL_BATCH_SIZE})")
         sub.add_argument("--allow-unverified-data", action="store_true",
                          help="test on IDX files that are not the official Fashion-MNIST (recorded as such)")
 
@@ -95,15 +109,16 @@ def build_parser() -> ArgumentParser:
     add_train_options(sweep)
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
                        help="an option and its values (repeatable; the grid is every combination)")
-    sweep.add_argument("--seeds", type=int, default=1, help="runs per grid point, seeds --seed, --seed + 1, ...")
+    sweep.add_argument("--seeds", type=int, default=1,
+                       help="runs per grid point, seeds --seed, --seed + 1, ... (default: 1)")
     sweep.add_argument("--jobs", type=int, default=1,
-                       help="runs trained at once, each in its own process (default 1: in turn, in this process)")
+                       help="runs trained at once, each in its own process (default: 1, in turn, in this process)")
     sweep.add_argument("--threads-per-job", type=int, metavar="T",
                        help="torch threads of each job (default: the cores here divided by --jobs)")
 
     tune = command("tune", "search options with Optuna; any number of processes and machines share one study "
                            "(pip install -e '.[tune]')")
-    add_train_options(tune)
+    add_train_options(tune, refused=TUNE_REFUSES)
     tune.add_argument("--space", metavar="SPACE.toml",
                       help="the options to search: one [OPTION] table each, with low, high and log = true|false "
                            "for a number, or choices = [...] (docs/scaling.md)")
@@ -119,12 +134,12 @@ def build_parser() -> ArgumentParser:
     tune.add_argument("--show", action="store_true",
                       help="print the best trials and write optimization_history.png and param_importances.png "
                            "to OUT/NAME; trains nothing")
-    tune.add_argument("--top", type=int, help="with --show: trials in the table (default 10)")
+    tune.add_argument("--top", type=int, help="with --show: trials in the table (default: 10)")
 
     predict = command("predict", "classify image files (PNG, JPEG, BMP, WebP, GIF) or folders of them")
     predict.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
-    predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per image (1-10)")
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per image, 1-10 (default: 3)")
     predict.add_argument("--no-invert", dest="invert", action="store_false",
                          help="never invert (by default images on a light background are inverted to light on black)")
     predict.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs (default: auto)")
@@ -132,52 +147,56 @@ def build_parser() -> ArgumentParser:
 
     export = command("export", "write a checkpoint's model as ONNX (pip install -e '.[onnx]')")
     export.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
-    export.add_argument("--format", default="onnx", choices=["onnx"], help="only onnx for now")
+    export.add_argument("--format", default="onnx", choices=["onnx"],
+                        help="the file format; only onnx for now (default: onnx)")
     export.add_argument("--out", metavar="FILE", help="where to write (default: RUN_DIR/model.onnx)")
     export.add_argument("--force", action="store_true", help="replace an existing file (never a checkpoint)")
 
     serve = command("serve", "a web page and a JSON API for a trained model (pip install -e '.[serve]')")
     serve.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     serve.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs (default: auto)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0,
-                       help="largest request body in MB; larger ones are answered 413 (default 10)")
+                       help="largest request body in MB; larger ones are answered 413 (default: 10)")
     serve.add_argument("--max-batch", type=int,
-                       help="most images per forward pass when requests arrive together (default 256; 1: no batching)")
+                       help="most images per forward pass when requests arrive together (default: 256; 1: no batching)")
 
     lr_find = command("lr-find", "learning-rate range test: loss against an exponentially growing learning rate")
     lr_find.add_argument("start", metavar="RECIPE|RUN_DIR",
                          help="a recipe to test, or a run folder to start from (its best.pt, else last.pt; only read)")
-    add_train_options(lr_find)
-    lr_find.add_argument("--steps", type=int, default=200, help="batches, one learning rate each (default 200)")
-    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default 1e-7)")
-    lr_find.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
+    add_train_options(lr_find, refused=LR_FIND_IGNORES)
+    lr_find.add_argument("--steps", type=int, default=200, help="batches, one learning rate each (default: 200)")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-07)")
+    lr_find.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10.0)")
     lr_find.add_argument("--plot", metavar="PNG", help="where to draw the curve (default: lr-find-<name>.png)")
     lr_find.add_argument("--force", action="store_true", help="replace an existing plot file")
     json_option(lr_find)
 
-    json_option(command("models", "list the registered models with parameter counts"))
-    json_option(command("recipes", "list the named recipes, their source project and its claim"))
+    json_option(command("models", "the registered models: parameters and what each is"))
+    recipes = command("recipes", "the named recipes: what each is for, its model, epochs and precision")
+    recipes.add_argument("name", metavar="NAME", nargs="?", help="show this recipe in full")
+    json_option(recipes)
 
     bench = command("bench", "training/evaluation images/s against the conventional DataLoader loop")
     bench.add_argument("--recipe", help="benchmark this recipe's model and batch size")
     bench.add_argument("--model", help="model name (default: the recipe's, else affine-cnn)")
-    bench.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
-    bench.add_argument("--steps", type=int, help=f"timed training batches (default {BENCH_STEPS})")
-    bench.add_argument("--warmup", type=int, help=f"untimed batches first (default {BENCH_WARMUP})")
+    bench.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's, else 64)")
+    bench.add_argument("--steps", type=int, help=f"timed training batches (default: {BENCH_STEPS})")
+    bench.add_argument("--warmup", type=int, help=f"untimed batches first (default: {BENCH_WARMUP})")
     bench.add_argument("--no-conventional", action="store_true", default=None, help="skip the conventional loop")
-    bench.add_argument("--device", choices=DEVICES)
+    bench.add_argument("--device", choices=DEVICES, help=DEVICE_HELP + " (default: auto)")
     bench.add_argument("--amp", choices=AMP_MODES, help="mixed precision of fmnist's loop, as in training (the "
-                                                         "conventional loop runs in fp32, as the projects ran it)")
-    bench.add_argument("--data-dir")
-    bench.add_argument("--val-size", type=int, help="validation images held out, as in training (default 5000)")
+                                                         "conventional loop runs in fp32, as the projects ran it; "
+                                                         "default: the recipe's, else auto)")
+    bench.add_argument("--data-dir", help=DATA_DIR_HELP)
+    bench.add_argument("--val-size", type=int, help=f"validation images held out, as in training (default: {VAL_SIZE})")
     bench.add_argument("--allow-unverified-data", action="store_true", default=None,
                        help="run on IDX files that are not the official Fashion-MNIST")
     bench.add_argument("--time-to-accuracy", metavar="RECIPE",
                        help="train RECIPE, timing when test accuracy first reaches 0.90, 0.91, ..., 0.95")
-    bench.add_argument("--seeds", type=int, help="with --time-to-accuracy: seeds 42, 43, ... (mean ± std; default 1)")
+    bench.add_argument("--seeds", type=int, help="with --time-to-accuracy: seeds 42, 43, ... (mean ± std; default: 1)")
     bench.add_argument("--epochs", type=int, help="with --time-to-accuracy: override the recipe's epochs")
     bench.add_argument("--time-budget", metavar="DURATION",
                        help="with --time-to-accuracy: train each seed for this long (90s, 5m, 1h), as fmnist train "
@@ -187,14 +206,14 @@ def build_parser() -> ArgumentParser:
     data = command("data", "find, verify or download the data set")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="where the files are, verification, counts, mean and std")
-    info.add_argument("--data-dir")
+    info.add_argument("--data-dir", help=DATA_DIR_HELP)
     json_option(info)
     download = data_commands.add_parser("download", help="download and verify the four files")
     download.add_argument("--dir", help="target folder (default: the user cache, ~/.cache/fmnist)")
     download.add_argument("--mirror", action="append", help="base URL to try (repeatable; default: official mirrors)")
     download.add_argument("--force", action="store_true", help="replace files there that are not the official ones")
     ensure = data_commands.add_parser("ensure", help="find the data set, else install it (apt) or download it")
-    ensure.add_argument("--data-dir")
+    ensure.add_argument("--data-dir", help=DATA_DIR_HELP)
     ensure.add_argument("--mirror", action="append", help="base URL to try when downloading")
     ensure.add_argument("--no-apt", action="store_true", help="never try apt-get")
     return parser
@@ -366,11 +385,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0  # stopped by Ctrl-C or SIGTERM after answering the requests in flight: a clean stop
 
 
-# lr-find drives the learning rate itself and trains no run: these options have no effect there.
-LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema",
-                   "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
-
-
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from fmnist.files import reader_lock
     from fmnist.runs.checkpoint import load_checkpoint
@@ -388,6 +402,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     start = Path(args.start)
     weights = None
     if is_run_folder(start):
+        if args.config:
+            raise UsageError(f"--config with a run folder: lr-find {args.start} starts from the run's own config; "
+                             "give its options as flags, or give a recipe instead of the run folder")
         with reader_lock(start, "lr-find: run folder"):  # not while the run is training: its files are changing
             config = TrainConfig.from_saved({**read_saved_config(start)["config"], **given})
             weights = load_checkpoint(start)["model"] if any(start.glob("*.pt")) else None
@@ -410,42 +427,35 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     if result.suggestion is None:
         print(f"the loss was not finite from the first batch; try a lower --start-lr (plot: {out})")
         return 1
-    print(f"lowest smoothed loss at lr {result.lowest_loss_at:.2e}; suggested lr {result.suggestion:.2e} "
-          f"(one tenth of it; for OneCycle, a --max-lr)")
+    print(f"lowest smoothed loss at lr {result.lowest_loss_at:.2e}; suggested --lr {result.suggestion:.2e} "
+          f"(a tenth of it: OneCycle's peak, or where the other schedules start)")
     print(f"plot: {out}")
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from fmnist.models import count_parameters, create_model, list_models
+    from fmnist.cli.listings import model_rows, models_text, terminal_width
 
-    counts = {name: count_parameters(create_model(name)) for name in list_models()}
-    if args.json:
-        print_json([{"name": name, "parameters": count} for name, count in counts.items()])
-        return 0
-    for name, count in counts.items():
-        print(f"{name:<16} {count:>12,} parameters")
+    print_json(model_rows()) if args.json else print(models_text(terminal_width()))
     return 0
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from fmnist.training.recipes import list_recipes
+    from fmnist.cli.listings import recipe_text, recipes_text, terminal_width
+    from fmnist.training.recipes import get_recipe, list_recipes
 
-    recipes = list_recipes()
+    recipes = [get_recipe(args.name)] if args.name else list_recipes()
     if args.json:
-        print_json([{"name": recipe.name, "source": recipe.source, "claim": recipe.claim,
+        document = [{"name": recipe.name, "summary": recipe.summary, "source": recipe.source, "claim": recipe.claim,
                      "description": recipe.description, "measured": recipe.measured or None,
                      "budget": recipe.budget or None, "budget_command": recipe.budget_command(),
                      "measured_at_budget": recipe.measured_at_budget or None,
-                     "options": recipe.overrides} for recipe in recipes])
-        return 0
-    for recipe in recipes:
-        print(f"{recipe.name:<20} {recipe.source:<26} claimed: {recipe.claim}")
-        print(f"{'':<20} {recipe.description}")
-        if recipe.measured:
-            print(f"{'':<20} measured: {recipe.measured} (BENCHMARKS.md)")
-        if recipe.budget:
-            print(f"{'':<20} at its budget: `{recipe.budget_command()}`: {recipe.measured_at_budget}")
+                     "options": recipe.overrides} for recipe in recipes]
+        print_json(document[0] if args.name else document)
+    elif args.name:
+        print(recipe_text(recipes[0], terminal_width()))
+    else:
+        print(recipes_text(terminal_width()))
     return 0
 
 

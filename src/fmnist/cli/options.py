@@ -16,24 +16,39 @@ FLAG_DEFAULT_WHEN_BARE = {"pretrained": FROM_TORCHVISION_CACHE}
 NOT_REPEATED = ("name",)
 
 
-def help_text(name: str) -> str:
+def shown_default(name: str) -> str:
+    """The default as --help shows it: the value TrainConfig() resolves to, for each setting it depends on."""
+    if name == "lr":  # under OneCycle the peak, whose default is another than the other schedules' rate
+        return f"{TrainConfig().lr} under --scheduler onecycle, {TrainConfig(scheduler='cosine').lr} under the others"
     default = FIELDS[name].metadata["default"]
-    shown = "none" if default is None else ("on" if default is True else "off" if default is False else default)
-    return f"{FIELDS[name].metadata['help']} (default: {shown})"
+    return "none" if default is None else ("on" if default is True else "off" if default is False else str(default))
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; unset flags stay None so the recipe's and the file's values win."""
+def help_text(name: str) -> str:
+    """An option's help with its default, said once: a help that explains its own default keeps it."""
+    text = FIELDS[name].metadata["help"]
+    if "(default:" not in text:
+        text += f" (default: {shown_default(name)})"
+    return text.replace("%", "%%")  # argparse formats help strings with %
+
+
+def add_train_options(parser: argparse.ArgumentParser, refused: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig field; unset flags stay None so the recipe's and the file's values win.
+
+    Options in `refused` are left out of --help, as the command does not accept them; they are still
+    parsed so that the command can say in one line why it refuses them.
+    """
     for name in FIELDS:
         metavar = FIELDS[name].metadata["metavar"] or name.upper()
+        help = argparse.SUPPRESS if name in refused else help_text(name)
         if declared_type(name) == "bool":
             parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text(name))
+                                help=help)
         elif name in FLAG_DEFAULT_WHEN_BARE:
             parser.add_argument(flag(name), dest=name, nargs="?", const=FLAG_DEFAULT_WHEN_BARE[name], default=None,
-                                metavar=metavar, help=help_text(name))
+                                metavar=metavar, help=help)
         else:
-            parser.add_argument(flag(name), dest=name, default=None, metavar=metavar, help=help_text(name))
+            parser.add_argument(flag(name), dest=name, default=None, metavar=metavar, help=help)
     parser.add_argument("--config", help="TOML file of options (keys as above, with _ for -); flags override it")
 
 
@@ -59,13 +74,22 @@ def rerun_command(config: TrainConfig) -> str:
     if config.recipe:
         arguments += ["--recipe", config.recipe]
     for name, value in config.to_dict().items():
-        if name in NOT_REPEATED or name == "recipe" or value is None or value == getattr(baseline, name):
+        if name == "max_lr" and config.scheduler == "onecycle":
+            continue  # the same rate as --lr, OneCycle's peak: said once, as --lr
+        if name in NOT_REPEATED or name == "recipe" or value is None or value == baseline_value(baseline, config, name):
             continue
         if isinstance(value, bool):
             arguments.append(flag(name) if value else "--no-" + name.replace("_", "-"))
         else:
             arguments += [flag(name), repr(value) if isinstance(value, float) else str(value)]
     return shlex.join(arguments)
+
+
+def baseline_value(baseline: TrainConfig, config: TrainConfig, name: str):
+    """What `name` would be in `config`'s rerun without its flag."""
+    if name == "lr" and (config.scheduler == "onecycle") != (baseline.scheduler == "onecycle"):
+        return None  # the recipe's rate is a peak and the run's a start, or the other way round: say it
+    return getattr(baseline, name)
 
 
 def check_positive(value: int, option: str) -> None:

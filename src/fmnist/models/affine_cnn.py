@@ -6,7 +6,7 @@ from fmnist.models.layers import LearnedAffine
 from fmnist.models.registry import register_model
 
 
-@register_model("affine-cnn")
+@register_model("affine-cnn", "the default: two convs, then the LearnedAffine layer")
 def affine_cnn(num_classes: int = 10) -> nn.Module:
     """28x28 -> 14x14 -> 7x7 with 32 and 64 channels, then 3136 -> 128 -> LearnedAffine -> 10.
 

@@ -10,7 +10,7 @@ from torch import nn
 from fmnist.models.registry import register_model
 
 
-@register_model("v1")
+@register_model("v1", "the BatchNorm study's pipeline test: two tiny convs")
 def v1(num_classes: int = 10) -> nn.Module:
     """Two unpadded 1-channel 3x3 convs (28 -> 26 -> 24), then 576 -> 64 -> 32 -> 10.
 
@@ -62,13 +62,13 @@ def v1_5_5_layers(batch_norm: bool, num_classes: int) -> nn.Sequential:
     )
 
 
-@register_model("v1-5-5")
+@register_model("v1-5-5", "the BatchNorm study's six convs, 26 M parameters, no BN")
 def v1_5_5(num_classes: int = 10) -> nn.Module:
     """Six 'same' 3x3 convs (1 -> 32 -> 32, -> 64 -> 64, -> 128 -> 128), 100,352 -> 256 -> 64 -> 10."""
     return v1_5_5_layers(batch_norm=False, num_classes=num_classes)
 
 
-@register_model("v1-5-5-bn")
+@register_model("v1-5-5-bn", "v1-5-5 with BatchNorm: the study's four learning rates")
 def v1_5_5_bn(num_classes: int = 10) -> nn.Module:
     """`v1-5-5` with BatchNorm before each ReLU: after each conv pair and after the two hidden Linears.
 

@@ -5,7 +5,7 @@ from torch import nn
 from fmnist.models.registry import register_model
 
 
-@register_model("lenet")
+@register_model("lenet", "the LeNet augmentation project's CNN")
 def lenet(num_classes: int = 10) -> nn.Module:
     """Two unpadded 3x3 convs with max-pooling (28 -> 26 -> 13 -> 11 -> 5), then 400 -> 120 -> 84 -> 10.
 

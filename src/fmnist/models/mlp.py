@@ -5,7 +5,7 @@ from torch import nn
 from fmnist.models.registry import register_model
 
 
-@register_model("mlp")
+@register_model("mlp", "784-512-512-10, no convolutions: the focal-loss study")
 def mlp(num_classes: int = 10) -> nn.Module:
     """784 -> 512 -> 512 -> 10 with ReLU: no convolutions, so it sees pixels, not shapes.
 

@@ -31,12 +31,19 @@ ModelFactory = Callable[..., nn.Module]
 _MODELS: dict[str, ModelFactory] = {}
 _FROM_DISTRIBUTION: dict[str, str] = {}  # model name -> the installed package whose entry point registered it
 _plugins_loaded = False
+_SUMMARIES: dict[str, str] = {}
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator: make a model factory available as `create_model(name)`."""
+def register_model(name: str, summary: str = "") -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: make a model factory available as `create_model(name)`.
+
+    `summary` is one short line on what the network is and what it is for (`fmnist models` shows it);
+    without it, the first line of the factory's docstring.
+    """
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"register_model(name={name!r}): give the model's name, a non-empty str", "name")
+    if not isinstance(summary, str):
+        raise ConfigError(f"register_model(summary={summary!r}): give one line of text, a str", "summary")
 
     def decorator(factory: ModelFactory) -> ModelFactory:
         if not callable(factory):
@@ -46,6 +53,7 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
             # A silent overwrite would make a name mean two different networks.
             raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__module__}")
         _MODELS[name] = factory
+        _SUMMARIES[name] = summary or (factory.__doc__ or "").strip().split("\n")[0]
         return factory
 
     return decorator
@@ -79,6 +87,13 @@ def load_plugins() -> None:
 def list_models() -> list[str]:
     load_plugins()
     return sorted(_MODELS)
+
+
+def describe_model(name: str) -> str:
+    """The one line register_model was given for `name`."""
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    return _SUMMARIES[name]
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -121,6 +136,14 @@ def how_to_make_known(name: str, origin: dict | None) -> str:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+@functools.cache
+def parameter_count(name: str) -> int:
+    """The registered model `name`'s parameter count, built on the meta device to count (no memory, no
+    random numbers drawn): `fmnist models` lists 26-million-parameter networks in no time."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return count_parameters(create_model(name))
 
 
 @functools.cache

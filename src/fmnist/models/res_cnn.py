@@ -34,7 +34,7 @@ def stage(in_channels: int, out_channels: int, blocks: int) -> list[nn.Module]:
     return [*layers, nn.MaxPool2d(2)]
 
 
-@register_model("res-cnn")
+@register_model("res-cnn", "residual stages at 14x14 and 7x7: fmnist's best")
 def res_cnn(
     num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128), blocks: tuple[int, int] = (1, 1)
 ) -> nn.Module:
@@ -60,5 +60,7 @@ def res_cnn(
 
 
 # Wider variants, registered by name so that recipes and checkpoints can name them.
-register_model("res-cnn-96")(functools.partial(res_cnn, widths=(32, 96, 192)))
-register_model("res-cnn-128")(functools.partial(res_cnn, widths=(32, 128, 256)))
+register_model("res-cnn-96", "wider res-cnn (96 and 192 channels)")(
+    functools.partial(res_cnn, widths=(32, 96, 192)))
+register_model("res-cnn-128", "wider res-cnn (128 and 256 channels)")(
+    functools.partial(res_cnn, widths=(32, 128, 256)))

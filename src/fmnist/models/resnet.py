@@ -20,7 +20,7 @@ FROM_TORCHVISION_CACHE = "torchvision"
 PRETRAINED_MODELS = ("resnet18",)
 
 
-@register_model("resnet18")
+@register_model("resnet18", "ResNet-18, 1-channel stem; --pretrained for ImageNet's")
 def resnet18(num_classes: int = 10, pretrained: str | None = None) -> nn.Module:
     """ResNet-18 with conv1 = Conv(1 -> 64, 7x7, stride 2, pad 3) and fc = Linear(512 -> 10).
 

@@ -5,7 +5,7 @@ from torch import nn
 from fmnist.models.registry import register_model
 
 
-@register_model("small-cnn")
+@register_model("small-cnn", "two conv blocks: the focal-loss study's CNN")
 def small_cnn(num_classes: int = 10) -> nn.Module:
     """Two 'same' 3x3 conv blocks (32 and 64 channels, each halving the image: 28 -> 14 -> 7),
     then 3136 -> 128 -> 10.

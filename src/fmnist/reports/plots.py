@@ -91,16 +91,23 @@ def confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path) -
     return save(figure, path)
 
 
+def label_bars(axes, values: list[float]) -> None:
+    """Write each bar's value (0..1) at its end, so that the figure is read without a ruler; a value
+    that rounds to 0.000 says so rather than showing a misleading 0."""
+    for position, value in enumerate(values):
+        text = f"{value:.3f}" if value >= 0.0005 else "<0.001"
+        axes.text(min(value, 1.0) + 0.01, position, text, va="center", fontsize=8)
+    axes.set_xlim(0, 1.14)  # room for the value after a bar of 1
+
+
 def per_class_bars(values: list[float], class_names: list[str], xlabel: str, path: Path) -> Path:
     """One horizontal bar per class, value written at its end."""
     figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
     positions = range(len(class_names))
     axes.barh(positions, values, color="tab:blue")
-    for position, value in zip(positions, values, strict=True):
-        axes.text(min(value, 1.0) + 0.01, position, f"{value:.3f}", va="center", fontsize=8)
+    label_bars(axes, values)
     axes.set_yticks(positions, class_names)
     axes.invert_yaxis()  # first class on top, as in the confusion matrix
-    axes.set_xlim(0, 1.12)
     axes.set_xlabel(xlabel)
     axes.grid(axis="x", alpha=0.3)
     return save(figure, path)
@@ -132,9 +139,9 @@ def probability_bars(image: torch.Tensor, probabilities: list[float], class_name
     picture.set_title(title, fontsize=9)
     positions = range(len(class_names))
     bars.barh(positions, probabilities, color="tab:orange")
+    label_bars(bars, probabilities)
     bars.set_yticks(positions, class_names)
     bars.invert_yaxis()
-    bars.set_xlim(0, 1)
     bars.set_xlabel("probability (softmax of the logits)")
     return save(figure, path)
 

@@ -6,8 +6,9 @@
 
 This module is the one source of truth for defaults: the CLI's flags, the TOML keys, `fmnist sweep
 --set` and the library builders all take their values from here. A config is checked when it is
-made: a value out of range, of the wrong type, or for an option the chosen settings ignore (`lr`
-under OneCycle, `momentum` with Adam, ...) is a ConfigError naming the option, never a silent no-op.
+made: a value out of range, of the wrong type, or for an option the chosen settings ignore
+(`momentum` with Adam, `max_lr` under a cosine schedule, ...) is a ConfigError naming the option,
+never a silent no-op.
 Options that do not apply to the chosen settings hold None, so config.json shows what was used.
 """
 
@@ -54,11 +55,9 @@ CONDITIONAL = {
     "epochs": (lambda c: c.time_budget is None,
                "--time-budget plans the number of epochs itself from this machine's speed; drop --epochs, "
                "or drop --time-budget to train for a number of epochs"),
-    "lr": (lambda c: c.scheduler != "onecycle",
-           "--scheduler onecycle sets the learning rate itself, from --max-lr / 25 up to --max-lr; "
-           "give --max-lr instead, or choose another --scheduler"),
     "max_lr": (lambda c: c.scheduler == "onecycle",
-               "only --scheduler onecycle has a peak rate; give --lr instead"),
+               "only --scheduler onecycle has a peak rate; give --lr instead (the rate the other schedules start "
+               "from)"),
     "momentum": (lambda c: c.optimizer == "sgd" and c.scheduler != "onecycle",
                  "only --optimizer sgd uses momentum, and --scheduler onecycle sets it itself (cycling it between "
                  "0.95 and 0.85 against the learning rate); choose another --scheduler to set it"),
@@ -92,13 +91,17 @@ class TrainConfig:
                                      metavar="DURATION")
     batch_size: int = option(64, "training batch size")
     optimizer: str = option("adamw", "one of " + ", ".join(OPTIMIZERS))
-    lr: float | None = option(1e-3, "learning rate (every --scheduler but onecycle, whose peak is --max-lr)")
+    lr: float | None = option(1e-3, "learning rate: under --scheduler onecycle its peak (it warms up from lr/25 "
+                                    "over the first 30% of steps, then anneals to lr/25/10^4; --max-lr is its "
+                                    "other name); steplr starts at it and multiplies it by --gamma every "
+                                    "--step-size epochs; cosine and linear start at it and end at 0; none keeps it")
     weight_decay: float = option(0.01, "decoupled for AdamW, L2 for SGD and Adam")
     momentum: float | None = option(0.9, "SGD momentum (--optimizer sgd; OneCycle cycles it 0.95-0.85 itself)")
     nesterov: bool | None = option(False, "SGD with Nesterov momentum (--optimizer sgd)")
     scheduler: str = option("onecycle", "one of " + ", ".join(SCHEDULERS) + "; onecycle, cosine and linear (decay "
                                         "to 0) step every batch")
-    max_lr: float | None = option(0.01, "OneCycle's peak learning rate; it starts at max-lr/25 (--scheduler onecycle)")
+    max_lr: float | None = option(0.01, "OneCycle's peak learning rate, the same as --lr under --scheduler onecycle "
+                                        "(give one of them)")
     step_size: int | None = option(1, "epochs between decays (--scheduler steplr)")
     gamma: float | None = option(0.7, "decay factor (--scheduler steplr)")
     loss: str = option("ce", "ce (cross-entropy) or focal; validation and test losses stay cross-entropy")
@@ -171,6 +174,7 @@ class TrainConfig:
             values.update(get_recipe(given["recipe"]).overrides)
         values.update(given)
         check_ranges(SimpleNamespace(**values), set(given))
+        resolve_onecycle_peak(values, given)
         for name, (applies, why_not) in CONDITIONAL.items():
             if applies(SimpleNamespace(**values)):
                 continue
@@ -204,6 +208,8 @@ class TrainConfig:
                 used = True
             if not used:
                 values.pop(name, None)
+        if settings.scheduler == "onecycle" and "max_lr" in values:
+            values.pop("lr", None)  # the peak is max_lr; older versions recorded an unused lr beside it
         return cls(**values)
 
     def replace(self, **changes) -> TrainConfig:
@@ -213,6 +219,8 @@ class TrainConfig:
         TrainConfig().replace(scheduler="cosine") gets the default `lr` that OneCycle did not use.
         """
         kept = {name: getattr(self, name) for name in self.given}
+        if any(changes.get(name) is not None for name in PEAK_NAMES):  # a new rate replaces the old, by either name
+            kept = {name: value for name, value in kept.items() if name not in PEAK_NAMES}
         return TrainConfig(**{**kept, **changes})
 
     def to_dict(self) -> dict:
@@ -228,6 +236,20 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig) if f.init}
+# Under OneCycle, `lr` is the peak rate (fastai's fit_one_cycle takes the peak too) and `max_lr` its older
+# name, kept so that recipes, TOML files, sweeps and recorded runs go on meaning what they meant.
+PEAK_NAMES = ("lr", "max_lr")
+
+
+def resolve_onecycle_peak(values: dict, given: dict) -> None:
+    """Under OneCycle, both `lr` and `max_lr` hold the peak: the one given, else the recipe's or the default."""
+    if values["scheduler"] != "onecycle":
+        return
+    if "lr" in given and "max_lr" in given and given["lr"] != given["max_lr"]:
+        raise ConfigError(f"--lr {given['lr']!r} and --max-lr {given['max_lr']!r}: both are OneCycle's peak rate; "
+                          "give one of them", "lr")
+    peak = values["lr"] if "lr" in given else values["max_lr"]
+    values["lr"] = values["max_lr"] = peak
 
 
 def check_option_names(options: dict) -> None:
@@ -381,6 +403,8 @@ def read_toml(path: str | Path) -> dict:
 def build_config(config_file: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """The recipe, then the TOML file, then explicit overrides (CLI flags; None = not given)."""
     from_file = read_toml(config_file) if config_file else {}
+    if any((overrides or {}).get(name) is not None for name in PEAK_NAMES):  # a flag's rate wins over the file's
+        from_file = {name: value for name, value in from_file.items() if name not in PEAK_NAMES}
     values = {**from_file, **{key: value for key, value in (overrides or {}).items() if value is not None}}
     try:
         return TrainConfig(**values)

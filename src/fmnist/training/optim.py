@@ -28,11 +28,11 @@ ONECYCLE_MAX_MOMENTUM = 0.95
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov), Adam or AdamW over the model's parameters, as `config` says.
 
-    Under OneCycle the `lr` and SGD's `momentum` given here are only placeholders: the schedule sets
-    both at every step (and Adam's first beta), so the config holds None for them.
+    Under OneCycle the `lr` (its peak) and SGD's `momentum` given here are only placeholders: the
+    schedule sets both at every step (and Adam's first beta); the config holds None for the momentum.
     """
     parameters = list(model.parameters())
-    lr = config.lr if config.lr is not None else config.max_lr
+    lr = config.lr
     if config.optimizer == "sgd":
         momentum = config.momentum if config.momentum is not None else ONECYCLE_MAX_MOMENTUM
         fused = bool(parameters) and parameters[0].device.type in FUSED_SGD_DEVICES

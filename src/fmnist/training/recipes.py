@@ -17,6 +17,7 @@ class Recipe:
     source: str  # which project it re-runs, e.g. "the custom-layer assignment", or "fmnist"
     claim: str  # the figure the source claimed, or "none claimed"
     description: str
+    summary: str = ""  # one short line: what the recipe is for (`fmnist recipes` shows it)
     overrides: dict = field(default_factory=dict)
     measured: str = ""  # fmnist's own recipes: what BENCHMARKS.md measured, with the machine and the date
     budget: str = ""  # the time budget the recipe is designed for (fmnist train --recipe R --time-budget B)
@@ -54,14 +55,16 @@ def list_recipes() -> list[Recipe]:
 
 add_recipe(Recipe(
     name="affine-onecycle",
+    summary="what plain `fmnist train` runs",
     source="custom-layer assignment",
     claim="test accuracy 0.88-0.90",
-    description="LearnedAffine CNN, AdamW wd 0.01, OneCycle to max_lr 0.01 per batch, batch 64, 3 epochs "
-    "(the project gave AdamW lr 1e-3, which OneCycle replaces)",
+    description="LearnedAffine CNN, AdamW wd 0.01, OneCycle to a peak lr of 0.01 per batch, batch 64, 3 epochs "
+    "(the project also gave AdamW lr 1e-3, which OneCycle's own rates replace)",
     overrides={},  # the defaults are this recipe
 ))
 add_recipe(Recipe(
     name="affine-steplr",
+    summary="the same, with the course's StepLR",
     source="custom-layer course repo",
     claim="none claimed",
     description="LearnedAffine CNN, AdamW lr 1e-3, StepLR (every epoch, gamma 0.7), 3 epochs, CPU",
@@ -72,6 +75,7 @@ add_recipe(Recipe(
 # its test figure came from rotated and flipped test images; here only the training batches are augmented.
 add_recipe(Recipe(
     name="lenet-aug",
+    summary="LeNet, rotations and flips",
     source="LeNet augmentation project",
     claim="test accuracy ~0.86",
     description="LeNet-style CNN, rotation ±10° + horizontal flip, normalize (0.5, 0.5), Adam lr 1e-3, "
@@ -97,6 +101,7 @@ BATCHNORM_STUDY_ASSUMED = "; the study gives only batch 64: the rest is the PyTo
 
 add_recipe(Recipe(
     name="v1",
+    summary="the study's two-conv pipeline test",
     source="BatchNorm study",
     claim="none claimed",
     description="v1 (two 1-channel convs, its pipeline test), " + QUICKSTART_TEXT.format(lr="1e-3")
@@ -105,6 +110,7 @@ add_recipe(Recipe(
 ))
 add_recipe(Recipe(
     name="v1-5-5",
+    summary="six convs, no BatchNorm (slow)",
     source="BatchNorm study",
     claim="none claimed",
     description="v1-5-5 (six 'same' convs, 26M parameters, no BatchNorm), " + QUICKSTART_TEXT.format(lr="1e-3")
@@ -116,6 +122,7 @@ for multiplier in (1, 2, 4, 8):
     rate = 1e-3 * multiplier
     add_recipe(Recipe(
         name="v1-5-5-bn" if multiplier == 1 else f"v1-5-5-bn-lr{multiplier}",
+        summary=f"with BatchNorm, SGD lr {rate:g} (slow)",
         source="BatchNorm study",
         claim="none claimed (higher rates learned faster)" if multiplier > 1 else "none claimed",
         description=f"v1-5-5 with BatchNorm, learning rate x{multiplier}: "
@@ -124,6 +131,7 @@ for multiplier in (1, 2, 4, 8):
     ))
 add_recipe(Recipe(
     name="resnet18",
+    summary="ResNet-18 from scratch",
     source="BatchNorm study",
     claim="none claimed",
     description="ResNet-18 with a 1-channel stem, " + QUICKSTART_TEXT.format(lr="1e-3") + BATCHNORM_STUDY_ASSUMED
@@ -134,6 +142,7 @@ add_recipe(Recipe(
 # The focal-loss study is the quickstart itself; its CNN "with 3x3 kernels" had no code or figure shown.
 add_recipe(Recipe(
     name="mlp-sgd-ce",
+    summary="an MLP with cross-entropy",
     source="focal-loss study",
     claim="test accuracy 0.646",
     description="784-512-512-10 MLP, cross-entropy, " + QUICKSTART_TEXT.format(lr="1e-3"),
@@ -141,6 +150,7 @@ add_recipe(Recipe(
 ))
 add_recipe(Recipe(
     name="mlp-sgd-focal",
+    summary="the same MLP with focal loss",
     source="focal-loss study",
     claim="test accuracy 0.678",
     description="784-512-512-10 MLP, focal loss gamma 2 alpha 1, " + QUICKSTART_TEXT.format(lr="1e-3"),
@@ -148,6 +158,7 @@ add_recipe(Recipe(
 ))
 add_recipe(Recipe(
     name="small-cnn-focal",
+    summary="a small CNN with focal loss",
     source="focal-loss study",
     claim="none claimed",
     description="two-block 3x3 CNN (our design: the seed shows none), focal loss gamma 2 alpha 1, "
@@ -158,6 +169,7 @@ add_recipe(Recipe(
 # fmnist's own recipes, designed for time to accuracy on a CPU (issue 4; BENCHMARKS.md has the figures).
 add_recipe(Recipe(
     name="fast",
+    summary="0.92 in 2 min, or a 2-min budget",
     budget="2m",
     measured_at_budget="test 0.9271 ± 0.0002 (seeds 42-44, bf16 by --amp auto), validation 0.9280 ± 0.0002, "
     "7-8 epochs (2-core AMD EPYC Zen 4 with AVX512_BF16, 2026-12-04)",
@@ -167,7 +179,7 @@ add_recipe(Recipe(
     claim="aimed at test accuracy >= 0.92 within 90 s of training on 2 CPU cores",
     description="fast-cnn (3 conv-BN blocks, 104k parameters), SGD with Nesterov momentum (OneCycle cycles it "
     "0.95-0.85), weight decay 5e-4, "
-    "OneCycle max_lr 0.2, batch 256, label smoothing 0.1, horizontal flips, 5 epochs",
+    "OneCycle to a peak lr of 0.2, batch 256, label smoothing 0.1, horizontal flips, 5 epochs",
     overrides={
         "model": "fast-cnn", "optimizer": "sgd", "nesterov": True, "weight_decay": 5e-4,
         "scheduler": "onecycle", "max_lr": 0.2, "batch_size": 256, "label_smoothing": 0.1, "hflip": True,
@@ -176,17 +188,19 @@ add_recipe(Recipe(
 ))
 add_recipe(Recipe(
     name="quick",
+    summary="0.90 in 15 s: a first real run",
     source="fmnist",
     measured="test 0.9030 ± 0.0016; 0.90 reached after 15.2 ± 0.9 s "
     "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23)",
     claim="aimed at test accuracy >= 0.90 within 20 s of training on 2 CPU cores",
     description="fast-cnn-16 (fast-cnn at half width, 29k parameters), the `fast` recipe's optimizer and "
-    "augmentation with OneCycle max_lr 0.1, batch 128, 2 epochs",
+    "augmentation with OneCycle to a peak lr of 0.1, batch 128, 2 epochs",
     overrides={**RECIPES["fast"].overrides, "model": "fast-cnn-16", "max_lr": 0.1, "batch_size": 128, "epochs": 2,
                **FP32},
 ))
 add_recipe(Recipe(
     name="medium",
+    summary="0.93 in 4 min",
     source="fmnist",
     measured="test 0.9332 ± 0.0017; 0.93 reached after 215.4 ± 30.1 s "
     "(3 seeds, 2-core AMD EPYC Zen 4, 2026-11-23)",
@@ -196,6 +210,7 @@ add_recipe(Recipe(
 ))
 add_recipe(Recipe(
     name="best",
+    summary="0.94 in 9 min, or a 5-min budget",
     budget="5m",
     measured_at_budget="test 0.9408 ± 0.0010 (seeds 42-44, bf16 by --amp auto), validation 0.9419 ± 0.0021, "
     "8-10 epochs; short of issue 20's 0.945 by 0.004 (2-core AMD EPYC Zen 4 with AVX512_BF16, 2026-12-04)",
@@ -221,6 +236,7 @@ add_recipe(Recipe(
 CROPS_AND_ERASING = {"hflip": True, "crop_padding": 1, "erase_prob": 0.25}
 add_recipe(Recipe(
     name="top",
+    summary="0.945 in 26 min, or a 30-min budget",
     budget="30m",
     measured_at_budget="test 0.9476 ± 0.0029 (seeds 42-44; bf16 by --amp auto), validation 0.9517 ± 0.0018, "
     "36-41 epochs in 1,524-1,848 s of the 1,800 (seed 44's VM slowed half-way); short of issue 20's 0.950 "
@@ -236,6 +252,7 @@ add_recipe(Recipe(
 ))
 add_recipe(Recipe(
     name="top-long",
+    summary="top for 40 epochs, or an hour",
     budget="60m",
     measured_at_budget="test 0.9493 ± 0.0005 (seeds 42-44; bf16 by --amp auto), validation 0.9520 ± 0.0006, "
     "63-75 epochs in 2,748-3,252 s of the 3,600; short of issue 20's 0.955 by 0.0057 "
