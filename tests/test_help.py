@@ -58,6 +58,7 @@ OWN_VALUES = {
     "--recipe": ["quick"], "--model": ["lenet"], "--batch-size": ["32"], "--warmup": ["1"], "--device": ["cpu"],
     "--amp": ["none"], "--data-dir": ["data"], "--val-size": ["100"], "--time-to-accuracy": ["quick"],
     "--epochs": ["1"], "--time-budget": ["90s"], "--dir": ["data"], "--mirror": ["https://example.org/"],
+    "--sort": ["test_accuracy"], "--descending": ["--sort", "test_accuracy"],
 }
 TUNE = ["--storage", "journal:study.log", "--study", "s", "--trials", "1", "--space"]
 # Where each command starts from; an option must be accepted from at least one of them.
