@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from fmnist.arguments import command_line_spelling
 from fmnist.errors import CheckpointError, FmnistError
 from fmnist.experiment import resume, train
 from fmnist.faults import TrainingInterrupted
@@ -47,7 +48,8 @@ def main(argv: list[str]) -> int:
     # This process's output goes to the job's log file, which the sweep names in its messages.
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
-        run_job(sweep_dir, name)
+        with command_line_spelling():  # a job of `fmnist sweep`: its errors name options as the command does
+            run_job(sweep_dir, name)
     except FmnistError as error:
         print(f"fmnist: error: {error}", flush=True)
         return error.exit_code
