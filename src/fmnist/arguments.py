@@ -34,7 +34,8 @@ CONFIG = "TrainConfig"
 # torch stores counts and seeds as 64-bit integers: a larger int would fail deep inside it.
 MAX_COUNT = 2**63 - 1
 MAX_SEED = 2**64 - 1
-LONGEST_SHOWN = 60  # characters of a value shown in a message: a message stays one short line
+# Characters of a value shown in a message, which stays one line: a path (a str) in full unless absurd.
+LONGEST_SHOWN, LONGEST_PATH = 60, 400
 
 
 @contextmanager
@@ -63,7 +64,8 @@ def shown(value) -> str:
     except Exception:  # a huge int, or an object whose __repr__ fails: its type says enough
         text = f"<{type(value).__name__}>"
     text = " ".join(text.split())
-    return text if len(text) <= LONGEST_SHOWN else text[: LONGEST_SHOWN - 3] + "..."
+    longest = LONGEST_PATH if isinstance(value, str) else LONGEST_SHOWN
+    return text if len(text) <= longest else text[: longest - 3] + "..."
 
 
 def flag(name: str, owner: str = CONFIG) -> str:
@@ -185,16 +187,19 @@ def check_names(given: Collection[str], valid: Collection[str], owner: str, what
             close = difflib.get_close_matches(str(name), list(valid), n=1)
             hint = f"did you mean {named(close[0], owner)}? " if close else ""
             listed = ", ".join(named(option, owner) for option in valid)
-            where = flag(str(name), owner) if for_command_line() else f"{owner}({name}=...)"
+            keyword = f"{name}=..." if str(name).isidentifier() else f"**{{{shown(name)}: ...}}"
+            where = flag(str(name), owner) if for_command_line() else f"{owner}({keyword})"
             raise ConfigError(f"{where}: unknown {what}; {hint}valid {what}s: {listed}", str(name))
 
 
-def as_argument_of(owner: str, error: ConfigError) -> ConfigError:
-    """The same error, naming its argument as `owner`'s (a config option given to `resume`, say)."""
+def as_argument_of(owner: str, error: ConfigError, name: str | None = None) -> ConfigError:
+    """The same error, naming its argument as `owner`'s: a config option given to `resume`, or the batches
+    that `fit` passed on to `train_one_epoch` as its `train_batches` (`name`)."""
     if error.rule is None:
         return error
-    return type(error)(f"{argument(error.field, error.value, owner)}: {error.rule}", error.field,
-                       value=error.value, rule=error.rule)
+    name = name or error.field
+    return type(error)(f"{argument(name, error.value, owner)}: {error.rule}", name, value=error.value,
+                       rule=error.rule)
 
 
 def check_device(value, name: str, owner: str) -> torch.device:

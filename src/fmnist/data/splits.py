@@ -50,6 +50,11 @@ class Split:
         return len(self.labels)
 
     def subset(self, indices: torch.Tensor) -> Split:
+        check_type(indices, torch.Tensor, "indices", "Split.subset", "a torch.Tensor of int64 indices")
+        if indices.dtype != torch.int64 or indices.dim() != 1:
+            raise invalid("indices", indices, "give int64 indices of shape (K,)", "Split.subset")
+        if len(indices) and not (-len(self) <= int(indices.min()) and int(indices.max()) < len(self)):
+            raise invalid("indices", indices, f"out of range for a split of {len(self)} images", "Split.subset")
         return Split(self.images[indices], self.labels[indices])
 
     def to(self, device: torch.device | str) -> Split:

@@ -20,8 +20,11 @@ class LearnedAffine(nn.Module):
         super().__init__()
         check_int(num_features, "num_features", "LearnedAffine", minimum=1)
         self.num_features = num_features
-        self.scale = nn.Parameter(torch.ones(num_features))
-        self.shift = nn.Parameter(torch.zeros(num_features))
+        try:
+            self.scale = nn.Parameter(torch.ones(num_features))
+            self.shift = nn.Parameter(torch.zeros(num_features))
+        except RuntimeError:  # more memory than there is: torch's allocator refuses it
+            raise invalid("num_features", num_features, "too many to hold in memory", "LearnedAffine") from None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[1] != self.num_features:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from fmnist.arguments import (
+    as_argument_of,
     check_bool,
     check_callable,
     check_choice,
@@ -32,7 +33,7 @@ from fmnist.arguments import (
     invalid,
     wrong_type,
 )
-from fmnist.errors import FmnistError
+from fmnist.errors import ConfigError, FmnistError
 from fmnist.faults import StopRequest, TrainingInterrupted, kill_point
 from fmnist.training.metrics import per_class_accuracy
 
@@ -111,7 +112,7 @@ def train_one_epoch(
     whole step, with TrainingInterrupted. `max_batches` ends the pass early: the last epoch of a time
     budget's plan stops where the plan's steps run out.
     """
-    check_loop_arguments("train_one_epoch", model, batches, optimization, stop)
+    check_loop_arguments("train_one_epoch", model, batches, True, optimization, stop)
     if max_batches is not None:
         check_int(max_batches, "max_batches", "train_one_epoch", minimum=1)
     loss_fn, optimizer = optimization.loss_fn, optimization.optimizer
@@ -155,11 +156,11 @@ def train_one_epoch(
     return EpochStats(mean_loss, correct.item() / seen, seen, time.perf_counter() - start, learning_rates)
 
 
-def check_loop_arguments(owner: str, model, batches, optimization=None, stop=None) -> None:
+def check_loop_arguments(owner: str, model, batches, training: bool, optimization=None, stop=None) -> None:
     """The arguments train_one_epoch, evaluate and fit share, checked once per call."""
     check_module(model, "model", owner)
     check_iterable(batches, "batches" if owner != "fit" else "train_batches", owner)
-    if optimization is not None:
+    if training:
         check_type(optimization, Optimization, "optimization", owner, "an Optimization(loss_fn, optimizer, ...)")
     if stop is not None and not hasattr(stop, "requested"):
         raise wrong_type("stop", stop, "a StopRequest (see fmnist.faults.stop_after_step)", owner)
@@ -233,7 +234,7 @@ def evaluate(model: nn.Module, batches: Batches, flip_tta: bool = False) -> Eval
     The loss is plain cross-entropy whatever the training loss was, so that validation losses of
     runs trained with label smoothing or focal loss stay comparable. `flip_tta`: see predict_logits.
     """
-    check_loop_arguments("evaluate", model, batches)
+    check_loop_arguments("evaluate", model, batches, False)
     check_bool(flip_tta, "flip_tta", "evaluate")
     model.eval()  # dropout off, BatchNorm uses its running statistics
     device = next(model.parameters()).device
@@ -312,13 +313,18 @@ def fit(
         try:
             max_batches = last_epoch_steps if epoch == epochs else None
             stats = train_one_epoch(model, train_batches, optimization, stop, max_batches)
+        except ConfigError as error:  # a bad batch: name it as fit's argument
+            raise as_argument_of("fit", error, "train_batches") if error.field == "batches" else error from None
         except TrainingInterrupted as interruption:
             raise TrainingInterrupted(f"in epoch {epoch} {interruption}", interruption.signal_number) from None
         except NonFiniteLossError as error:
             raise NonFiniteLossError(f"epoch {epoch}: {error}") from None
         if optimization.scheduler is not None and optimization.scheduler_interval == "epoch":
             optimization.scheduler.step()
-        validation = evaluate(weights_to_use(model, optimization), val_batches, flip_tta)
+        try:
+            validation = evaluate(weights_to_use(model, optimization), val_batches, flip_tta)
+        except ConfigError as error:
+            raise as_argument_of("fit", error, "val_batches") if error.field == "batches" else error from None
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,
@@ -343,7 +349,7 @@ def fit(
 
 def check_fit_arguments(model, train_batches, val_batches, optimization, epochs, flip_tta, recorder, stop,
                         last_epoch_steps) -> None:
-    check_loop_arguments("fit", model, train_batches, optimization, stop)
+    check_loop_arguments("fit", model, train_batches, True, optimization, stop)
     check_iterable(val_batches, "val_batches", "fit")
     check_int(epochs, "epochs", "fit", minimum=1)
     check_bool(flip_tta, "flip_tta", "fit")
