@@ -325,8 +325,8 @@ def test_a_loader_takes_its_arguments_or_names_them(split, batch_size, shuffle, 
 def test_create_model_names_the_argument(name, kwargs):
     assume(not any(isinstance(value, int) and not isinstance(value, bool) and value > 10**6
                    for value in kwargs.values()))  # a network that big is memory, not an argument, to refuse
-    works_or_names(lambda: create_model(name, **kwargs), "create_model(name=", "create_model(",
-                   *(f"({key}=" for key in kwargs))
+    works_or_names(lambda: create_model(name, **kwargs), "create_model(name=",
+                   *(f"create_model({key}=" for key in kwargs), "create_model('")
 
 
 @PROPERTY
@@ -335,7 +335,7 @@ def test_create_model_names_the_argument(name, kwargs):
 def test_count_parameters_and_learned_affine_name_their_argument(model, num_features, inputs):
     works_or_names(lambda: count_parameters(model), "count_parameters(model=")
     works_or_names(lambda: LearnedAffine(num_features), "LearnedAffine(num_features=")
-    works_or_names(lambda: LearnedAffine(3)(inputs), "LearnedAffine(3)(inputs=")
+    works_or_names(lambda: LearnedAffine(3)(inputs), "LearnedAffine.forward(inputs=")
 
 
 @PROPERTY

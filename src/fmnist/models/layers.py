@@ -28,8 +28,8 @@ class LearnedAffine(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[1] != self.num_features:
-            raise invalid("inputs", inputs, f"expects dimension 1 of size {self.num_features}",
-                          f"LearnedAffine({self.num_features})")
+            raise invalid("inputs", inputs, f"expects a tensor whose dimension 1 has size {self.num_features}",
+                          "LearnedAffine.forward")
         # View scale and shift as (F, 1, 1, ...) so they broadcast over every dimension after 1.
         trailing = (1,) * (inputs.dim() - 2)
         scale = self.scale.view(self.num_features, *trailing)

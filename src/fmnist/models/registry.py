@@ -65,10 +65,10 @@ def check_factory_arguments(name: str, factory: ModelFactory, kwargs: dict) -> N
     except (TypeError, ValueError):  # a callable without a signature to read: the factory will say
         return
     if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
-        check_names(kwargs, list(parameters), f"create_model({name!r})")
+        check_names(kwargs, list(parameters), "create_model")
     for key, value in kwargs.items():
         if key in parameters and parameters[key].annotation in (int, "int"):
-            check_int(value, key, f"create_model({name!r})", minimum=1)
+            check_int(value, key, "create_model", minimum=1)
 
 
 def count_parameters(model: nn.Module) -> int:
