@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fmnist.arguments import named
+from fmnist.arguments import argument, named
 from fmnist.data.fashion import FILES
 from fmnist.errors import DataError
 
@@ -44,16 +44,15 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     to another copy would hide the user's mistake. Otherwise the user cache and Debian's folder are
     searched in that order.
     """
-    for explicit, what in ((data_dir, named("data_dir")), (os.environ.get("FMNIST_DATA"), "$FMNIST_DATA")):
+    for explicit, from_environment in ((data_dir, False), (os.environ.get("FMNIST_DATA"), True)):
         if explicit:
             directory = Path(explicit).expanduser()
+            where = f"$FMNIST_DATA {directory}" if from_environment else argument("data_dir", directory, "load_splits")
             if directory.exists() and not directory.is_dir():
-                raise DataError(f"{what} {directory}: not a folder; give the folder that holds the four IDX files")
+                raise DataError(f"{where}: not a folder; give the folder that holds the four IDX files")
             missing = missing_files(directory)
             if missing:
-                raise DataError(
-                    f"{what} {directory}: missing {', '.join(missing)} (.gz or decompressed); {how_to_get()}"
-                )
+                raise DataError(f"{where}: missing {', '.join(missing)} (.gz or decompressed); {how_to_get()}")
             return directory
     for directory in (user_cache_dir(), DEBIAN_DIR):
         if not missing_files(directory):

@@ -73,7 +73,7 @@ def check_run_folder_free(config: TrainConfig) -> None:
     an `out` that is a file."""
     out = Path(config.out)
     if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{argument('out', config.out)}: a file, not a folder; choose a folder for the runs")
+        raise CheckpointError(f"{argument('out', out)}: a file, not a folder; choose a folder for the runs")
     if config.name is not None and (out / config.name).exists():
         raise CheckpointError(f"run folder {out / config.name} already exists; choose another {named('name')} "
                               "or delete it")
@@ -85,7 +85,7 @@ def create_run_folder(config: TrainConfig) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise CheckpointError(f"{argument('out', config.out)}: cannot create the folder ({error.strerror}); "
+        raise CheckpointError(f"{argument('out', out)}: cannot create the folder ({error.strerror}); "
                               "choose another") from None
     name = config.name or default_run_name(config.model)
     path = out / name
@@ -100,7 +100,7 @@ def create_run_folder(config: TrainConfig) -> Path:
         raise CheckpointError(f"run folder {path} already exists; choose another {named('name')} "
                               "or delete it") from None
     except OSError as error:
-        raise CheckpointError(f"{argument('out', config.out)}: cannot create {path} ({error.strerror})") from None
+        raise CheckpointError(f"{argument('out', out)}: cannot create {path} ({error.strerror})") from None
     return path
 
 
