@@ -80,7 +80,7 @@ def test_a_run_that_overran_its_budget_says_by_how_much_and_why(caplog):
 
 def test_a_budget_without_room_for_the_shortest_run_says_what_it_needs():
     with command_line_spelling(), pytest.raises(
-            ConfigError, match=r"--time-budget '10s': too short .* give --time-budget \d+s or more") as caught:
+            ConfigError, match=r"--time-budget 10s: too short .* give --time-budget \d+s or more") as caught:
         plan_steps("10s", measure_seconds=2.0, step_seconds=0.5, epoch_end_seconds=1.0, steps_per_epoch=100)
     suggested = parse_duration(str(caught.value).split("give --time-budget ")[1].split()[0])
     with pytest.raises(ConfigError, match=r"^TrainConfig\(time_budget='10s'\): too short .* give time_budget='\d+s'"):

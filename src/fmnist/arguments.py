@@ -72,11 +72,15 @@ def flag(name: str, owner: str = CONFIG) -> str:
     return COMMAND_LINE_NAMES.get((owner, name), "--" + name.replace("_", "-"))
 
 
-def argument(name: str, value, owner: str = CONFIG) -> str:
-    """The argument and the value it was given: `TrainConfig(batch_size=0)` or `--batch-size 0`."""
-    if for_command_line():
-        return f"{flag(name, owner)} {value if isinstance(value, Path) else shown(value)}"
-    return f"{owner}({name}={shown(value)})"
+def argument(name: str, value, owner: str = CONFIG, as_typed: bool = False) -> str:
+    """The argument and the value it was given: `TrainConfig(batch_size=0)` or `--batch-size 0`.
+    The command line shows a value as its repr (`--name 'a/b'`), a path, or with `as_typed` any value,
+    as it was typed (`--amp fp16`, `--sync-bn`)."""
+    if not for_command_line():
+        return f"{owner}({name}={shown(value)})"
+    if as_typed:
+        return setting(name, value)
+    return f"{flag(name, owner)} {value if isinstance(value, Path) else shown(value)}"
 
 
 def named(name: str, owner: str = CONFIG) -> str:
@@ -93,9 +97,9 @@ def setting(name: str, value) -> str:
     return f"{flag(name)} {value}"
 
 
-def invalid(name: str, value, rule: str, owner: str = CONFIG) -> ConfigError:
+def invalid(name: str, value, rule: str, owner: str = CONFIG, as_typed: bool = False) -> ConfigError:
     """The error for a value out of range or unknown: `<argument>: <rule>`."""
-    return ConfigError(f"{argument(name, value, owner)}: {rule}", name, value=value, rule=rule)
+    return ConfigError(f"{argument(name, value, owner, as_typed)}: {rule}", name, value=value, rule=rule)
 
 
 def wrong_type(name: str, value, expected: str, owner: str = CONFIG) -> ArgumentTypeError:

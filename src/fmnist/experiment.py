@@ -181,7 +181,7 @@ def main_holds_lock(path: Path, what: str, group: Processes | None) -> Iterator[
 def check_device_options(config: TrainConfig, device: torch.device) -> None:
     if config.amp == "fp16" and device.type != "cuda":
         raise invalid("amp", "fp16", f"needs a CUDA device, and this run is on {device}; use "
-                                     f"{setting('amp', 'bf16')} or {setting('amp', 'none')}")
+                                     f"{setting('amp', 'bf16')} or {setting('amp', 'none')}", as_typed=True)
 
 
 def resolve_run(config: TrainConfig, data: DataSplits, device: torch.device, group: Processes | None) -> dict:

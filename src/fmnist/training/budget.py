@@ -127,7 +127,7 @@ def plan_steps(budget: str, measure_seconds: float, step_seconds: float, epoch_e
         needed = measure_seconds + (MIN_STEPS * step_seconds
                                     + math.ceil(MIN_STEPS / steps_per_epoch) * epoch_end_seconds) / (1 - SAFETY_MARGIN)
         raise ConfigError(
-            f"{argument('time_budget', budget)}: too short for this run on this machine: measuring took "
+            f"{argument('time_budget', budget, as_typed=True)}: too short for this run on this machine: measuring took "
             f"{measure_seconds:.1f} s, a step takes {step_seconds * 1000:.0f} ms and each validation "
             f"{epoch_end_seconds:.1f} s, so the {MIN_STEPS} steps of the shortest run need about {needed:.0f} s; "
             f"give {setting('time_budget', format_duration(math.ceil(needed)))} or more", "time_budget")

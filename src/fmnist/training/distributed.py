@@ -86,14 +86,14 @@ def join_processes(config: TrainConfig) -> Iterator[Processes | None]:
     if world_size == 1:
         if config.sync_bn:
             raise invalid("sync_bn", True, "synchronizes BatchNorm across the processes of a torchrun run; this is "
-                          "one process (start it with torchrun --nproc-per-node N, N >= 2)")
+                          "one process (start it with torchrun --nproc-per-node N, N >= 2)", as_typed=True)
         yield None
         return
     check_global_batch(config.batch_size, world_size)
     device = process_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     if config.sync_bn and device.type != "cuda":
         raise invalid("sync_bn", True, "SyncBatchNorm runs on CUDA only; on the CPU each process keeps its own "
-                      f"BatchNorm statistics (drop {named('sync_bn')})")
+                      f"BatchNorm statistics (drop {named('sync_bn')})", as_typed=True)
     created = not dist.is_initialized()
     if created:
         # NCCL for tensors between GPUs; gloo for everything on the CPU.
@@ -148,13 +148,14 @@ def process_device(name: str, local_rank: int) -> torch.device:
     """cuda:LOCAL_RANK when CUDA is chosen (or `auto` finds it), else the CPU."""
     if name == "mps":
         raise invalid("device", name, "torchrun runs on CUDA (NCCL) or the CPU (gloo); use "
-                      f"{setting('device', 'cuda')} or {setting('device', 'cpu')}")
+                      f"{setting('device', 'cuda')} or {setting('device', 'cpu')}", as_typed=True)
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     resolve_device("cuda")  # the one-line error when there is none
     if local_rank >= torch.cuda.device_count():
         raise invalid("device", name, f"torchrun started process {local_rank} but there are "
-                      f"{torch.cuda.device_count()} GPUs here; use --nproc-per-node {torch.cuda.device_count()}")
+                      f"{torch.cuda.device_count()} GPUs here; use --nproc-per-node {torch.cuda.device_count()}",
+                      as_typed=True)
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 

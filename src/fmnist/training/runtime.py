@@ -22,9 +22,9 @@ def resolve_device(name: str, owner: str = CONFIG) -> torch.device:
     device = known_device(name, owner)
     instead = f"use {setting('device', 'cpu')} or {setting('device', 'auto')}"
     if device.type == "cuda" and not cuda:
-        raise invalid("device", name, f"no CUDA device is available here; {instead}", owner)
+        raise invalid("device", name, f"no CUDA device is available here; {instead}", owner, as_typed=True)
     if device.type == "mps" and not mps:
-        raise invalid("device", name, f"no Apple MPS device is available here; {instead}", owner)
+        raise invalid("device", name, f"no Apple MPS device is available here; {instead}", owner, as_typed=True)
     return device
 
 
