@@ -210,9 +210,15 @@ def check_device(value, name: str, owner: str) -> torch.device:
     """torch's device for a name such as 'cpu' or 'cuda:1', or a torch.device."""
     check_type(value, (str, torch.device), name, owner, "a device name or a torch.device")
     try:
-        return torch.device(value)
+        device = torch.device(value)
     except (RuntimeError, ValueError):
         raise invalid(name, value, "not a device; give cpu, cuda, cuda:N or mps", owner) from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise invalid(name, value, f"{device.type} is not available here; give one of "
+                                   f"{', '.join(kind for kind, here in available.items() if here)}", owner)
+    return device
 
 
 def check_images(value, name: str, owner: str) -> torch.Tensor:
