@@ -8,7 +8,14 @@ door: Python reads `TrainConfig(batch_size=0): must be at least 1`, the `fmnist`
 `named` and `setting` below, which spell them for the door in force: Python's by default, the
 command line's inside `command_line_spelling()` (which the CLI enters once per command).
 
-The checks are cheap (an isinstance and a comparison or two): they run once per call, never per batch.
+Why a context variable, not a re-rendering by the CLI: messages are embedded in other messages (a
+run folder's config.json quoted by resume, a sweep point's option quoted by the sweep), and options are
+named deep inside the library (`give max_lr instead`); spelled when made, each reads right at its door.
+A ConfigError still carries `field`, `value` and `rule`, so a caller can say it its own way (a config
+file's `lr = -1.0`).
+
+The checks are cheap (an isinstance and a comparison or two) and run once per call; the one check per
+batch is the loop's look at each (images, labels) pair, three isinstance calls beside a training step.
 """
 
 from __future__ import annotations

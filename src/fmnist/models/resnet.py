@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fmnist.arguments import argument, invalid, named
+from fmnist.arguments import argument, invalid, named, setting
 from fmnist.errors import ConfigError, one_line_reason
 from fmnist.models.registry import register_model
 
@@ -54,7 +54,7 @@ def resolve_weights_file(source: str) -> Path:
                 f"{named('pretrained')}: no ImageNet weights for resnet18 in torchvision's cache ({path}) and fmnist "
                 "does not download them; fetch them where there is a network with "
                 "`python -c \"import torchvision; torchvision.models.resnet18(weights='DEFAULT')\"`, "
-                f"or give {named('pretrained')} the path of a saved resnet18 state_dict", "pretrained"
+                f"or pass {setting('pretrained', 'PATH')} to a saved resnet18 state_dict", "pretrained"
             )
         return path
     path = Path(source)
