@@ -16,7 +16,7 @@ PACKAGE = Path(fmnist.__file__).parent
 
 # Lowest first. A module may import from its own layer and the layers before it, never after.
 LAYERS = [
-    ("fmnist.version", "fmnist.errors"),
+    ("fmnist.version", "fmnist.errors", "fmnist.arguments"),
     ("fmnist.faults",),
     ("fmnist.files",),
     ("fmnist.data",),

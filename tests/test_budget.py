@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fmnist.arguments import command_line_spelling
 from fmnist.cli import main
 from fmnist.errors import ConfigError
 from fmnist.experiment import budget_record, train
@@ -79,9 +80,12 @@ def test_a_run_that_overran_its_budget_says_by_how_much_and_why(caplog):
 
 
 def test_a_budget_without_room_for_the_shortest_run_says_what_it_needs():
-    with pytest.raises(ConfigError, match=r"--time-budget 10s: too short .* give --time-budget \d+s or more") as caught:
+    with command_line_spelling(), pytest.raises(
+            ConfigError, match=r"--time-budget 10s: too short .* give --time-budget \d+s or more") as caught:
         plan_steps("10s", measure_seconds=2.0, step_seconds=0.5, epoch_end_seconds=1.0, steps_per_epoch=100)
     suggested = parse_duration(str(caught.value).split("give --time-budget ")[1].split()[0])
+    with pytest.raises(ConfigError, match=r"^TrainConfig\(time_budget='10s'\): too short .* give time_budget='\d+s'"):
+        plan_steps("10s", measure_seconds=2.0, step_seconds=0.5, epoch_end_seconds=1.0, steps_per_epoch=100)
     plan = plan_steps(format_duration(suggested), 2.0, 0.5, 1.0, 100)  # what it suggests is enough
     assert plan.total_steps >= MIN_STEPS
 
@@ -105,10 +109,11 @@ def test_per_batch_schedules_end_at_the_planned_step(scheduler):
 def test_a_budget_replaces_the_recipes_epochs_and_refuses_explicit_ones(tmp_path):
     config = TrainConfig.from_recipe("fast", time_budget="2m")
     assert config.epochs is None and config.time_budget == "2m"
-    with pytest.raises(ConfigError, match="--epochs 3: ignored by these settings: --time-budget plans") as caught:
+    with pytest.raises(ConfigError, match=r"TrainConfig\(epochs=3\): ignored by these settings: time_budget plans") \
+            as caught:
         TrainConfig(epochs=3, time_budget="5m")
     assert caught.value.field == "epochs"
-    with pytest.raises(ConfigError, match="--time-budget '5 minutes': not a duration; write it as 90s"):
+    with pytest.raises(ConfigError, match="TrainConfig\\(time_budget='5 minutes'\\): not a duration; write it as 90s"):
         TrainConfig(time_budget="5 minutes")
     toml = tmp_path / "budget.toml"
     toml.write_text('recipe = "quick"\ntime_budget = "90s"\n')

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from fmnist.arguments import command_line_spelling
 from fmnist.cli.main import main
 from fmnist.errors import ConfigError
 from fmnist.training.config import TrainConfig, build_config
@@ -35,19 +36,21 @@ def test_a_recipe_given_to_the_config_is_applied():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"lr": -1.0}, "--lr -1.0: must be greater than 0"),
-        ({"epochs": 0}, "--epochs 0: must be at least 1"),
-        ({"epochs": "3"}, "--epochs '3': should be of type int"),
-        ({"hflip": 1}, "--hflip 1: should be of type bool"),
+        ({"lr": -1.0}, "TrainConfig(lr=-1.0): must be greater than 0"),
+        ({"epochs": 0}, "TrainConfig(epochs=0): must be at least 1"),
+        ({"epochs": "3"}, "TrainConfig(epochs='3'): should be of type int"),
+        ({"hflip": 1}, "TrainConfig(hflip=1): should be of type bool"),
         ({"model": "nope"}, "unknown model"),
         ({"recipe": "nope"}, "unknown recipe"),
-        ({"seed": 2**64}, "--seed"),
-        ({"name": "a/b"}, "--name 'a/b': must be a folder name"),
+        ({"seed": 2**64}, "TrainConfig(seed="),
+        ({"name": "a/b"}, "TrainConfig(name='a/b'): must be a folder name"),
     ],
 )
 def test_the_library_path_validates_too(options, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    """Python names the option as Python takes it: TrainConfig(lr=-1.0), not --lr -1.0."""
+    with pytest.raises(ConfigError) as raised:
         TrainConfig(**options)
+    assert message in str(raised.value) and "--" not in str(raised.value)
 
 
 def test_replace_resolves_again():
@@ -89,7 +92,8 @@ def test_toml_then_flags_override(tmp_path):
     ],
 )
 def test_bad_values_name_the_option(overrides, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    """build_config is the command's: inside it, options are named as flags."""
+    with command_line_spelling(), pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         build_config(None, overrides)
 
 
@@ -151,6 +155,14 @@ IGNORED = [
 ]
 
 
+def in_python(applies: str) -> str:
+    """The command line's `--optimizer sgd` as Python's `optimizer='sgd'`, `--max-lr` as `max_lr`."""
+    flag, _, value = applies.partition(" ")
+    name = flag[2:].replace("-", "_")
+    word, _, rest = value.partition(" ")
+    return f"{name}={word!r}" + (f" {rest}" if rest else "") if value else name
+
+
 def flags(options: dict) -> list[str]:
     arguments = []
     for name, value in options.items():
@@ -161,8 +173,12 @@ def flags(options: dict) -> list[str]:
 
 @pytest.mark.parametrize(("option", "settings", "applies"), IGNORED)
 def test_an_ignored_option_is_refused_in_python(option, settings, applies):
-    with pytest.raises(ConfigError, match=f"--{next(iter(option)).replace('_', '-')} .*{applies}"):
+    (name, value), = option.items()
+    with pytest.raises(ConfigError) as raised:
         TrainConfig(**settings, **option)
+    message = str(raised.value)
+    assert message.startswith(f"TrainConfig({name}={value!r}): ignored by these settings")
+    assert in_python(applies) in message and "--" not in message
 
 
 @pytest.mark.parametrize(("option", "settings", "applies"), IGNORED)

@@ -78,7 +78,7 @@ def test_search_order(tmp_path, monkeypatch):
 
 def test_explicit_folder_without_files_is_an_error(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="--data-dir .*empty: missing train-images"):
+    with pytest.raises(DataError, match=r"^load_splits\(data_dir='.*empty'\): missing train-images"):
         find_data_dir(tmp_path / "empty")
     monkeypatch.setenv("FMNIST_DATA", str(tmp_path / "empty"))
     with pytest.raises(DataError, match=r"\$FMNIST_DATA"):
@@ -114,7 +114,7 @@ def test_load_splits(tiny_data):
 
 def test_load_splits_refuses_data_that_is_not_fashion_mnist(tiny_data):
     """Valid IDX files with other content must not train silently."""
-    with pytest.raises(DataError, match="not the official Fashion-MNIST .*--allow-unverified-data"):
+    with pytest.raises(DataError, match=r"not the official Fashion-MNIST .*load_splits\(verify=False\)"):
         load_splits(str(tiny_data))
 
 

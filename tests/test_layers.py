@@ -65,7 +65,9 @@ def test_state_dict_round_trip():
 
 
 def test_wrong_feature_count_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"expects dimension 1 of size 3"):
+    expected = r"^LearnedAffine.forward\(inputs=Tensor of shape \(2, 4\).*\): expects a tensor whose "
+    expected += "dimension 1 has size 3"
+    with pytest.raises(ValueError, match=expected):
         LearnedAffine(3)(torch.randn(2, 4))
 
 

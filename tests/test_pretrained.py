@@ -81,7 +81,7 @@ def test_the_flag_takes_an_optional_path():
 
 
 def test_only_resnet18_takes_pretrained_weights():
-    with pytest.raises(ConfigError, match="--pretrained .*only --model resnet18 has pretrained weights"):
+    with pytest.raises(ConfigError, match=r"TrainConfig\(pretrained=.*only model='resnet18' has pretrained weights"):
         build_config(None, {"model": "mlp", "pretrained": "torchvision"})
 
 

@@ -7,7 +7,8 @@
 
 The package is layered; each layer imports only from the ones above it in this list:
 
-    errors, faults, files     one-line errors, stop requests, atomic file writes
+    errors, arguments         one-line errors; arguments checked at the door, named as each front door spells them
+    faults, files             stop requests, atomic file writes
     data/                     the data set: find, verify, read, split, batch, augment, image files
     models/                   the model zoo, LearnedAffine, layer summaries
     training/                 config and recipes, optimizer/schedule/loss builders, the epoch loop, torchrun
@@ -27,7 +28,7 @@ format="%(message)s")` shows it) and draws progress bars only when asked (`train
 from fmnist.data.fashion import CLASS_NAMES, MEAN, STD
 from fmnist.data.loader import TensorLoader, normalize
 from fmnist.data.splits import DataSplits, Split, load_splits
-from fmnist.errors import CheckpointError, ConfigError, DataError, FmnistError
+from fmnist.errors import ArgumentTypeError, CheckpointError, ConfigError, DataError, FmnistError
 from fmnist.experiment import RunResult, resume, train
 from fmnist.inference import (
     CheckpointEvaluation,
@@ -48,6 +49,7 @@ from fmnist.training.recipes import Recipe, list_recipes
 from fmnist.version import __version__
 
 __all__ = [
+    "ArgumentTypeError",
     "CLASS_NAMES",
     "CheckpointError",
     "CheckpointEvaluation",

@@ -11,12 +11,23 @@ class DataError(FmnistError):
     """The data set is missing, corrupt or not Fashion-MNIST."""
 
 
-class ConfigError(FmnistError):
-    """An option or config file value is out of range, unknown, or ignored by the chosen settings."""
+class ConfigError(FmnistError, ValueError):
+    """An option or an argument is out of range, unknown, or ignored by the chosen settings.
 
-    def __init__(self, message: str, field: str | None = None):
+    Also a ValueError, so that code written for Python's own argument errors (`except ValueError`)
+    keeps catching it. `field` names the option or argument at fault, when there is one; `value` and
+    `rule` are the value it was given and what was wrong with it, when the check said so.
+    """
+
+    def __init__(self, message: str, field: str | None = None, *, value=None, rule: str | None = None):
         super().__init__(message)
-        self.field = field  # the config field at fault, when there is one
+        self.field = field
+        self.value = value
+        self.rule = rule
+
+
+class ArgumentTypeError(ConfigError, TypeError):
+    """An argument of the wrong type: a ConfigError that is also a TypeError, as Python's own would be."""
 
 
 class CheckpointError(FmnistError):

@@ -7,6 +7,7 @@ is drawn only with `progress=True`.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -16,8 +17,18 @@ from pathlib import Path
 
 import torch
 
+from fmnist.arguments import (
+    argument,
+    check_bool,
+    check_callable,
+    check_names,
+    check_path,
+    check_type,
+    invalid,
+    named,
+)
 from fmnist.data.splits import DataSplits, load_splits
-from fmnist.errors import ConfigError, FmnistError
+from fmnist.errors import ConfigError, FmnistError, one_line_reason
 from fmnist.faults import StopRequest, TrainingInterrupted, stop_after_step
 from fmnist.files import atomic_write_json, check_writable, exclusive_lock
 from fmnist.models import count_parameters, create_model
@@ -26,12 +37,19 @@ from fmnist.reports.report import write_report
 from fmnist.reports.tensorboard_log import TensorBoardLog, require_tensorboard
 from fmnist.results import Run, read_run
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
-from fmnist.runs.folder import create_run_folder, environment, read_saved_config, write_config, write_summary
+from fmnist.runs.folder import (
+    check_run_folder_free,
+    create_run_folder,
+    environment,
+    read_saved_config,
+    write_config,
+    write_summary,
+)
 from fmnist.runs.recorder import RunRecorder
 from fmnist.runs.resume import ResumePoint, config_to_resume, remove_leftovers, restore_run
 from fmnist.training.budget import TimePlan, overrun_line, plan_time_budget
 from fmnist.training.build import Training, build_training
-from fmnist.training.config import TrainConfig
+from fmnist.training.config import FIELDS, TrainConfig
 from fmnist.training.distributed import (
     DistributedRecorder,
     Processes,
@@ -74,8 +92,8 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
     this; rank 0 alone writes the folder, and every process returns the same result.
     """
     started = time.perf_counter()
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"train() takes a TrainConfig, not {type(config).__name__}")
+    check_train_arguments(config, progress, details, after_epoch)
+    check_run_folder_free(config)  # a taken --name is said now, not after the data are loaded
     config.check_files()
     if config.tensorboard:
         require_tensorboard()  # fail now, not after training
@@ -95,9 +113,11 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
                     "model_origin": model_origin(config.model),  # what a new process imports to rebuild it
                 }))
                 return run(path, config, data, device, None, progress, started, group, after_epoch)
-            except (FmnistError, OSError) as error:
-                diverged = isinstance(error, NonFiniteLossError)  # a result worth keeping (a sweep's too-high rate)
-                if is_main(group) and not diverged and not (path / "metrics.csv").exists():
+            except Exception as error:
+                # Kept: a diverged run (a result worth keeping, a sweep's too-high rate) and a stopped one
+                # (`--resume` starts it again); anything else that recorded nothing leaves nothing behind.
+                kept = isinstance(error, (NonFiniteLossError, TrainingInterrupted))
+                if is_main(group) and not kept and not (path / "metrics.csv").exists():
                     shutil.rmtree(path, ignore_errors=True)  # nothing recorded: leave nothing behind
                     if isinstance(error, FmnistError):
                         error.args = (f"{error}; {path} was removed, as it recorded nothing",)
@@ -111,19 +131,45 @@ def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> Run:
     with any number of processes.
     """
     started = time.perf_counter()
-    path = Path(run_dir)
+    path = check_path(run_dir, "run_dir", "resume")
+    check_bool(progress, "progress", "resume")
+    check_names(changes, FIELDS, "resume", "option")
     config = config_to_resume(path, changes)
     if config.tensorboard:
         require_tensorboard()
     with join_processes(config) as group:
         # A read-only folder fails now, not after an epoch of training.
-        on_main(group, lambda: check_writable(path, "--resume"))
+        on_main(group, lambda: check_writable(path, argument("run_dir", path, "resume")))
         device = group.device if group else resolve_device(config.device)
         check_device_options(config, device)
-        with main_holds_lock(path, "--resume", group):
+        with main_holds_lock(path, argument("run_dir", path, "resume"), group):
             on_main(group, lambda: remove_leftovers(path, checkpoints_too=False))
             data = together(group, lambda: load_data(config))
             return run(path, config, data, device, path, progress, started, group)
+
+
+# config.json's keys that train() writes itself: `details` may not replace them.
+RECORDED_KEYS = ("config", "seed", "data", "environment", "options_given", "resolved", "processes", "resumes")
+
+
+def check_train_arguments(config, progress, details, after_epoch) -> None:
+    """train()'s arguments, checked before anything is loaded or written."""
+    check_type(config, TrainConfig, "config", "train", "a TrainConfig, e.g. TrainConfig.from_recipe('quick')")
+    check_bool(progress, "progress", "train")
+    if after_epoch is not None:
+        check_callable(after_epoch, "after_epoch", "train")
+    if details is None:
+        return
+    check_type(details, dict, "details", "train", "a dict (recorded in config.json)")
+    for key in details:
+        if not isinstance(key, str):
+            raise invalid("details", details, f"its keys must be str, not {type(key).__name__}", "train")
+        if key in RECORDED_KEYS:
+            raise invalid("details", details, f"{key!r} is a key train() records itself; choose another", "train")
+    try:
+        json.dumps(details)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise invalid("details", details, f"cannot be written as JSON ({one_line_reason(error)})", "train") from None
 
 
 @contextmanager
@@ -148,8 +194,8 @@ def resolve_run(config: TrainConfig, data: DataSplits, device: torch.device, gro
     plan = None
     if config.time_budget is not None:
         if group is not None:
-            raise ConfigError("--time-budget: not under torchrun yet (each process would measure its own plan); "
-                              "give --epochs", "time_budget")
+            raise invalid("time_budget", config.time_budget, "not under torchrun yet (each process would measure "
+                          f"its own plan); give {named('epochs')}")
         plan = plan_time_budget(config, data.train.to(device), data.val.to(device), data.test.to(device))
     precision = choose_precision(config.amp, device)
     return {"amp": precision.amp, "amp_reason": precision.reason, "time_plan": plan.to_dict() if plan else None}
@@ -179,8 +225,8 @@ def check_batch_statistics(config: TrainConfig, train_images: int, processes: in
         return
     if any(isinstance(module, torch.nn.BatchNorm1d) for module in create_model(config.model).modules()):
         per_process = f" ({config.batch_size // processes} per process)" if processes > 1 else ""
-        raise ConfigError(f"--batch-size {config.batch_size}{per_process} with {train_images:,} training images: "
-                          f"{config.model} has BatchNorm1d layers, which need at least 2 images per batch; "
+        raise ConfigError(f"{argument('batch_size', config.batch_size)}{per_process} with {train_images:,} training "
+                          f"images: {config.model} has BatchNorm1d layers, which need at least 2 images per batch; "
                           "use a larger batch")
 
 
@@ -253,7 +299,7 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
                 write_summary(path, {"finished": True, "diverged": str(error), "model": config.model,
                                      "epochs": epochs, "epochs_completed": len(recorder.history)})
             raise NonFiniteLossError(f"{error}; training stopped: {kept(path, recorder)}, and summary.json records "
-                                     "the divergence (try a lower --lr or --max-lr)") from None
+                                     f"the divergence (try a lower {named('lr')} or {named('max_lr')})") from None
 
 
 def run_settings(resolved: dict, config: TrainConfig, device: torch.device) -> str:

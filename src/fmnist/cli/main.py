@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
+from fmnist.arguments import command_line_spelling
 from fmnist.cli.logs import other_libraries_in_one_line, show_library_logs, stop_showing_library_logs
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
 from fmnist.data.fashion import VAL_SIZE
@@ -609,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name in another encoding must not crash the output
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    with only_rank_0_speaks(), other_libraries_in_one_line():
+    # Errors name options as this command takes them (`--batch-size 0`), not as Python does (arguments.py).
+    with only_rank_0_speaks(), other_libraries_in_one_line(), command_line_spelling():
         return run_command(argv)
 
 

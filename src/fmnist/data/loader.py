@@ -11,6 +11,15 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from fmnist.arguments import (
+    check_bool,
+    check_callable,
+    check_images,
+    check_int,
+    check_number,
+    check_seed,
+    check_type,
+)
 from fmnist.data.fashion import MEAN, STD
 from fmnist.data.splits import Split
 from fmnist.data.transfer import to_device
@@ -22,6 +31,18 @@ BatchMixing = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torc
 
 def normalize(images: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) with the data set's mean 0 and std 1."""
+    check_images(images, "images", "normalize")
+    check_normalization(mean, std, "normalize")
+    return scale_batch(images, mean, std)
+
+
+def check_normalization(mean, std, owner: str) -> None:
+    check_number(mean, "mean", owner, minimum=0.0, maximum=1.0)
+    check_number(std, "std", owner, above=0.0)
+
+
+def scale_batch(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """normalize() without its checks, for the loader's every batch (checked once, when it was made)."""
     scaled = images.unsqueeze(1).float()
     # One subtract and one multiply on the 0..255 scale: cheaper than /255, -mean, /std.
     return scaled.sub_(mean * 255.0).mul_(1.0 / (std * 255.0))
@@ -48,6 +69,16 @@ class TensorLoader:
         limit_batches: int | None = None,
         mix: BatchMixing | None = None,
     ):
+        check_type(split, Split, "split", "TensorLoader", "a Split (e.g. load_splits().train)")
+        check_int(batch_size, "batch_size", "TensorLoader", minimum=1)
+        check_bool(shuffle, "shuffle", "TensorLoader")
+        check_seed(seed, "seed", "TensorLoader")
+        check_normalization(mean, std, "TensorLoader")
+        for name, function in (("augment", augment), ("mix", mix)):
+            if function is not None:
+                check_callable(function, name, "TensorLoader")
+        if limit_batches is not None:
+            check_int(limit_batches, "limit_batches", "TensorLoader", minimum=1)
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -81,7 +112,7 @@ class TensorLoader:
                 batch_indices = order[start : start + self.batch_size]
                 raw_images = self.split.images[batch_indices]
                 labels = self.split.labels[batch_indices]
-            images = normalize(raw_images, self.mean, self.std)
+            images = scale_batch(raw_images, self.mean, self.std)
             if self.augment is not None:
                 images = self.augment(images, self.generator)
             if self.mix is not None:

@@ -13,9 +13,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmnist.arguments import (
+    check_bool,
+    check_device,
+    check_images,
+    check_int,
+    check_path,
+    check_seed,
+    check_type,
+    invalid,
+)
 from fmnist.data.fashion import FILES, NUM_CLASSES, SPLIT_SEED, VAL_SIZE
 from fmnist.data.idx import read_images, read_labels
-from fmnist.data.locate import HOW_TO_GET, file_path, find_data_dir
+from fmnist.data.locate import file_path, find_data_dir, how_to_get
 from fmnist.data.verify import unverified_files
 from fmnist.errors import DataError
 
@@ -27,6 +37,15 @@ class Split:
     images: torch.Tensor
     labels: torch.Tensor
 
+    def __post_init__(self) -> None:
+        check_images(self.images, "images", "Split")
+        check_type(self.labels, torch.Tensor, "labels", "Split", "a torch.Tensor of int64 class indices")
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise invalid("labels", self.labels, "give int64 class indices of shape (N,)", "Split")
+        if len(self.labels) != len(self.images) or self.labels.device != self.images.device:
+            raise invalid("labels", self.labels, f"give one label per image, on the images' device "
+                                                 f"({len(self.images)} on {self.images.device})", "Split")
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -34,9 +53,15 @@ class Split:
         return f"Split({len(self):,} images {tuple(self.images.shape)} {self.images.dtype} on {self.images.device})"
 
     def subset(self, indices: torch.Tensor) -> Split:
+        check_type(indices, torch.Tensor, "indices", "Split.subset", "a torch.Tensor of int64 indices")
+        if indices.dtype != torch.int64 or indices.dim() != 1:
+            raise invalid("indices", indices, "give int64 indices of shape (K,)", "Split.subset")
+        if len(indices) and not (-len(self) <= int(indices.min()) and int(indices.max()) < len(self)):
+            raise invalid("indices", indices, f"out of range for a split of {len(self)} images", "Split.subset")
         return Split(self.images[indices], self.labels[indices])
 
     def to(self, device: torch.device | str) -> Split:
+        device = check_device(device, "device", "Split.to")
         return Split(self.images.to(device), self.labels.to(device))
 
 
@@ -45,7 +70,7 @@ def read_split(directory: Path, split: str) -> Split:
     images_path = file_path(directory, FILES[f"{split}_images"])
     labels_path = file_path(directory, FILES[f"{split}_labels"])
     if images_path is None or labels_path is None:
-        raise DataError(f"{directory}: the {split} files are missing; {HOW_TO_GET}")
+        raise DataError(f"{directory}: the {split} files are missing; {how_to_get()}")
     images = read_images(images_path)
     labels = read_labels(labels_path)
     if len(images) != len(labels):
@@ -64,7 +89,7 @@ def split_indices(count: int, val_size: int, split_seed: int) -> tuple[torch.Ten
     seeds are compared on the same validation images.
     """
     if not 0 <= val_size < count:
-        raise DataError(f"--val-size {val_size}: must be less than the {count} training images")
+        raise invalid("val_size", val_size, f"must be less than the {count} training images", "load_splits")
     order = torch.randperm(count, generator=torch.Generator().manual_seed(split_seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
 
@@ -83,6 +108,12 @@ class DataSplits:
     directory: Path
     verified: bool  # the files' content is the official Fashion-MNIST (verify.py)
 
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            check_type(getattr(self, name), Split, name, "DataSplits", "a Split")
+        self.directory = check_path(self.directory, "directory", "DataSplits")
+        check_bool(self.verified, "verified", "DataSplits")
+
     def __repr__(self) -> str:
         return (f"DataSplits(train {len(self.train):,}, val {len(self.val):,}, test {len(self.test):,} images from "
                 f"{str(self.directory)!r}{'' if self.verified else ', NOT verified'})")
@@ -99,6 +130,11 @@ def load_splits(
     With `verify`, files whose content is not the official Fashion-MNIST are refused (DataError);
     `verify=False` reads any valid IDX files (generated test data, a modified copy).
     """
+    if data_dir is not None:
+        check_path(data_dir, "data_dir", "load_splits")
+    check_int(val_size, "val_size", "load_splits", minimum=0)
+    check_seed(split_seed, "split_seed", "load_splits")
+    check_bool(verify, "verify", "load_splits")
     directory = find_data_dir(data_dir)
     problems = unverified_files(directory)
     if verify and problems:

@@ -14,6 +14,7 @@ import logging
 import zlib
 from pathlib import Path
 
+from fmnist.arguments import for_command_line
 from fmnist.data.fashion import FILES, SHA256, SIZES
 from fmnist.data.idx import cannot_read, open_idx
 from fmnist.data.locate import file_path, user_cache_dir
@@ -93,18 +94,24 @@ def verify_dir(directory: Path, checksums: dict[str, str] = SHA256, use_cache: b
     return results
 
 
-ALLOW_HINT = "get the data set again, or pass --allow-unverified-data to use these files anyway"
+def allow_hint() -> str:
+    """How to use unverified files anyway, in the words of the front door in force (arguments.py)."""
+    if for_command_line():
+        return "get the data set again, or pass --allow-unverified-data to use these files anyway"
+    return ("get the data set again, or pass TrainConfig(allow_unverified_data=True) or load_splits(verify=False) "
+            "to use these files anyway")
 
 
-def unverified_files(directory: Path, hint: str = ALLOW_HINT) -> list[DataError]:
+def unverified_files(directory: Path, hint: str | None = None) -> list[DataError]:
     """One DataError per file that is not the official Fashion-MNIST (empty: all four verified)."""
+    hint = hint or allow_hint()
     return [
         DataError(f"{directory}: {stem} is not the official Fashion-MNIST ({problem}); {hint}")
         for stem, problem in verify_dir(directory).items() if problem is not None
     ]
 
 
-def require_verified(directory: Path, hint: str = ALLOW_HINT) -> None:
+def require_verified(directory: Path, hint: str | None = None) -> None:
     """Raise a one-line DataError unless all four files are the official Fashion-MNIST."""
     problems = unverified_files(directory, hint)
     if problems:

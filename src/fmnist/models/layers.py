@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fmnist.arguments import check_int, invalid
+
 
 class LearnedAffine(nn.Module):
     """y = scale * x + shift, with one learned scale and shift per feature (dimension 1).
@@ -16,18 +18,18 @@ class LearnedAffine(nn.Module):
 
     def __init__(self, num_features: int):
         super().__init__()
-        if num_features < 1:
-            raise ValueError(f"num_features must be at least 1, got {num_features}")
+        check_int(num_features, "num_features", "LearnedAffine", minimum=1)
         self.num_features = num_features
-        self.scale = nn.Parameter(torch.ones(num_features))
-        self.shift = nn.Parameter(torch.zeros(num_features))
+        try:
+            self.scale = nn.Parameter(torch.ones(num_features))
+            self.shift = nn.Parameter(torch.zeros(num_features))
+        except RuntimeError:  # more memory than there is: torch's allocator refuses it
+            raise invalid("num_features", num_features, "too many to hold in memory", "LearnedAffine") from None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.dim() < 2 or inputs.shape[1] != self.num_features:
-            raise ValueError(
-                f"LearnedAffine({self.num_features}) expects dimension 1 of size {self.num_features}, "
-                f"got input of shape {tuple(inputs.shape)}"
-            )
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[1] != self.num_features:
+            raise invalid("inputs", inputs, f"expects a tensor whose dimension 1 has size {self.num_features}",
+                          "LearnedAffine.forward")
         # View scale and shift as (F, 1, 1, ...) so they broadcast over every dimension after 1.
         trailing = (1,) * (inputs.dim() - 2)
         scale = self.scale.view(self.num_features, *trailing)

@@ -22,7 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fmnist.errors import ConfigError
+from fmnist.arguments import check_callable, check_int, check_names, check_type, invalid, shown
+from fmnist.errors import ConfigError, one_line_reason
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,18 @@ def register_model(name: str, summary: str = "") -> Callable[[ModelFactory], Mod
     if not isinstance(summary, str):
         raise ConfigError(f"register_model(summary={summary!r}): give one line of text, a str", "summary")
 
+    check_type(name, str, "name", "register_model", "of type str")
+    if not name or name != "".join(name.split()) or not name.isprintable():
+        raise invalid("name", name, "give a non-empty name without spaces, as configs and the command line name "
+                                    "models", "register_model")
+    if name in _MODELS:
+        # A silent overwrite would make a name mean two different networks.
+        raise invalid("name", name, f"already registered by {_MODELS[name].__module__}", "register_model")
+
     def decorator(factory: ModelFactory) -> ModelFactory:
-        if not callable(factory):
-            raise ConfigError(f"register_model({name!r}) decorates a {type(factory).__name__}; decorate a function "
-                              "or class that returns an nn.Module", "factory")
+        check_callable(factory, "factory", f"register_model({name!r})")
         if name in _MODELS:
-            # A silent overwrite would make a name mean two different networks.
-            raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__module__}")
+            raise invalid("name", name, f"already registered by {_MODELS[name].__module__}", "register_model")
         _MODELS[name] = factory
         _SUMMARIES[name] = summary or (factory.__doc__ or "").strip().split("\n")[0]
         return factory
@@ -97,12 +103,35 @@ def describe_model(name: str) -> str:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; an unknown name lists the valid ones."""
+    """Build a registered model; an unknown name lists the valid ones, an unknown keyword the factory's."""
+    check_type(name, str, "name", "create_model", "of type str")
     load_plugins()
     if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())} "
-                          f"(other packages add models through the {ENTRY_POINT_GROUP!r} entry-point group)")
-    return _MODELS[name](**kwargs)
+        raise invalid("name", name, f"unknown model; choose one of {', '.join(list_models())} (other packages add "
+                      f"models through the {ENTRY_POINT_GROUP!r} entry-point group)", "create_model")
+    factory = _MODELS[name]
+    check_factory_arguments(name, factory, kwargs)
+    if not kwargs:
+        return factory()
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as error:  # a value the network cannot be built with
+        given = ", ".join(f"{key}={shown(value)}" for key, value in kwargs.items())
+        raise ConfigError(f"create_model({name!r}, {given}): {name} cannot be built with these "
+                          f"({type(error).__name__}: {one_line_reason(error)})", next(iter(kwargs))) from None
+
+
+def check_factory_arguments(name: str, factory: ModelFactory, kwargs: dict) -> None:
+    """Keywords the factory takes (a did-you-mean for the rest), and whole numbers >= 1 where it wants an int."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a callable without a signature to read: the factory will say
+        return
+    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        check_names(kwargs, list(parameters), "create_model")
+    for key, value in kwargs.items():
+        if key in parameters and parameters[key].annotation in (int, "int"):
+            check_int(value, key, "create_model", minimum=1)
 
 
 def model_origin(name: str) -> dict:
@@ -135,6 +164,7 @@ def how_to_make_known(name: str, origin: dict | None) -> str:
 
 
 def count_parameters(model: nn.Module) -> int:
+    check_type(model, nn.Module, "model", "count_parameters", "a torch.nn.Module")
     return sum(parameter.numel() for parameter in model.parameters())
 
 

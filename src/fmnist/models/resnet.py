@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fmnist.arguments import argument, invalid, named, setting
 from fmnist.errors import ConfigError, one_line_reason
 from fmnist.models.registry import register_model
 
@@ -50,15 +51,15 @@ def resolve_weights_file(source: str) -> Path:
         path = cached_weights_path()
         if not path.is_file():
             raise ConfigError(
-                f"--pretrained: no ImageNet weights for resnet18 in torchvision's cache ({path}) and fmnist "
+                f"{named('pretrained')}: no ImageNet weights for resnet18 in torchvision's cache ({path}) and fmnist "
                 "does not download them; fetch them where there is a network with "
                 "`python -c \"import torchvision; torchvision.models.resnet18(weights='DEFAULT')\"`, "
-                "or pass --pretrained PATH to a saved resnet18 state_dict"
+                f"or pass {setting('pretrained', 'PATH')} to a saved resnet18 state_dict", "pretrained"
             )
         return path
     path = Path(source)
     if not path.is_file():
-        raise ConfigError(f"--pretrained {source}: no such file; pass a saved torchvision resnet18 state_dict")
+        raise invalid("pretrained", path, "no such file; pass a saved torchvision resnet18 state_dict")
     return path
 
 
@@ -74,9 +75,9 @@ def load_imagenet_weights(model: nn.Module, source: str) -> None:
         weights = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a foreign or truncated file
         reason = one_line_reason(error)
-        raise ConfigError(f"--pretrained {path}: not a readable state_dict ({reason})") from None
+        raise invalid("pretrained", path, f"not a readable state_dict ({reason})") from None
     if not isinstance(weights, dict) or "conv1.weight" not in weights:
-        raise ConfigError(f"--pretrained {path}: not a resnet18 state_dict (no conv1.weight)")
+        raise invalid("pretrained", path, "not a resnet18 state_dict (no conv1.weight)")
     weights = {key: value for key, value in weights.items() if not key.startswith("fc.")}
     if weights["conv1.weight"].shape[1] == 3:
         weights["conv1.weight"] = weights["conv1.weight"].sum(dim=1, keepdim=True)
@@ -87,7 +88,7 @@ def load_imagenet_weights(model: nn.Module, source: str) -> None:
     mismatched = [key for key in expected if key in weights and weights[key].shape != expected[key].shape]
     if missing or unexpected or mismatched:
         raise ConfigError(
-            f"--pretrained {path}: does not fit resnet18 (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"other shapes {mismatched[:3]}); is it a state_dict of another network?"
+            f"{argument('pretrained', path)}: does not fit resnet18 (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, other shapes {mismatched[:3]}); is it a state_dict of another network?"
         )
     model.load_state_dict(weights, strict=False)  # strict=False only because fc is left out

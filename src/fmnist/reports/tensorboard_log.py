@@ -11,14 +11,12 @@ from pathlib import Path
 
 import torch
 
+from fmnist.arguments import named
 from fmnist.data.fashion import CLASS_NAMES
 from fmnist.errors import ConfigError
 from fmnist.reports import plots
 from fmnist.training.loop import EvalResult
 from fmnist.training.metrics import confusion_matrix
-
-INSTALL_HINT = ("--tensorboard needs the tensorboard package; "
-                "install it with pip install -e '.[tensorboard]' in the fmnist checkout")
 
 
 def require_tensorboard() -> None:
@@ -27,7 +25,8 @@ def require_tensorboard() -> None:
         import tensorboard  # noqa: F401
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
-        raise ConfigError(INSTALL_HINT) from None
+        raise ConfigError(f"{named('tensorboard')} needs the tensorboard package; install it with pip install -e "
+                          "'.[tensorboard]' in the fmnist checkout", "tensorboard") from None
 
 
 class TensorBoardLog:

@@ -19,6 +19,7 @@ import difflib
 import json
 from pathlib import Path
 
+from fmnist.arguments import argument
 from fmnist.errors import CheckpointError, ConfigError
 from fmnist.training.budget import TimePlan
 from fmnist.training.config import CONDITIONAL, FIELDS, TrainConfig
@@ -45,7 +46,7 @@ def shown(value) -> str:
 def refused(path: Path, problem: str, todo: str) -> CheckpointError:
     """The one line: which key of config.json is wrong and how, then what to do ("config.json's x ...")."""
     joint = "" if problem.startswith("'") else " "
-    return CheckpointError(f"--resume {path}: config.json{joint}{problem}; {todo}")
+    return CheckpointError(f"{argument('run_dir', path, 'resume')}: config.json{joint}{problem}; {todo}")
 
 
 def same_json(value, wanted) -> bool:

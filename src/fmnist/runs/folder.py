@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from fmnist.arguments import argument, named
 from fmnist.errors import CheckpointError
 from fmnist.files import atomic_write_json, atomic_write_text
 from fmnist.training.config import TrainConfig
@@ -72,13 +73,25 @@ def default_run_name(model: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
 
 
+def check_run_folder_free(config: TrainConfig) -> None:
+    """Refuse, before any work, a run folder that create_run_folder could not make: a taken name, or
+    an `out` that is a file."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{argument('out', out)}: a file, not a folder; choose a folder for the runs")
+    if config.name is not None and (out / config.name).exists():
+        raise CheckpointError(f"run folder {out / config.name} already exists; choose another {named('name')} "
+                              "or delete it")
+
+
 def create_run_folder(config: TrainConfig) -> Path:
     """A new, empty folder for the run: `out/name`, or `out/<time>-<model>` without a name."""
     out = Path(config.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise CheckpointError(f"--out {out}: cannot create the folder ({error.strerror}); choose another") from None
+        raise CheckpointError(f"{argument('out', out)}: cannot create the folder ({error.strerror}); "
+                              "choose another") from None
     name = config.name or default_run_name(config.model)
     path = out / name
     if config.name is None:  # an automatic name may collide within one second
@@ -89,9 +102,10 @@ def create_run_folder(config: TrainConfig) -> Path:
     try:
         path.mkdir()
     except FileExistsError:
-        raise CheckpointError(f"run folder {path} already exists; choose another --name or delete it") from None
+        raise CheckpointError(f"run folder {path} already exists; choose another {named('name')} "
+                              "or delete it") from None
     except OSError as error:
-        raise CheckpointError(f"--out {out}: cannot create {path} ({error.strerror})") from None
+        raise CheckpointError(f"{argument('out', out)}: cannot create {path} ({error.strerror})") from None
     return path
 
 

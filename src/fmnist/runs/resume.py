@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fmnist.arguments import argument, as_argument_of, for_command_line, invalid, named, setting
 from fmnist.errors import CheckpointError, ConfigError, one_line_reason
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
 from fmnist.runs.edited import MAY_CHANGE_ON_RESUME, checked_config
@@ -25,6 +26,8 @@ from fmnist.runs.folder import read_history, read_saved_config, read_summary
 from fmnist.training.build import Training
 from fmnist.training.config import TrainConfig
 from fmnist.training.runtime import set_rng_state
+
+RESUME = "resume"
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -35,17 +38,18 @@ def is_finished(run_dir: Path) -> bool:
 def config_to_resume(run_dir: str | Path, overrides: dict) -> TrainConfig:
     """The saved config of the run in `run_dir`, checked against any options given with --resume."""
     path = Path(run_dir)
+    where = argument("run_dir", path, RESUME)  # `--resume runs/x` or `resume(run_dir='runs/x')`
     if not path.exists():
-        raise CheckpointError(f"--resume {path}: no such run folder; check the path (runs/<name>)")
+        raise CheckpointError(f"{where}: no such run folder; check the path (runs/<name>)")
     if not path.is_dir():
-        raise CheckpointError(f"--resume {path}: not a folder; give the run folder, not a file in it")
+        raise CheckpointError(f"{where}: not a folder; give the run folder, not a file in it")
     saved = read_saved_config(path)
     if is_finished(path):
         diverged = read_summary(path).get("diverged")
         if diverged:
-            raise CheckpointError(f"--resume {path}: this run stopped because its loss diverged ({diverged}); "
-                                  "start a new run, with a lower --lr or --max-lr")
-        raise CheckpointError(f"--resume {path}: this run already finished; start a new run instead")
+            raise CheckpointError(f"{where}: this run stopped because its loss diverged ({diverged}); "
+                                  f"start a new run, with a lower {named('lr')}")
+        raise CheckpointError(f"{where}: this run already finished; start a new run instead")
     last = path / "last.pt"
     # config.json edited by hand must still describe the run last.pt continues: see edited.py.
     last_state = load_checkpoint(last, for_resume=True) if last.exists() else None
@@ -54,14 +58,15 @@ def config_to_resume(run_dir: str | Path, overrides: dict) -> TrainConfig:
     for name, value in overrides.items():
         if value is None or value == getattr(config, name):
             continue
-        flag = "--" + name.replace("_", "-")
         if name not in MAY_CHANGE_ON_RESUME:
-            raise ConfigError(
-                f"{flag} {value!r}: the run in {path} was started with {flag} {getattr(config, name)!r}; "
-                "--resume continues a run with its own config: drop the option or start a new run", name
-            )
+            raise invalid(name, value, f"the run in {path} was started with {setting(name, getattr(config, name))}; "
+                                       f"{'--resume' if for_command_line() else 'resume()'} continues a run with its "
+                                       "own config: drop the option or start a new run", RESUME)
         changes[name] = value
-    return config.replace(**changes) if changes else config
+    try:
+        return config.replace(**changes) if changes else config
+    except ConfigError as error:  # a device or data folder of the wrong kind: name it as resume's argument
+        raise as_argument_of(RESUME, error) from None
 
 
 def remove_leftovers(run_dir: Path, checkpoints_too: bool = True) -> None:

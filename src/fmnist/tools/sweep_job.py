@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from fmnist.arguments import command_line_spelling
 from fmnist.errors import CheckpointError, FmnistError
 from fmnist.experiment import resume, train
 from fmnist.faults import TrainingInterrupted, stop_after_step
@@ -55,7 +56,8 @@ def main(argv: list[str]) -> int:
             if stop.requested:
                 raise TrainingInterrupted(f"stopped by {stop.signal_name} before {name} began; nothing was written",
                                           stop.signal_number)
-            run_job(sweep_dir, name)
+            with command_line_spelling():  # a job of `fmnist sweep`: its errors name options as the command does
+                run_job(sweep_dir, name)
         except FmnistError as error:
             print(f"fmnist: error: {error}", flush=True)
             return error.exit_code

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from fmnist.arguments import argument, setting
 from fmnist.data.loader import endless
 from fmnist.data.splits import Split
 from fmnist.errors import ConfigError
@@ -200,10 +201,10 @@ def plan_steps(budget: str, measure_seconds: float, step_seconds: float, epoch_e
         needed = measure_seconds + compile_seconds + (MIN_STEPS * step_seconds
                                     + math.ceil(MIN_STEPS / steps_per_epoch) * epoch_end_seconds) / (1 - SAFETY_MARGIN)
         raise ConfigError(
-            f"--time-budget {budget}: too short for this run on this machine: measuring took {measure_seconds:.1f} s, "
-            f"a step takes {step_seconds * 1000:.0f} ms and each validation {epoch_end_seconds:.1f} s, so the "
-            f"{MIN_STEPS} steps of the shortest run need about {needed:.0f} s; give --time-budget "
-            f"{format_duration(math.ceil(needed))} or more", "time_budget")
+            f"{argument('time_budget', budget, as_typed=True)}: too short for this run on this machine: measuring took "
+            f"{measure_seconds:.1f} s, a step takes {step_seconds * 1000:.0f} ms and each validation "
+            f"{epoch_end_seconds:.1f} s, so the {MIN_STEPS} steps of the shortest run need about {needed:.0f} s; "
+            f"give {setting('time_budget', format_duration(math.ceil(needed)))} or more", "time_budget")
     return TimePlan(budget, budget_seconds, measure_seconds, step_seconds, epoch_end_seconds, steps_per_epoch,
                     total_steps, compile_seconds)
 

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from fmnist.arguments import check_choice, check_int, check_type, invalid, named
 from fmnist.data.augment import build_augmentation, build_mixing
 from fmnist.data.loader import TensorLoader
 from fmnist.data.splits import Split
 from fmnist.errors import ConfigError
 from fmnist.models import create_model
-from fmnist.training.config import TrainConfig
+from fmnist.training.config import AMP_MODES, TrainConfig
 from fmnist.training.loop import Optimization
 from fmnist.training.losses import build_loss
 from fmnist.training.optim import SCHEDULER_INTERVAL, build_optimizer, build_scheduler
@@ -50,6 +51,7 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split, *
     time budget's plan gives its own). `amp` is the precision already chosen for the run (a resumed
     run keeps the one it started with); by default config.amp, with "auto" resolved for this device.
     """
+    check_build_arguments(config, train, val, test, total_steps, amp)
     model = build_model(config, train.images.device)
     # Augmentation on the training batches only: validation and test see the images as they are.
     augmentation = build_augmentation(
@@ -60,11 +62,12 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split, *
         augment=augmentation, limit_batches=config.limit_batches, mix=build_mixing(config.mixup, config.cutmix),
     )
     optimizer = build_optimizer(model, config)
-    precision = amp or resolve_amp(config.amp, train.images.device)
+    precision = resolve_amp(amp or config.amp, train.images.device)
     if total_steps is None:
         if config.epochs is None:
-            raise ConfigError(f"--time-budget {config.time_budget}: a budgeted config has no epoch count; train it "
-                              "with train(config), which plans its steps, or pass total_steps", "time_budget")
+            raise ConfigError(f"{named('time_budget')}: a budgeted config has no epoch count; train it with "
+                              "train(config), which plans its steps, or give build_training(..., total_steps=N)",
+                              "time_budget")
         total_steps = config.epochs * len(train_loader)
     return Training(
         model=model,
@@ -85,6 +88,24 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split, *
 
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_build_arguments(config, train, val, test, total_steps, amp) -> None:
+    owner = "build_training"
+    check_type(config, TrainConfig, "config", owner, "a TrainConfig")
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        check_type(split, Split, name, owner, "a Split (e.g. load_splits().train)")
+        if split.images.device != train.images.device:
+            raise invalid(name, split, f"on {split.images.device}, the training split on {train.images.device}; "
+                                       "put the three on one device (Split.to)", owner)
+    if len(train) == 0:
+        raise invalid("train", train, "has no images to train on", owner)
+    if total_steps is not None:
+        check_int(total_steps, "total_steps", owner, minimum=1)
+    if amp is not None:
+        check_choice(amp, AMP_MODES, "amp", owner)
+        if amp == "fp16" and train.images.device.type != "cuda":
+            raise invalid("amp", amp, f"fp16 needs CUDA, and the splits are on {train.images.device}", owner)
 
 
 def build_ema(model: torch.nn.Module, decay: float | None) -> AveragedModel | None:

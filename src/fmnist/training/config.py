@@ -14,7 +14,6 @@ Options that do not apply to the chosen settings hold None, so config.json shows
 
 from __future__ import annotations
 
-import difflib
 import math
 import sys
 from dataclasses import dataclass, field, fields
@@ -26,6 +25,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from fmnist.arguments import CONFIG, MAX_COUNT, check_names, check_number, invalid, named, setting, shown
+from fmnist.arguments import MAX_SEED as MAX_SEED
+from fmnist.arguments import check_type as check_instance
+from fmnist.arguments import flag as option_flag
 from fmnist.data.fashion import MEAN, SPLIT_SEED, STD, VAL_SIZE
 from fmnist.errors import ConfigError
 from fmnist.models import PRETRAINED_MODELS, has_batch_norm, list_models
@@ -40,7 +43,6 @@ AMP_MODES = ("none", "auto", "bf16", "fp16")
 # Small enough for a batch's activations to stay in the CPU cache: 3x faster than 1,000 (BENCHMARKS.md).
 EVAL_BATCH_SIZE = 256
 # Seeds go to torch's generators, which take 64-bit unsigned integers.
-MAX_SEED = 2**64 - 1
 
 UNSET = None  # an option left out; resolved to the recipe's value, else the default
 
@@ -51,30 +53,38 @@ def option(default, help: str, metavar: str | None = None):
 
 
 # Options that only some settings use: field -> (does it apply?, why not, naming what does apply).
+# The reasons are functions: they name options as the front door in force spells them (arguments.py).
 CONDITIONAL = {
     "epochs": (lambda c: c.time_budget is None,
-               "--time-budget plans the number of epochs itself from this machine's speed; drop --epochs, "
-               "or drop --time-budget to train for a number of epochs"),
+               lambda: f"{named('time_budget')} plans the number of epochs itself from this machine's speed; drop "
+                       f"{named('epochs')}, or drop {named('time_budget')} to train for a number of epochs"),
     "max_lr": (lambda c: c.scheduler == "onecycle",
-               "only --scheduler onecycle has a peak rate; give --lr instead (the rate the other schedules start "
-               "from)"),
+               lambda: f"only {setting('scheduler', 'onecycle')} has a peak rate; give {named('lr')} instead (the rate "
+                       "the other schedules start from)"),
     "momentum": (lambda c: c.optimizer == "sgd" and c.scheduler != "onecycle",
-                 "only --optimizer sgd uses momentum, and --scheduler onecycle sets it itself (cycling it between "
-                 "0.95 and 0.85 against the learning rate); choose another --scheduler to set it"),
-    "nesterov": (lambda c: c.optimizer == "sgd", "only --optimizer sgd has Nesterov momentum"),
-    "step_size": (lambda c: c.scheduler == "steplr", "only --scheduler steplr decays in steps"),
-    "gamma": (lambda c: c.scheduler == "steplr", "only --scheduler steplr has a decay factor"),
+                 lambda: f"only {setting('optimizer', 'sgd')} uses momentum, and {setting('scheduler', 'onecycle')} "
+                         "sets it itself (cycling it between 0.95 and 0.85 against the learning rate); choose "
+                         f"another {named('scheduler')} to set it"),
+    "nesterov": (lambda c: c.optimizer == "sgd",
+                 lambda: f"only {setting('optimizer', 'sgd')} has Nesterov momentum"),
+    "step_size": (lambda c: c.scheduler == "steplr", lambda: f"only {setting('scheduler', 'steplr')} decays in steps"),
+    "gamma": (lambda c: c.scheduler == "steplr", lambda: f"only {setting('scheduler', 'steplr')} has a decay factor"),
     "label_smoothing": (lambda c: c.loss == "ce",
-                        "applies to --loss ce only (focal loss is shaped by --focal-gamma instead)"),
-    "focal_gamma": (lambda c: c.loss == "focal", "only --loss focal uses it"),
-    "focal_alpha": (lambda c: c.loss == "focal", "only --loss focal uses it"),
-    "mixup": (lambda c: c.loss == "ce", "mixed labels need --loss ce (focal loss takes one class per image)"),
-    "cutmix": (lambda c: c.loss == "ce", "mixed labels need --loss ce (focal loss takes one class per image)"),
+                        lambda: f"applies to {setting('loss', 'ce')} only (focal loss is shaped by "
+                                f"{named('focal_gamma')} instead)"),
+    "focal_gamma": (lambda c: c.loss == "focal", lambda: f"only {setting('loss', 'focal')} uses it"),
+    "focal_alpha": (lambda c: c.loss == "focal", lambda: f"only {setting('loss', 'focal')} uses it"),
+    "mixup": (lambda c: c.loss == "ce",
+              lambda: f"mixed labels need {setting('loss', 'ce')} (focal loss takes one class per image)"),
+    "cutmix": (lambda c: c.loss == "ce",
+               lambda: f"mixed labels need {setting('loss', 'ce')} (focal loss takes one class per image)"),
     "sync_bn": (lambda c: c.model in list_models() and has_batch_norm(c.model),
-                "only models with BatchNorm layers have statistics to synchronize"),
-    "tf32": (lambda c: c.device in ("cuda", "auto"), "TF32 is a CUDA GPU's: other devices compute float32 in full"),
+                lambda: "only models with BatchNorm layers have statistics to synchronize"),
+    "tf32": (lambda c: c.device in ("cuda", "auto"),
+             lambda: "TF32 is a CUDA GPU's: other devices compute float32 in full"),
     "pretrained": (lambda c: c.model in PRETRAINED_MODELS,
-                   f"only --model {', '.join(PRETRAINED_MODELS)} has pretrained weights"),
+                   lambda: f"only {' or '.join(setting('model', name) for name in PRETRAINED_MODELS)} has "
+                           "pretrained weights"),
 }
 
 
@@ -179,7 +189,7 @@ class TrainConfig:
             if applies(SimpleNamespace(**values)):
                 continue
             if name in given:
-                raise ConfigError(f"{flag(name)} {given[name]!r}: ignored by these settings: {why_not}", name)
+                raise invalid(name, given[name], f"ignored by these settings: {why_not()}")
             values[name] = None  # a recipe's value the chosen settings do not use
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -254,16 +264,11 @@ def resolve_onecycle_peak(values: dict, given: dict) -> None:
 
 def check_option_names(options: dict) -> None:
     """A ConfigError for the first keyword that is not an option, suggesting the closest valid one."""
-    for name in options:
-        if name not in FIELDS:
-            close = difflib.get_close_matches(str(name), FIELDS, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise ConfigError(f"TrainConfig({name}=...): unknown option; {hint}valid options: {', '.join(FIELDS)}",
-                              name)
+    check_names(options, FIELDS, "TrainConfig", "option")
 
 
 def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return option_flag(name)
 
 
 def declared_type(name: str) -> str:
@@ -278,18 +283,9 @@ def declared_type(name: str) -> str:
 def check_type(name: str, value):
     """A typed value (Python, TOML) checked against the field's type; ints are accepted as floats."""
     kind = declared_type(name)
-    if kind == "bool":
-        ok = isinstance(value, bool)
-    elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{flag(name)} {value!r}: should be of type {kind}, not {type(value).__name__}", name)
-    return value
+    if kind == "float":
+        return check_number(value, name, CONFIG)
+    return check_instance(value, {"bool": bool, "int": int, "str": str}[kind], name, CONFIG, f"of type {kind}")
 
 
 TRUE_WORDS = ("true", "yes", "on", "1")
@@ -298,8 +294,7 @@ FALSE_WORDS = ("false", "no", "off", "0")
 
 def parse_text(name: str, text: str):
     """An option's value from text (a CLI flag, `sweep --set`): 'none' for optional fields."""
-    if name not in FIELDS:
-        raise ConfigError(f"unknown option {name!r}; valid options: {', '.join(FIELDS)}")
+    check_option_names({name: text})
     kind = declared_type(name)
     if text.strip().lower() == "none" and "None" in str(FIELDS[name].type):
         return None
@@ -313,7 +308,7 @@ def parse_text(name: str, text: str):
         if kind == "float":
             return float(text)
     except ValueError:
-        raise ConfigError(f"{flag(name)} {text!r}: not a valid {kind}", name) from None
+        raise invalid(name, text, f"not a valid {kind}") from None
     return text
 
 
@@ -322,12 +317,14 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
 
     def require(condition: bool, name: str, rule: str) -> None:
         if not condition:
-            raise ConfigError(f"{flag(name)} {getattr(config, name)!r}: {rule}", name)
+            raise invalid(name, getattr(config, name), rule)
 
-    for name in FIELDS:  # `--lr inf` passes `> 0` but would train on NaN
+    for name in FIELDS:
         value = getattr(config, name)
-        if isinstance(value, float):
+        if isinstance(value, float):  # `lr=inf` passes `> 0` but would train on NaN
             require(math.isfinite(value), name, "must be a finite number")
+        elif isinstance(value, int) and not isinstance(value, bool) and name not in ("seed", "split_seed"):
+            require(value <= MAX_COUNT, name, "must be at most 2**63-1")  # torch counts in 64-bit integers
     models = list_models()
     require(config.model in models, "model", f"unknown model; choose one of {', '.join(models)}")
     require(config.epochs >= 1, "epochs", "must be at least 1")
@@ -335,7 +332,7 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
         try:
             parse_time_budget(config.time_budget)
         except ValueError as error:
-            raise ConfigError(f"--time-budget {config.time_budget!r}: {error}", "time_budget") from None
+            raise invalid("time_budget", config.time_budget, str(error)) from None
     require(config.batch_size >= 1, "batch_size", "must be at least 1")
     require(config.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
     require(config.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}")
@@ -346,7 +343,7 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
     require(config.weight_decay >= 0, "weight_decay", "must be 0 or more")
     require(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
     require(not (config.nesterov and config.optimizer == "sgd" and config.scheduler != "onecycle")
-            or config.momentum > 0, "nesterov", "needs --momentum greater than 0")
+            or config.momentum > 0, "nesterov", f"needs {named('momentum')} greater than 0")
     require(config.step_size >= 1, "step_size", "must be at least 1")
     require(0 < config.gamma <= 1, "gamma", "must be in (0, 1]")
     require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
@@ -362,17 +359,17 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
     require(config.ema is None or 0 < config.ema < 1, "ema", "must be in (0, 1), e.g. 0.999")
     require(config.clip_grad_norm is None or config.clip_grad_norm > 0, "clip_grad_norm", "must be greater than 0")
     require(config.amp in AMP_MODES, "amp", f"choose one of {', '.join(AMP_MODES)}")
-    require(config.amp != "fp16" or config.device in ("cuda", "auto"), "amp", "fp16 needs --device cuda")
+    require(config.amp != "fp16" or config.device in ("cuda", "auto"), "amp", f"fp16 needs {setting('device', 'cuda')}")
     require(config.val_size >= 1, "val_size", "must be at least 1: model selection needs a validation split")
     require(config.device in DEVICES, "device", f"choose one of {', '.join(DEVICES)}")
     require(config.limit_batches is None or config.limit_batches >= 1, "limit_batches", "must be at least 1")
     require(0 <= config.seed <= MAX_SEED, "seed", "must be in 0..2**64-1")
     require(0 <= config.split_seed <= MAX_SEED, "split_seed", "must be in 0..2**64-1")
-    for name in ("out", "name", "data_dir"):
+    for name in ("out", "name", "data_dir", "pretrained"):
         value = getattr(config, name)
         require(value is None or (value.strip() != "" and "\0" not in value), name, "must be a non-empty path")
     require(config.name is None or "/" not in config.name and config.name not in (".", ".."), "name",
-            "must be a folder name, not a path (use --out for the parent folder)")
+            f"must be a folder name, not a path (the parent folder is {named('out')})")
 
 
 def load_toml_file(path: Path, option: str) -> dict:
@@ -397,7 +394,15 @@ def read_toml(path: str | Path) -> dict:
     try:
         return {name: check_type(name, value) for name, value in raw.items()}
     except ConfigError as error:
-        raise ConfigError(f"--config {path}: {error}", error.field) from None
+        raise in_file(path, error) from None
+
+
+def in_file(path: str | Path, error: ConfigError) -> ConfigError:
+    """An option's error as the config file has it: `--config run.toml: lr = -1.0: must be greater than 0`."""
+    if error.rule is None:
+        return ConfigError(f"--config {path}: {error}", error.field)
+    return ConfigError(f"--config {path}: {error.field} = {shown(error.value)}: {error.rule}", error.field,
+                       value=error.value, rule=error.rule)
 
 
 def build_config(config_file: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
@@ -410,5 +415,5 @@ def build_config(config_file: str | Path | None = None, overrides: dict | None =
         return TrainConfig(**values)
     except ConfigError as error:
         if error.field in from_file and (overrides or {}).get(error.field) is None:
-            raise ConfigError(f"--config {config_file}: {error}", error.field) from None
+            raise in_file(config_file, error) from None
         raise

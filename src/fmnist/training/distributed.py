@@ -39,8 +39,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from fmnist.arguments import invalid, named, setting
 from fmnist.data.loader import TensorLoader
-from fmnist.errors import ConfigError, FmnistError
+from fmnist.errors import FmnistError
 from fmnist.faults import StopRequest, TrainingInterrupted
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import EpochRecorder
@@ -84,15 +85,15 @@ def join_processes(config: TrainConfig) -> Iterator[Processes | None]:
     world_size = launched_processes()
     if world_size == 1:
         if config.sync_bn:
-            raise ConfigError("--sync-bn: synchronizes BatchNorm across the processes of a torchrun run; this is "
-                              "one process (start it with torchrun --nproc-per-node N, N >= 2)", "sync_bn")
+            raise invalid("sync_bn", True, "synchronizes BatchNorm across the processes of a torchrun run; this is "
+                          "one process (start it with torchrun --nproc-per-node N, N >= 2)", as_typed=True)
         yield None
         return
     check_global_batch(config.batch_size, world_size)
     device = process_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     if config.sync_bn and device.type != "cuda":
-        raise ConfigError("--sync-bn: SyncBatchNorm runs on CUDA only; on the CPU each process keeps its own "
-                          "BatchNorm statistics (drop --sync-bn)", "sync_bn")
+        raise invalid("sync_bn", True, "SyncBatchNorm runs on CUDA only; on the CPU each process keeps its own "
+                      f"BatchNorm statistics (drop {named('sync_bn')})", as_typed=True)
     created = not dist.is_initialized()
     if created:
         # NCCL for tensors between GPUs; gloo for everything on the CPU.
@@ -139,22 +140,22 @@ def process_lost_line(error: RuntimeError) -> str:
 
 def check_global_batch(batch_size: int, world_size: int) -> None:
     if batch_size % world_size:
-        raise ConfigError(
-            f"--batch-size {batch_size}: the global batch must divide evenly among the {world_size} processes "
-            f"(each trains on batch-size/{world_size}); use a multiple of {world_size}", "batch_size"
-        )
+        raise invalid("batch_size", batch_size, f"the global batch must divide evenly among the {world_size} "
+                      f"processes (each trains on batch_size/{world_size}); use a multiple of {world_size}")
 
 
 def process_device(name: str, local_rank: int) -> torch.device:
     """cuda:LOCAL_RANK when CUDA is chosen (or `auto` finds it), else the CPU."""
     if name == "mps":
-        raise ConfigError("--device mps: torchrun runs on CUDA (NCCL) or the CPU (gloo); use --device cuda or cpu")
+        raise invalid("device", name, "torchrun runs on CUDA (NCCL) or the CPU (gloo); use "
+                      f"{setting('device', 'cuda')} or {setting('device', 'cpu')}", as_typed=True)
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     resolve_device("cuda")  # the one-line error when there is none
     if local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: torchrun started process {local_rank} but there are "
-                          f"{torch.cuda.device_count()} GPUs here; use --nproc-per-node {torch.cuda.device_count()}")
+        raise invalid("device", name, f"torchrun started process {local_rank} but there are "
+                      f"{torch.cuda.device_count()} GPUs here; use --nproc-per-node {torch.cuda.device_count()}",
+                      as_typed=True)
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 

@@ -20,7 +20,20 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from fmnist.errors import FmnistError
+from fmnist.arguments import (
+    as_argument_of,
+    check_bool,
+    check_callable,
+    check_choice,
+    check_int,
+    check_iterable,
+    check_module,
+    check_number,
+    check_type,
+    invalid,
+    wrong_type,
+)
+from fmnist.errors import ConfigError, FmnistError
 from fmnist.faults import StopRequest, TrainingInterrupted, kill_point
 from fmnist.training.metrics import per_class_accuracy
 
@@ -55,6 +68,24 @@ class Optimization:
     autocast: torch.dtype | None = None
     grad_scaler: torch.amp.GradScaler | None = None
 
+    def __post_init__(self) -> None:
+        owner = "Optimization"
+        check_callable(self.loss_fn, "loss_fn", owner)
+        check_type(self.optimizer, torch.optim.Optimizer, "optimizer", owner, "a torch.optim.Optimizer")
+        optional = {"scheduler": (torch.optim.lr_scheduler.LRScheduler, "a torch LRScheduler"),
+                    "ema": (AveragedModel, "a torch AveragedModel"), "autocast": (torch.dtype, "a torch.dtype"),
+                    "grad_scaler": (torch.amp.GradScaler, "a torch.amp.GradScaler")}
+        for name, (kind, expected) in optional.items():
+            if getattr(self, name) is not None:
+                check_type(getattr(self, name), kind, name, owner, expected)
+        if self.scheduler_interval is not None:
+            check_choice(self.scheduler_interval, SCHEDULER_INTERVALS, "scheduler_interval", owner)
+        if self.clip_grad_norm is not None:
+            self.clip_grad_norm = check_number(self.clip_grad_norm, "clip_grad_norm", owner, above=0.0)
+
+
+SCHEDULER_INTERVALS = ("batch", "epoch")
+
 
 @dataclass(repr=False)
 class EpochStats:
@@ -85,6 +116,9 @@ def train_one_epoch(
     whole step, with TrainingInterrupted. `max_batches` ends the pass early: the last epoch of a time
     budget's plan stops where the plan's steps run out.
     """
+    check_loop_arguments("train_one_epoch", model, batches, True, optimization, stop)
+    if max_batches is not None:
+        check_int(max_batches, "max_batches", "train_one_epoch", minimum=1)
     loss_fn, optimizer = optimization.loss_fn, optimization.optimizer
     batch_scheduler = optimization.scheduler if optimization.scheduler_interval == "batch" else None
     model.train()  # dropout on, BatchNorm uses and updates batch statistics
@@ -97,7 +131,8 @@ def train_one_epoch(
     start = time.perf_counter()
     if max_batches is not None:
         batches = itertools.islice(batches, max_batches)
-    for batch_index, (images, labels) in enumerate(batches):
+    for batch_index, batch in enumerate(batches):
+        images, labels = batch_pair(batch, batch_index, "train_one_epoch", soft_labels=True)
         with autocast(optimization, device):
             logits = model(images)
             loss = loss_fn(logits, labels)
@@ -118,11 +153,36 @@ def train_one_epoch(
         if stop is not None and stop.requested:
             raise TrainingInterrupted(f"after batch {batch_index + 1}", stop.signal_number)
     if seen == 0:
-        raise FmnistError("no training batches: the training split is empty or --limit-batches cut every batch")
+        raise FmnistError("no training batches: the training split or the batches given are empty")
     mean_loss = loss_sum.item() / seen
     if not math.isfinite(mean_loss):  # on accelerators, checked once per epoch
         raise NonFiniteLossError(f"loss became {mean_loss} during the epoch")
     return EpochStats(mean_loss, correct.item() / seen, seen, time.perf_counter() - start, learning_rates)
+
+
+def check_loop_arguments(owner: str, model, batches, training: bool, optimization=None, stop=None) -> None:
+    """The arguments train_one_epoch, evaluate and fit share, checked once per call."""
+    check_module(model, "model", owner)
+    check_iterable(batches, "batches" if owner != "fit" else "train_batches", owner)
+    if training:
+        check_type(optimization, Optimization, "optimization", owner, "an Optimization(loss_fn, optimizer, ...)")
+    if stop is not None and not hasattr(stop, "requested"):
+        raise wrong_type("stop", stop, "a StopRequest (see fmnist.faults.stop_after_step)", owner)
+
+
+def batch_pair(batch, index: int, owner: str, soft_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch as (images, labels) tensors of one length; labels are class indices, or soft targets
+    (N, classes) where training mixes images. Three isinstance checks per batch: nothing beside a step."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        images, labels = batch
+        if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor) and images.dim() >= 1:
+            class_indices = labels.dim() == 1 and not labels.is_floating_point()
+            soft = soft_labels and labels.dim() == 2 and labels.is_floating_point()
+            if (class_indices or soft) and len(labels) == len(images):
+                return images, labels
+    expected = "class indices (N,)" + (" or soft targets (N, classes)" if soft_labels else "")
+    raise invalid("batches", batch, f"batch {index + 1} is not an (images, labels) pair of tensors with one "
+                                    f"label per image, labels as {expected}", owner)
 
 
 def autocast(optimization: Optimization, device: torch.device):
@@ -186,13 +246,16 @@ def evaluate(model: nn.Module, batches: Batches, flip_tta: bool = False) -> Eval
     The loss is plain cross-entropy whatever the training loss was, so that validation losses of
     runs trained with label smoothing or focal loss stay comparable. `flip_tta`: see predict_logits.
     """
+    check_loop_arguments("evaluate", model, batches, False)
+    check_bool(flip_tta, "flip_tta", "evaluate")
     model.eval()  # dropout off, BatchNorm uses its running statistics
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     all_predictions, all_labels, all_probabilities = [], [], []
     start = time.perf_counter()
     with torch.inference_mode():  # like no_grad, and tensors skip version tracking too
-        for images, labels in batches:
+        for index, batch in enumerate(batches):
+            images, labels = batch_pair(batch, index, "evaluate")
             images, labels = images.to(device), labels.to(device)
             logits = predict_logits(model, images, flip_tta)
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
@@ -256,19 +319,26 @@ def fit(
     current step with TrainingInterrupted. `flip_tta`: see evaluate. `last_epoch_steps` cuts the
     last epoch short after that many batches (a time budget's plan: see training/budget.py).
     """
+    check_fit_arguments(model, train_batches, val_batches, optimization, epochs, flip_tta, recorder, stop,
+                        last_epoch_steps)
     history = list(recorder.history) if recorder is not None else []
     best_accuracy = max((row["val_accuracy"] for row in history), default=-1.0)
     for epoch in range(len(history) + 1, epochs + 1):
         try:
             max_batches = last_epoch_steps if epoch == epochs else None
             stats = train_one_epoch(model, train_batches, optimization, stop, max_batches)
+        except ConfigError as error:  # a bad batch: name it as fit's argument
+            raise as_argument_of("fit", error, "train_batches") if error.field == "batches" else error from None
         except TrainingInterrupted as interruption:
             raise TrainingInterrupted(f"in epoch {epoch} {interruption}", interruption.signal_number) from None
         except NonFiniteLossError as error:
             raise NonFiniteLossError(f"epoch {epoch}: {error}") from None
         if optimization.scheduler is not None and optimization.scheduler_interval == "epoch":
             optimization.scheduler.step()
-        validation = evaluate(weights_to_use(model, optimization), val_batches, flip_tta)
+        try:
+            validation = evaluate(weights_to_use(model, optimization), val_batches, flip_tta)
+        except ConfigError as error:
+            raise as_argument_of("fit", error, "val_batches") if error.field == "batches" else error from None
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,
@@ -289,3 +359,17 @@ def fit(
         if stop is not None and stop.requested and epoch < epochs:  # the signal came during evaluation
             raise TrainingInterrupted(f"after epoch {epoch}", stop.signal_number)
     return history
+
+
+def check_fit_arguments(model, train_batches, val_batches, optimization, epochs, flip_tta, recorder, stop,
+                        last_epoch_steps) -> None:
+    check_loop_arguments("fit", model, train_batches, True, optimization, stop)
+    check_iterable(val_batches, "val_batches", "fit")
+    check_int(epochs, "epochs", "fit", minimum=1)
+    check_bool(flip_tta, "flip_tta", "fit")
+    if recorder is not None and not (isinstance(getattr(recorder, "history", None), list)
+                                     and callable(getattr(recorder, "end_epoch", None))):
+        raise wrong_type("recorder", recorder, "an EpochRecorder (a `history` list and `end_epoch(row, "
+                                               "learning_rates, is_best)`)", "fit")
+    if last_epoch_steps is not None:
+        check_int(last_epoch_steps, "last_epoch_steps", "fit", minimum=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fmnist.errors import ConfigError
+from fmnist.arguments import invalid
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def add_recipe(recipe: Recipe) -> Recipe:
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise ConfigError(f"--recipe {name!r}: unknown recipe; choose one of {', '.join(sorted(RECIPES))}", "recipe")
+        raise invalid("recipe", name, f"unknown recipe; choose one of {', '.join(sorted(RECIPES))}")
     return RECIPES[name]
 
 

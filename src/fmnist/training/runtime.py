@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.utils.deterministic
 
-from fmnist.errors import ConfigError
+from fmnist.arguments import CONFIG, invalid, setting
 
 logger = logging.getLogger(__name__)
 
@@ -35,28 +35,30 @@ NATIVE_BF16_CAPABILITY = (8, 0)
 TF32_CAPABILITY = (8, 0)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA, then Apple's MPS, then the CPU; an explicit choice must be available."""
+def resolve_device(name: str, owner: str = CONFIG) -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU; an explicit choice must be available.
+    `owner` is the function whose argument `name` is, for the message (arguments.py)."""
     cuda = torch.cuda.is_available()
     mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    device = known_device(name)
+    device = known_device(name, owner)
+    instead = f"use {setting('device', 'cpu')} or {setting('device', 'auto')}"
     if device.type == "cuda" and not cuda:
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+        raise invalid("device", name, f"no CUDA device is available here; {instead}", owner, as_typed=True)
     if device.type == "mps" and not mps:
-        raise ConfigError(f"--device {name}: no Apple MPS device is available here; use --device cpu or auto")
+        raise invalid("device", name, f"no Apple MPS device is available here; {instead}", owner, as_typed=True)
     return device
 
 
-def known_device(name) -> torch.device:
+def known_device(name, owner: str = CONFIG) -> torch.device:
     """torch's device for a name such as 'cpu' or 'cuda:1'; anything else is a ConfigError, not torch's RuntimeError."""
     try:
         device = torch.device(name) if isinstance(name, str) else None
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device {name!r}: not a device fmnist can use; choose auto, cpu, cuda or mps")
+        raise invalid("device", name, "not a device fmnist can use; choose auto, cpu, cuda or mps", owner)
     return device
 
 
@@ -162,10 +164,11 @@ def resolve_amp(mode: str, device: torch.device) -> str:
 def check_precision(amp: str, device: torch.device) -> None:
     """Refuse a precision the device cannot train in, with one line."""
     if amp == "fp16" and device.type != "cuda":
-        raise ConfigError(f"--amp fp16: needs a CUDA device, and this run is on {device}; use --amp bf16 or none",
-                          "amp")
+        raise invalid("amp", "fp16", f"needs a CUDA device, and this run is on {device}; use "
+                                     f"{setting('amp', 'bf16')} or {setting('amp', 'none')}", as_typed=True)
     if amp == "bf16" and device.type == "mps" and not ACCELERATORS["mps"].has_bf16():
-        raise ConfigError("--amp bf16: bf16 on Apple's MPS needs macOS 14 or later; use --amp none", "amp")
+        raise invalid("amp", "bf16", f"bf16 on Apple's MPS needs macOS 14 or later; use {setting('amp', 'none')}",
+                      as_typed=True)
 
 
 def tf32_applies(device: torch.device) -> bool:
