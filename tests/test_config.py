@@ -240,7 +240,7 @@ def test_replace_takes_a_new_rate_by_either_name():
     assert TrainConfig(max_lr=0.05).replace(lr=0.02).max_lr == 0.02
     assert TrainConfig(lr=0.05).replace(max_lr=0.02).lr == 0.02
     assert TrainConfig(lr=0.05).replace(scheduler="cosine").lr == 0.05  # the starting rate now
-    with pytest.raises(ConfigError, match="--max-lr 0.05: ignored .* give --lr instead"):
+    with pytest.raises(ConfigError, match=r"TrainConfig\(max_lr=0.05\): ignored .* give lr instead"):
         TrainConfig(max_lr=0.05).replace(scheduler="cosine")
 
 

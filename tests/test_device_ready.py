@@ -193,9 +193,9 @@ def test_bf16_on_mps_needs_macos_14_and_fp16_needs_cuda(monkeypatch):
             return False
 
     monkeypatch.setitem(runtime.ACCELERATORS, "mps", OldMacOS())
-    with pytest.raises(ConfigError, match="--amp bf16: bf16 on Apple's MPS needs macOS 14"):
+    with pytest.raises(ConfigError, match=r"TrainConfig\(amp='bf16'\): bf16 on Apple's MPS needs macOS 14"):
         runtime.check_precision("bf16", torch.device("mps"))
-    with pytest.raises(ConfigError, match="--amp fp16: needs a CUDA device"):
+    with pytest.raises(ConfigError, match=r"TrainConfig\(amp='fp16'\): needs a CUDA device"):
         runtime.check_precision("fp16", torch.device("mps"))
     runtime.check_precision("bf16", torch.device("cpu"))
 
@@ -203,7 +203,7 @@ def test_bf16_on_mps_needs_macos_14_and_fp16_needs_cuda(monkeypatch):
 def test_tf32_is_a_setting_of_cuda_runs(tiny_data):
     assert TrainConfig().tf32 is True and TrainConfig(tf32=False).tf32 is False
     assert TrainConfig(device="cpu").tf32 is None  # not used there, and recorded so
-    with pytest.raises(ConfigError, match="--tf32 False: ignored by these settings: TF32 is a CUDA GPU's"):
+    with pytest.raises(ConfigError, match=r"TrainConfig\(tf32=False\): ignored by these settings: TF32 is a CUDA GPU's"):
         TrainConfig(device="cpu", tf32=False)
 
 
@@ -245,7 +245,7 @@ def blocking_copies(monkeypatch) -> dict:
 def test_augmented_and_mixed_batches_reach_the_device_without_a_blocking_copy(blocking_copies):
     # `meta` stands in for a GPU: tensors there have shapes but no data, and copies to it are counted.
     images = torch.randint(0, 256, (128, 28, 28), dtype=torch.uint8)
-    split = Split(images, torch.randint(0, 10, (128,))).to("meta")
+    split = Split(images.to("meta"), torch.randint(0, 10, (128,)).to("meta"))  # Split.to takes real devices only
     blocking_copies.update(blocking=0, queued=0)  # the data set's one move to the device is not a step's
     every_augmentation = build_augmentation(rotate_degrees=10, hflip=True, crop_padding=2, erase_prob=0.5,
                                             mean=0.286, std=0.353)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fmnist.arguments import shown
 from fmnist.data.fashion import CLASS_NAMES, IMAGE_SIZE, MEAN, NUM_CLASSES, STD
 from fmnist.data.images import IMAGE_SUFFIXES, display_path, image_batch, image_files, read_image, to_fashion_mnist
 from fmnist.data.loader import TensorLoader
@@ -76,23 +77,14 @@ def checkpoint_argument(source, function: str, argument: str) -> Path:
     """A run folder or checkpoint path given to `function`, else a CheckpointError naming the argument."""
     if isinstance(source, bool) or not isinstance(source, (str, os.PathLike)) or not str(source) \
             or "\x00" in str(source):
-        raise CheckpointError(f"{function}({argument}={short(source)}): not a path; give a run folder or a "
+        raise CheckpointError(f"{function}({argument}={shown(source)}): not a path; give a run folder or a "
                               "checkpoint file (a str or a Path)")
     return checkpoint_path(source)
 
 
 def device_argument(device, function: str) -> torch.device:
-    try:
-        return resolve_device(device)
-    except ConfigError as error:
-        reason = str(error).split(": ", 1)[-1]
-        raise ConfigError(f"{function}(device={short(device)}): {reason}", "device") from None
-
-
-def short(value) -> str:
-    """repr(value), cut to a length one line of error can hold."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """The device `function` was given, named as its argument (`load_model(device='tpu')`, or `--device tpu`)."""
+    return resolve_device(device, owner=function)
 
 
 @dataclass(repr=False)
@@ -202,7 +194,7 @@ def predict(
 
 def check_flag(value, name: str) -> None:
     if not isinstance(value, bool):
-        raise ConfigError(f"predict({name}={short(value)}): give True or False", name)
+        raise ConfigError(f"predict({name}={shown(value)}): give True or False", name)
 
 
 def class_probabilities(model: nn.Module, images: list[torch.Tensor]) -> list[list[float]]:
@@ -292,7 +284,7 @@ def given_items(images_or_paths) -> list:
         if not isinstance(item, (str, os.PathLike, *IN_MEMORY)):
             raise images_error(f"item {index} is a {type(item).__name__}; give {WHAT_PREDICT_TAKES}")
         if isinstance(item, str) and (not item or "\x00" in item):
-            raise images_error(f"item {index} is {short(item)}, not a usable path; give {WHAT_PREDICT_TAKES}")
+            raise images_error(f"item {index} is {shown(item)}, not a usable path; give {WHAT_PREDICT_TAKES}")
     in_memory = [isinstance(item, IN_MEMORY) for item in items]
     if any(in_memory) and not all(in_memory):
         raise images_error(f"item {in_memory.index(not in_memory[0])} and item 0 are not both paths or both "
@@ -331,7 +323,7 @@ def pixel_batch(images, single: bool = False, what: str = "images") -> torch.Ten
     batch = batch.cpu()
     if batch.dtype == torch.uint8:
         return batch.float()
-    return float_pixels(batch.float(), what)
+    return float_pixels(batch, what).float()  # the range checked in the given precision, then float32
 
 
 def to_batch_shape(images: torch.Tensor) -> torch.Tensor | None:
@@ -367,7 +359,7 @@ def model_to_use(model_or_run) -> nn.Module:
     if isinstance(model_or_run, nn.Module):
         return model_or_run
     if isinstance(model_or_run, bool) or not isinstance(model_or_run, (str, os.PathLike)):
-        raise CheckpointError(f"predict(model_or_run={short(model_or_run)}): the model is a "
+        raise CheckpointError(f"predict(model_or_run={shown(model_or_run)}): the model is a "
                               f"{type(model_or_run).__name__}; give a TrainedModel (load_model), a network, or a "
                               "run folder or checkpoint path")
     return load_model(checkpoint_argument(model_or_run, "predict", "model_or_run"))
@@ -375,7 +367,7 @@ def model_to_use(model_or_run) -> nn.Module:
 
 def check_batch_size(batch_size, function: str = "predict") -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"{function}(batch_size={short(batch_size)}): give a whole number of images, at least 1",
+        raise ConfigError(f"{function}(batch_size={shown(batch_size)}): give a whole number of images, at least 1",
                           "batch_size")
 
 
@@ -438,11 +430,11 @@ def evaluate_checkpoint(
     """A checkpoint's model on the test split, normalized and (flip TTA) evaluated as in its training."""
     path = checkpoint_argument(checkpoint, "evaluate_checkpoint", "checkpoint")
     if data_dir is not None and (isinstance(data_dir, bool) or not isinstance(data_dir, (str, os.PathLike))):
-        raise DataError(f"evaluate_checkpoint(data_dir={short(data_dir)}): give the data folder (a str or a Path), "
+        raise DataError(f"evaluate_checkpoint(data_dir={shown(data_dir)}): give the data folder (a str or a Path), "
                         "or None to find it")
     check_batch_size(batch_size, "evaluate_checkpoint")
     if not isinstance(allow_unverified_data, bool):
-        raise ConfigError(f"evaluate_checkpoint(allow_unverified_data={short(allow_unverified_data)}): "
+        raise ConfigError(f"evaluate_checkpoint(allow_unverified_data={shown(allow_unverified_data)}): "
                           "give True or False", "allow_unverified_data")
     device_argument(device, "evaluate_checkpoint")
     state = load_checkpoint(path)

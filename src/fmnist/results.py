@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fmnist.arguments import shown
 from fmnist.errors import CheckpointError, ConfigError
 from fmnist.inference import (
     CheckpointEvaluation,
@@ -157,7 +158,7 @@ class Run:
         if allow_unverified_data is None:
             allow_unverified_data = bool(self.config.allow_unverified_data)
         elif not isinstance(allow_unverified_data, bool):
-            raise ConfigError(f"Run.evaluate(allow_unverified_data={allow_unverified_data!r}): give True or False",
+            raise ConfigError(f"Run.evaluate(allow_unverified_data={shown(allow_unverified_data)}): give True or False",
                               "allow_unverified_data")
         return evaluate_checkpoint(checkpoint, data_dir, device, batch_size, allow_unverified_data)
 
@@ -169,8 +170,8 @@ class Run:
                        batch_size=batch_size)
 
     def checkpoint(self, which: str) -> Path:
-        if which not in CHECKPOINTS:
-            raise ConfigError(f"which={which!r}: give 'best' (the best validation epoch) or 'last'", "which")
+        if not isinstance(which, str) or which not in CHECKPOINTS:
+            raise ConfigError(f"Run.checkpoint(which={shown(which)}): give 'best' (the best validation epoch) or 'last'", "which")
         path = self.path / f"{which}.pt"
         if not path.is_file():
             state = "it stopped before its first epoch ended" if not self.history else "the file is missing"
@@ -189,19 +190,14 @@ def number(value) -> float | None:
 
 def as_path(value, function: str, argument: str) -> Path:
     if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
-        raise CheckpointError(f"{function}({argument}={short(value)}): not a path; give a folder (a str or a Path)")
+        raise CheckpointError(f"{function}({argument}={shown(value)}): not a path; give a folder (a str or a Path)")
     try:
         path = Path(value)
     except TypeError:  # an os.PathLike whose __fspath__ returns something else
-        raise CheckpointError(f"{function}({argument}={short(value)}): not a path; give a str or a Path") from None
+        raise CheckpointError(f"{function}({argument}={shown(value)}): not a path; give a str or a Path") from None
     if "\x00" in str(path) or not str(value):
-        raise CheckpointError(f"{function}({argument}={short(value)}): not a usable path; give a run folder")
+        raise CheckpointError(f"{function}({argument}={shown(value)}): not a usable path; give a run folder")
     return path
-
-
-def short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_run(path: str | os.PathLike) -> Run:
@@ -245,13 +241,13 @@ def find_runs(folders, said_as: str = "load_runs(folder={})") -> list[tuple[str,
     if isinstance(folders, (str, os.PathLike)):
         folders = [folders]
     elif not isinstance(folders, Iterable) or isinstance(folders, (bytes, dict)):
-        raise CheckpointError(f"{said_as.format(short(folders))}: not a path; give a folder of runs "
+        raise CheckpointError(f"{said_as.format(shown(folders))}: not a path; give a folder of runs "
                               "(a str or a Path), or a list of them")
     found = []
     for given in list(folders):
         if isinstance(given, bool) or not isinstance(given, (str, os.PathLike)) or not str(given) \
                 or "\x00" in str(given):
-            raise CheckpointError(f"{said_as.format(short(given))}: not a path; "
+            raise CheckpointError(f"{said_as.format(shown(given))}: not a path; "
                                   "give a folder of runs (a str or a Path)")
         folder = Path(given)
         if not folder.is_dir():

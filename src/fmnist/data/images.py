@@ -32,7 +32,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist.data.fashion import IMAGE_SIZE
-from fmnist.data.loader import normalize
+from fmnist.data.loader import scale_batch
 from fmnist.errors import DataError, one_line_reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
@@ -127,7 +127,7 @@ def to_fashion_mnist(image: Image.Image, invert: bool = True) -> torch.Tensor:
 
 def image_batch(images: list[torch.Tensor], mean: float, std: float) -> torch.Tensor:
     """Step 4: (28, 28) images, uint8 or float on the 0..255 scale -> the normalized float (N, 1, 28, 28) batch."""
-    return normalize(torch.stack(images), mean, std)
+    return scale_batch(torch.stack(images), mean, std)  # checked by the callers: uint8 or floats already scaled
 
 
 def image_files(paths: list[str | Path]) -> list[Path]:

@@ -40,7 +40,7 @@ def resolve_device(name: str, owner: str = CONFIG) -> torch.device:
     `owner` is the function whose argument `name` is, for the message (arguments.py)."""
     cuda = torch.cuda.is_available()
     mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-    if name == "auto":
+    if isinstance(name, str) and name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     device = known_device(name, owner)
     instead = f"use {setting('device', 'cpu')} or {setting('device', 'auto')}"
