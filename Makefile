@@ -9,10 +9,10 @@ ARGS ?=
 .PHONY: setup data browser train test lint screenshot clean
 
 # Reinstall when the project's metadata changes; the package itself is installed editable, with the
-# optional extras (ONNX export, TensorBoard, serve, Optuna for `fmnist tune`) so that their tests run too.
+# optional extras (ONNX export, TensorBoard, serve, Optuna for `fmnist tune`, MLflow) so that their tests run too.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,serve,tune]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,serve,tune,mlflow]'
 	touch $@
 
 setup: $(VENV)/.installed

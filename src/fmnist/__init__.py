@@ -27,11 +27,13 @@ from fmnist.data.loader import TensorLoader, normalize
 from fmnist.data.splits import DataSplits, Split, load_splits
 from fmnist.errors import CheckpointError, ConfigError, DataError, FmnistError
 from fmnist.experiment import RunResult, resume, train
+from fmnist.faults import StopTraining
 from fmnist.inference import Prediction, TrainedModel, evaluate_checkpoint, load_model, predict
 from fmnist.models import count_parameters, create_model, list_models, register_model
 from fmnist.models.layers import LearnedAffine
 from fmnist.training.build import Training, build_training
 from fmnist.training.config import TrainConfig
+from fmnist.training.early_stopping import EarlyStopping
 from fmnist.training.loop import EvalResult, Optimization, evaluate, fit, train_one_epoch
 from fmnist.training.recipes import Recipe, list_recipes
 from fmnist.version import __version__
@@ -42,6 +44,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataSplits",
+    "EarlyStopping",
     "EvalResult",
     "FmnistError",
     "LearnedAffine",
@@ -52,6 +55,7 @@ __all__ = [
     "RunResult",
     "STD",
     "Split",
+    "StopTraining",
     "TensorLoader",
     "TrainConfig",
     "TrainedModel",

@@ -11,6 +11,10 @@ same as a power cut or the out-of-memory killer. `FMNIST_KILL_AT=POINT:N:SIGINT`
 that signal instead, so a test can press Ctrl-C at an exact point; `POINT:N:SIGKILL:R` only in the
 torchrun process of rank R (one process of a run dies, the others go on). Unset (always, outside
 tests) it does nothing.
+
+A stop that finishes the run: `StopTraining`, raised by an `after_epoch` callback once the epoch is
+saved, ends training there, and the run is tested and reported like any other (early stopping ends
+runs the same way).
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from contextlib import contextmanager
 
 KILL_AT_VARIABLE = "FMNIST_KILL_AT"
 _points_reached: Counter = Counter()  # only ever counts while FMNIST_KILL_AT is set
+
+
+class StopTraining(Exception):
+    """Raised by `train(..., after_epoch=...)`'s callback to end training after the epoch just saved:
+    the run then finishes (the best epoch is tested, report.md says why it stopped). Its message is
+    the reason recorded; any other exception leaves the run stopped and resumable instead."""
 
 
 def kill_point(point: str) -> None:

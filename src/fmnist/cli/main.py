@@ -361,7 +361,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # lr-find drives the learning rate itself and trains no run: these options have no effect there.
 LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema",
-                   "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches")
+                   "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches", "patience",
+                   "min_delta", "mlflow", "mlflow_experiment")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from fmnist.faults import StopTraining
 from fmnist.runs.checkpoint import checkpoint_state, save_checkpoint
 from fmnist.runs.folder import write_metrics
 from fmnist.training.build import Training
@@ -16,7 +17,8 @@ class RunRecorder:
 
     `history` and `learning_rates` hold what earlier epochs recorded (a resumed run). `also` takes
     other loggers with the same `log_epoch(row, learning_rates)` (TensorBoard). `after_epoch(row)`
-    is called once the epoch is saved, so it may stop the run by raising (a search's pruner does).
+    is called once the epoch is saved: raising StopTraining ends training there and the run finishes
+    (`stop_requested` keeps why); any other exception stops the run unfinished (a search's pruner).
     """
 
     def __init__(self, path: Path, config: TrainConfig, training: Training,
@@ -29,6 +31,7 @@ class RunRecorder:
         self.learning_rates = list(learning_rates or [])
         self.also = list(also)
         self.after_epoch = after_epoch
+        self.stop_requested: str | None = None
 
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
         """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
@@ -47,4 +50,8 @@ class RunRecorder:
             save_checkpoint(state, self.path / "best.pt")
         save_checkpoint(state, self.path / "last.pt")
         if self.after_epoch is not None:
-            self.after_epoch(row)
+            try:
+                self.after_epoch(row)
+            except StopTraining as request:
+                self.stop_requested = str(request) or "after_epoch asked to stop"
+                raise

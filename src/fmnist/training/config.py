@@ -41,6 +41,9 @@ EVAL_BATCH_SIZE = 256
 # Seeds go to torch's generators, which take 64-bit unsigned integers.
 MAX_SEED = 2**64 - 1
 
+# `--mlflow` given bare (`mlflow = "default"` in TOML): MLflow's own default store, MLFLOW_TRACKING_URI first.
+MLFLOW_DEFAULT_STORE = "default"
+
 UNSET = None  # an option left out; resolved to the recipe's value, else the default
 
 
@@ -73,6 +76,8 @@ CONDITIONAL = {
     "cutmix": (lambda c: c.loss == "ce", "mixed labels need --loss ce (focal loss takes one class per image)"),
     "sync_bn": (lambda c: c.model in list_models() and has_batch_norm(c.model),
                 "only models with BatchNorm layers have statistics to synchronize"),
+    "min_delta": (lambda c: c.patience is not None, "only early stopping (--patience) uses it"),
+    "mlflow_experiment": (lambda c: c.mlflow is not None, "only --mlflow logs to an experiment"),
     "pretrained": (lambda c: c.model in PRETRAINED_MODELS,
                    f"only --model {', '.join(PRETRAINED_MODELS)} has pretrained weights"),
 }
@@ -89,6 +94,11 @@ class TrainConfig:
                                            "steps are planned from this machine's measured speed so that training "
                                            "and validation end within it, and the schedule ends there",
                                      metavar="DURATION")
+    patience: int | None = option(None, "early stopping: stop once validation accuracy has not improved (by more "
+                                        "than --min-delta) for this many epochs; the best epoch is tested as "
+                                        "always (default: train every epoch)", metavar="EPOCHS")
+    min_delta: float | None = option(0.0, "early stopping: the rise in validation accuracy (a fraction: 0.001 is "
+                                          "0.1 points) that counts as an improvement (--patience)", metavar="DELTA")
     batch_size: int = option(64, "training batch size")
     optimizer: str = option("adamw", "one of " + ", ".join(OPTIMIZERS))
     lr: float | None = option(1e-3, "learning rate (every --scheduler but onecycle, whose peak is --max-lr)")
@@ -146,6 +156,13 @@ class TrainConfig:
     name: str | None = option(None, "run folder name (default: time and model)")
     tensorboard: bool = option(False, "also write TensorBoard event files into RUN_DIR/tensorboard "
                                       "(pip install -e '.[tensorboard]')")
+    mlflow: str | None = option(None, "also log to MLflow: the config, every epoch's metrics, the test figures, "
+                                      "report.md and the figures; a tracking URI (http://HOST:PORT, file:PATH, "
+                                      "sqlite:///FILE) or, bare, MLflow's own default (MLFLOW_TRACKING_URI, else "
+                                      "its local store) (pip install -e '.[mlflow]')", metavar="URI")
+    mlflow_experiment: str | None = option(None, "the MLflow experiment (--mlflow; default: MLFLOW_EXPERIMENT_NAME, "
+                                                 "else fmnist; a sweep's runs: sweep NAME, a study's trials: tune "
+                                                 "STUDY)", metavar="NAME")
 
     # The options given explicitly (not from a recipe or the defaults); replace() starts from them.
     given: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
@@ -310,6 +327,13 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
             parse_duration(config.time_budget)
         except ValueError as error:
             raise ConfigError(f"--time-budget {config.time_budget!r}: {error}", "time_budget") from None
+    require(config.patience is None or config.patience >= 1, "patience", "must be at least 1 (epochs)")
+    if config.patience is not None and config.time_budget is None and config.patience > config.epochs - 2:
+        advice = (f"give at most {config.epochs - 2}, or more --epochs" if config.epochs >= 3 else
+                  "early stopping needs --epochs 3 or more")
+        require(False, "patience", f"with --epochs {config.epochs} it could never stop before the last epoch (the "
+                                   f"first epoch sets the mark, then PATIENCE epochs without an improvement); {advice}")
+    require(0 <= config.min_delta < 1, "min_delta", "must be in [0, 1) (accuracy is a fraction)")
     require(config.batch_size >= 1, "batch_size", "must be at least 1")
     require(config.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
     require(config.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}")
@@ -342,6 +366,11 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
     require(config.limit_batches is None or config.limit_batches >= 1, "limit_batches", "must be at least 1")
     require(0 <= config.seed <= MAX_SEED, "seed", "must be in 0..2**64-1")
     require(0 <= config.split_seed <= MAX_SEED, "split_seed", "must be in 0..2**64-1")
+    for name in ("mlflow", "mlflow_experiment"):
+        value = getattr(config, name)
+        require(value is None or (value.strip() != "" and value.isprintable()), name,
+                "must not be empty (bare --mlflow is MLflow's own default store)" if name == "mlflow" else
+                "must be a non-empty name")
     for name in ("out", "name", "data_dir"):
         value = getattr(config, name)
         require(value is None or (value.strip() != "" and "\0" not in value), name, "must be a non-empty path")

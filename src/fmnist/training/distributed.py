@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fmnist.data.loader import TensorLoader
 from fmnist.errors import ConfigError, FmnistError
-from fmnist.faults import StopRequest, TrainingInterrupted
+from fmnist.faults import StopRequest, StopTraining, TrainingInterrupted
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import EpochRecorder
 from fmnist.training.runtime import resolve_device
@@ -251,14 +251,14 @@ class DistributedRecorder:
         # fit logs this same row after recording it, so the log shows the whole batch's numbers too.
         row.update(train_loss=loss_sum / images, train_accuracy=correct / images, seconds=seconds.item(),
                    images_per_second=images / seconds.item() if seconds.item() > 0 else 0.0)
-        if self.recorder is not None:
-            self.recorder.end_epoch(row, learning_rates, is_best)
-        else:
+        if self.recorder is None:
             self.own_history.append(row)
+        # Rank 0 records; its errors, and a callback's StopTraining, reach every process.
+        on_main(self.group, lambda: self.recorder.end_epoch(row, learning_rates, is_best))
 
 
 # Errors that every process re-raises when one raised them; anything else is a bug, passed on as such.
-SHARED_ERRORS = (FmnistError, TrainingInterrupted, OSError)
+SHARED_ERRORS = (FmnistError, TrainingInterrupted, OSError, StopTraining)
 
 
 def attempt(work: Callable[[], Result]) -> tuple[Result | None, BaseException | None]:
