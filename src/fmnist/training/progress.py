@@ -82,7 +82,7 @@ class TrainingProgress:
         total = self.last_epoch_steps if self.epoch == self.epochs and self.last_epoch_steps else self.steps_per_epoch
         # leave=False: the epoch's line takes the bar's place when the epoch ends.
         self.bar = auto_tqdm(total=total, desc=f"epoch {self.epoch}/{self.epochs}", leave=False, file=self.stream,
-                             bar_format=BAR_FORMAT, dynamic_ncols=True)
+                             bar_format=BAR_FORMAT, dynamic_ncols=True, mininterval=REFRESH_SECONDS)
 
     def step(self, loss: torch.Tensor, images: int) -> None:
         """After each training step (the loop's `on_step`)."""
@@ -95,8 +95,7 @@ class TrainingProgress:
         if now - self.shown_at >= REFRESH_SECONDS or self.bar.n == self.bar.total:
             self.shown_at = now
             speed = self.images / (now - self.started) if now > self.started else 0.0
-            self.bar.set_postfix_str(f"loss {self.loss_sum.item() / self.images:.4f}  {speed:,.0f} img/s",
-                                     refresh=False)
+            self.bar.set_postfix_str(f"loss {self.loss_sum.item() / self.images:.4f}  {speed:,.0f} img/s")
         if self.bar.n >= self.bar.total:
             self.close_bar()
 
