@@ -66,14 +66,33 @@ def require_mlflow():
 
 @contextmanager
 def briefly_patient() -> Iterator[None]:
-    """MLflow's HTTP settings for one of fmnist's calls: BRIEF_HTTP, where the user set nothing."""
+    """MLflow's HTTP settings for one of fmnist's calls: BRIEF_HTTP, where the user set nothing. The
+    HTTP library's warning per retry is dropped meanwhile: fmnist says in one line what failed."""
     added = {name: value for name, value in BRIEF_HTTP.items() if name not in os.environ}
     os.environ.update(added)
+    retries = logging.getLogger("urllib3.connectionpool")
+    retries.addFilter(drop_record)
     try:
         yield
     finally:
+        retries.removeFilter(drop_record)
         for name in added:
             os.environ.pop(name, None)
+
+
+def drop_record(record: logging.LogRecord) -> bool:
+    return False
+
+
+def why(error: BaseException) -> str:
+    """What went wrong, short: the system's reason for a failed connection ("Connection refused"),
+    else the error's first line (MLflow wraps the first in a long line of retries and URLs)."""
+    text = str(error)
+    for reason in ("Connection refused", "timed out", "Name or service not known", "No route to host",
+                   "Temporary failure in name resolution", "Connection reset by peer"):
+        if reason in text:
+            return reason.lower()
+    return one_line_reason(error)
 
 
 @dataclass(frozen=True)
@@ -142,7 +161,7 @@ def connect(config: TrainConfig, run_path: Path | None = None) -> MlflowTarget:
     except ConfigError:
         raise
     except Exception as error:  # MLflow's own, or the HTTP library's: the store's first line says which
-        raise ConfigError(f"--mlflow {uri}: cannot log there ({one_line_reason(error)}); start the tracking "
+        raise ConfigError(f"--mlflow {uri}: cannot log there ({why(error)}); start the tracking "
                           "server or correct the URI; nothing was trained", "mlflow") from None
 
 
@@ -183,7 +202,7 @@ class MlflowLog:
                                       tags=[RunTag(name, value) for name, value in tags.items()])
         except Exception as error:
             raise ConfigError(f"--mlflow {self.target.tracking_uri}: cannot start a run there "
-                              f"({one_line_reason(error)}); nothing was trained", "mlflow") from None
+                              f"({why(error)}); nothing was trained", "mlflow") from None
         saved = read_saved_config(self.run_path)
         saved["mlflow"] = {**asdict(self.target), "run_id": run_id}
         atomic_write_json(self.run_path / "config.json", saved)
@@ -205,7 +224,7 @@ class MlflowLog:
             with briefly_patient():
                 work()
         except Exception as error:
-            self.lost = one_line_reason(error)
+            self.lost = why(error)
             logger.warning("MLflow: cannot log to %s any more (%s); training goes on, and %s keeps the complete "
                            "record (a --resume logs what MLflow missed)", self.target.tracking_uri, self.lost,
                            self.run_path)
