@@ -66,15 +66,22 @@ def require_mlflow():
 
 @contextmanager
 def briefly_patient() -> Iterator[None]:
-    """MLflow's HTTP settings for one of fmnist's calls: BRIEF_HTTP, where the user set nothing. The
-    HTTP library's warning per retry is dropped meanwhile: fmnist says in one line what failed."""
+    """MLflow's HTTP settings for one of fmnist's calls: BRIEF_HTTP, where the user set nothing.
+
+    Meanwhile the HTTP library's warning per retry is dropped (fmnist says in one line what failed),
+    and so is MLflow's INFO chatter ("Creating initial MLflow database tables..."), which MLflow's own
+    stderr handler would print past the CLI's rule that other libraries' INFO stays silent.
+    """
     added = {name: value for name, value in BRIEF_HTTP.items() if name not in os.environ}
     os.environ.update(added)
-    retries = logging.getLogger("urllib3.connectionpool")
+    retries, chatter = logging.getLogger("urllib3.connectionpool"), logging.getLogger("mlflow")
     retries.addFilter(drop_record)
+    level = chatter.level
+    chatter.setLevel(max(level, logging.WARNING))
     try:
         yield
     finally:
+        chatter.setLevel(level)
         retries.removeFilter(drop_record)
         for name in added:
             os.environ.pop(name, None)

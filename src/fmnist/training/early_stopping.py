@@ -36,5 +36,6 @@ class EarlyStopping:
         if best_row is None or waited < self.patience:
             return None
         by = f" by more than {self.min_delta:g}" if self.min_delta > 0 else ""
-        return (f"validation accuracy has not improved{by} for {waited} epochs (--patience {self.patience}; "
+        epochs = "1 epoch" if waited == 1 else f"{waited} epochs"
+        return (f"validation accuracy has not improved{by} for {epochs} (--patience {self.patience}; "
                 f"{best_row['val_accuracy']:.4f} at epoch {best_row['epoch']})")
