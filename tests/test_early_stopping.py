@@ -57,6 +57,13 @@ def test_the_stop_is_decided_from_the_history_alone(accuracies, patience, min_de
         assert f"--patience {patience}" in reason and "not improved" in reason
 
 
+@pytest.mark.parametrize("arguments", [(0,), (-1,), (1.5,), (True,), ("2",), (None,), (1, -0.1), (1, 1.0),
+                                       (1, math.nan), (1, "0.1"), (1, True)])
+def test_bad_early_stopping_arguments_are_config_errors(arguments):
+    with pytest.raises(fmnist.ConfigError, match=r"EarlyStopping\((patience|min_delta)="):
+        EarlyStopping(*arguments)
+
+
 def test_a_run_stops_after_patience_and_finishes_like_any_other(tiny_data, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="fmnist"):
         result = train(tiny_config(tiny_data, tmp_path, "stops", patience=2, min_delta=NEVER_BETTER))

@@ -232,3 +232,29 @@ def test_bad_mlflow_values_are_config_errors():
         TrainConfig(mlflow=3)
     with pytest.raises(fmnist.ConfigError, match="only --mlflow logs to an experiment"):
         TrainConfig(mlflow_experiment="x")
+
+
+def test_a_study_logs_its_trials_into_one_experiment(tiny_data, tmp_path, store):
+    pytest.importorskip("optuna", reason="the optional extra: pip install -e '.[tune]'")
+    (tmp_path / "space.toml").write_text("[max_lr]\nlow = 0.001\nhigh = 0.01\nlog = true\n")
+    args = tiny_train_args(tiny_data, tmp_path / "runs", "unused", epochs=1)
+    args = [arg for index, arg in enumerate(args) if arg != "--name" and args[index - 1] != "--name"]
+    status = main(["tune", *args[1:], "--space", str(tmp_path / "space.toml"), "--trials", "2",
+                   "--storage", f"journal:{tmp_path / 'search.log'}", "--study", "search", "--mlflow", store])
+    assert status == 0
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("tune search").experiment_id])
+    assert sorted(run.info.run_name for run in runs) == ["trial-0000", "trial-0001"]
+
+
+def test_a_run_stopped_by_ctrl_c_is_killed_in_mlflow_and_resumed_there(tiny_data, tmp_path, store):
+    args = [*tiny_train_args(tiny_data, tmp_path, "interrupted"), "--mlflow", store]
+    stopped = fmnist_process(args, kill_at="train-step:6:SIGINT", timeout=300)  # in epoch 2
+    assert stopped.returncode == 130, stopped.stderr
+    record = mlflow_record(tmp_path / "interrupted")
+    client = MlflowClient(store)
+    assert client.get_run(record["run_id"]).info.status == "KILLED"
+    resumed = fmnist_process(["train", "--resume", str(tmp_path / "interrupted")], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"
+    assert_histories_equal_metrics_csv(client, record["run_id"], tmp_path / "interrupted")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fmnist.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class EarlyStopping:
@@ -19,6 +21,15 @@ class EarlyStopping:
 
     patience: int
     min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise ConfigError(f"EarlyStopping(patience={self.patience!r}): must be a whole number of epochs, at "
+                              "least 1", "patience")
+        if (isinstance(self.min_delta, bool) or not isinstance(self.min_delta, (int, float))
+                or not 0 <= self.min_delta < 1):
+            raise ConfigError(f"EarlyStopping(min_delta={self.min_delta!r}): must be a number in [0, 1) "
+                              "(accuracy is a fraction)", "min_delta")
 
     def epochs_without_improvement(self, history: list[dict]) -> tuple[int, dict | None]:
         """How many epochs since the last improvement, and the row that improved last."""
