@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 import torch
 
 from conftest import tiny_train_args
@@ -134,3 +135,24 @@ def test_the_cli_draws_the_bar_on_a_terminal_and_keeps_its_epoch_lines(tiny_data
     lines = child.stdout.splitlines()
     assert "\r" not in child.stdout
     assert [line.split("  ")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_a_notebook_gets_a_notebook_bar_and_the_epoch_lines(tiny_data, tmp_path):
+    """A real Jupyter kernel (with ipywidgets): tqdm's widget per epoch, and the lines as plain output."""
+    pytest.importorskip("ipywidgets", reason="the notebook extra: pip install -e '.[notebook]'")
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(
+        "from fmnist import TrainConfig, train\n"
+        f"train(TrainConfig(epochs=2, batch_size=50, val_size=100, limit_batches=2, data_dir={str(tiny_data)!r}, "
+        f"allow_unverified_data=True, out={str(tmp_path)!r}, device='cpu'), progress=True)\n"
+        "None")]
+    NotebookClient(notebook, timeout=240, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    widgets = [output for output in outputs if "application/vnd.jupyter.widget-view+json" in output.get("data", {})]
+    assert [widget["data"]["text/plain"].split("  ")[0] for widget in widgets] == ["epoch 1/2", "epoch 2/2"]
+    lines = "".join(output["text"] for output in outputs if output.get("name") == "stdout").splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert not [output for output in outputs if output.get("name") == "stderr"]  # no warning, nothing in red

@@ -4,7 +4,7 @@ The training loop draws nothing itself. `TrainingProgress` travels with it: its 
 training batches (a bar opens when an epoch starts and closes when it ends), `step()` is the loop's
 `on_step` (the running loss and images/s), and `log_epoch()` sits with the run's other loggers.
 
-Where the bar goes: a notebook gets tqdm's notebook widget (tqdm.autonotebook picks it); elsewhere a bar is
+Where the bar goes: a notebook gets tqdm's notebook widget (with ipywidgets installed); elsewhere a bar is
 drawn only on a terminal, never into a file or a pipe, where carriage-return bars would fill the log.
 The epoch lines are written only when `logging` does not already show them (the CLI's handler, a
 `logging.basicConfig(level=logging.INFO)`), so `train(config, progress=True)` shows them with no set-up
@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 
 import torch
-from tqdm.autonotebook import tqdm as auto_tqdm  # the notebook widget in Jupyter, else tqdm.std's
 from tqdm.std import tqdm as terminal_tqdm
 
 from fmnist.training.loop import format_epoch
@@ -31,9 +31,20 @@ REFRESH_SECONDS = 0.5
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| step {n_fmt}/{total_fmt}{postfix}  {remaining} left"
 
 
+def bar_class() -> type:
+    """tqdm's notebook widget in a Jupyter kernel with ipywidgets, else the terminal bar.
+
+    Chosen when a bar is asked for, not when fmnist is imported: tqdm warns on import in a kernel
+    without ipywidgets, and that kernel simply gets no bar (its stderr is no terminal), only the lines.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from tqdm.autonotebook import tqdm
+    return tqdm
+
+
 def in_notebook() -> bool:
-    """tqdm chose the notebook widget (a Jupyter kernel with ipywidgets)."""
-    return auto_tqdm is not terminal_tqdm
+    return bar_class() is not terminal_tqdm
 
 
 def can_draw_bar(stream) -> bool:
@@ -81,7 +92,7 @@ class TrainingProgress:
             return
         total = self.last_epoch_steps if self.epoch == self.epochs and self.last_epoch_steps else self.steps_per_epoch
         # leave=False: the epoch's line takes the bar's place when the epoch ends.
-        self.bar = auto_tqdm(total=total, desc=f"epoch {self.epoch}/{self.epochs}", leave=False, file=self.stream,
+        self.bar = bar_class()(total=total, desc=f"epoch {self.epoch}/{self.epochs}", leave=False, file=self.stream,
                              bar_format=BAR_FORMAT, dynamic_ncols=True, mininterval=REFRESH_SECONDS)
 
     def step(self, loss: torch.Tensor, images: int) -> None:
