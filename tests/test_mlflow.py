@@ -258,3 +258,18 @@ def test_a_run_stopped_by_ctrl_c_is_killed_in_mlflow_and_resumed_there(tiny_data
     assert resumed.returncode == 0, resumed.stderr
     assert client.get_run(record["run_id"]).info.status == "FINISHED"
     assert_histories_equal_metrics_csv(client, record["run_id"], tmp_path / "interrupted")
+
+
+def test_a_damaged_mlflow_record_is_one_line_on_resume(tiny_data, tmp_path, store):
+    def crash(row: dict) -> None:
+        raise RuntimeError("a crash after epoch 1 was saved")
+
+    with pytest.raises(RuntimeError):
+        train(tiny_config(tiny_data, tmp_path, "damaged", mlflow=store), after_epoch=crash)
+    saved = json.loads((tmp_path / "damaged" / "config.json").read_text())
+    saved["mlflow"] = {"tracking_uri": store}
+    (tmp_path / "damaged" / "config.json").write_text(json.dumps(saved))
+    import fmnist
+
+    with pytest.raises(fmnist.CheckpointError, match='its "mlflow" record is damaged'):
+        resume(tmp_path / "damaged")

@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from fmnist.data.fashion import CLASS_NAMES
-from fmnist.errors import ConfigError, one_line_reason
+from fmnist.errors import CheckpointError, ConfigError, one_line_reason
 from fmnist.faults import TrainingInterrupted
 from fmnist.files import atomic_write_json
 from fmnist.runs.folder import read_saved_config
@@ -157,6 +157,11 @@ def connect(config: TrainConfig, run_path: Path | None = None) -> MlflowTarget:
     from mlflow import MlflowClient
 
     saved = read_saved_config(run_path).get("mlflow") if run_path is not None else None
+    if saved is not None and not (isinstance(saved, dict) and all(
+            isinstance(saved.get(key), str) for key in ("tracking_uri", "experiment_id", "run_id"))):
+        raise CheckpointError(f"{run_path}/config.json: its \"mlflow\" record is damaged (it should hold "
+                              "tracking_uri, experiment_id and run_id); restore it, or delete it to log to a new "
+                              "MLflow run")
     uri = saved["tracking_uri"] if saved else tracking_uri(config.mlflow)
     try:
         with briefly_patient():
