@@ -9,11 +9,11 @@ ARGS ?=
 .PHONY: setup data browser train test lint screenshot clean
 
 # Reinstall when the project's metadata changes; the package itself is installed editable, with the
-# optional extras (ONNX export, TensorBoard, serve, Optuna for `fmnist tune`, pandas for load_runs) so that
-# their tests run too.
+# optional extras (ONNX export, TensorBoard, serve, Optuna for `fmnist tune`, pandas for load_runs, MLflow) so
+# that their tests run too.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,serve,tune,pandas]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,serve,tune,pandas,mlflow]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -203,7 +203,8 @@ def test_bf16_on_mps_needs_macos_14_and_fp16_needs_cuda(monkeypatch):
 def test_tf32_is_a_setting_of_cuda_runs(tiny_data):
     assert TrainConfig().tf32 is True and TrainConfig(tf32=False).tf32 is False
     assert TrainConfig(device="cpu").tf32 is None  # not used there, and recorded so
-    with pytest.raises(ConfigError, match=r"TrainConfig\(tf32=False\): ignored by these settings: TF32 is a CUDA GPU's"):
+    with pytest.raises(ConfigError,
+                       match=r"TrainConfig\(tf32=False\): ignored by these settings: TF32 is a CUDA GPU's"):
         TrainConfig(device="cpu", tf32=False)
 
 

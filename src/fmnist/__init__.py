@@ -30,6 +30,7 @@ from fmnist.data.loader import TensorLoader, normalize
 from fmnist.data.splits import DataSplits, Split, load_splits
 from fmnist.errors import ArgumentTypeError, CheckpointError, ConfigError, DataError, FmnistError
 from fmnist.experiment import RunResult, resume, train
+from fmnist.faults import StopTraining
 from fmnist.inference import (
     CheckpointEvaluation,
     Prediction,
@@ -44,6 +45,7 @@ from fmnist.models.layers import LearnedAffine
 from fmnist.results import History, Run, load_run, load_runs
 from fmnist.training.build import Training, build_training
 from fmnist.training.config import TrainConfig
+from fmnist.training.early_stopping import EarlyStopping
 from fmnist.training.loop import EvalResult, Optimization, evaluate, fit, train_one_epoch
 from fmnist.training.recipes import Recipe, list_recipes
 from fmnist.version import __version__
@@ -56,6 +58,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataSplits",
+    "EarlyStopping",
     "EvalResult",
     "FmnistError",
     "History",
@@ -69,6 +72,7 @@ __all__ = [
     "RunResult",
     "STD",
     "Split",
+    "StopTraining",
     "TensorLoader",
     "TrainConfig",
     "TrainedModel",

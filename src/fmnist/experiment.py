@@ -2,7 +2,7 @@
 
 This is the wiring between data, model, loop and run folder; the loop itself is training/loop.py.
 Nothing is printed: progress goes to the `fmnist` loggers (the CLI shows them), and a progress bar
-is drawn only with `progress=True`.
+and the epochs' lines are shown only with `progress=True` (training/progress.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from fmnist.arguments import (
     check_type,
     invalid,
     named,
+    setting,
 )
 from fmnist.data.splits import DataSplits, load_splits
 from fmnist.errors import ConfigError, FmnistError, one_line_reason
@@ -33,6 +35,7 @@ from fmnist.faults import StopRequest, TrainingInterrupted, stop_after_step
 from fmnist.files import atomic_write_json, check_writable, exclusive_lock
 from fmnist.models import count_parameters, create_model
 from fmnist.models.registry import model_origin
+from fmnist.reports.mlflow_log import MlflowLog, MlflowTarget, connect, ends_with_the_run, require_mlflow
 from fmnist.reports.report import write_report
 from fmnist.reports.tensorboard_log import TensorBoardLog, require_tensorboard
 from fmnist.results import Run, read_run
@@ -61,8 +64,9 @@ from fmnist.training.distributed import (
     together,
     wrap_model,
 )
+from fmnist.training.early_stopping import EarlyStopping
 from fmnist.training.loop import EpochRecorder, NonFiniteLossError, evaluate, fit
-from fmnist.training.progress import WithProgress
+from fmnist.training.progress import TrainingProgress
 from fmnist.training.runtime import (
     Precision,
     check_precision,
@@ -79,17 +83,28 @@ logger = logging.getLogger(__name__)
 RunResult = Run  # the name train() and resume() returned before they returned the whole Run
 
 
+@dataclass
+class Asked:
+    """What the caller of train() or resume() asked for besides the config."""
+
+    progress: bool = False
+    after_epoch: Callable[[dict], None] | None = None
+    mlflow: MlflowTarget | None = None  # the store, reached before anything was trained
+
+
 def train(config: TrainConfig, *, progress: bool = False, details: dict | None = None,
           after_epoch: Callable[[dict], None] | None = None) -> Run:
     """Train `config` in a new run folder, validate every epoch, then test the best epoch's weights once.
 
     Returns the finished Run (fmnist.results): its config, history, summary, model, and test figures.
 
-    `progress` draws a bar per epoch on stderr. `details` (e.g. the command that started the run)
-    are recorded in config.json. `after_epoch(row)` is called once each epoch is saved (it may
-    raise to stop the run). Stops with TrainingInterrupted on Ctrl-C or SIGTERM (the folder can
-    be resumed) and NonFiniteLossError when the loss turns NaN. Under torchrun every process calls
-    this; rank 0 alone writes the folder, and every process returns the same result.
+    `progress` draws a bar within each epoch (on a terminal or in a notebook) and shows each epoch's
+    line. `details` (e.g. the command that started the run) are recorded in config.json.
+    `after_epoch(row)` is called once each epoch is saved: raising fmnist.StopTraining ends training
+    there and the run finishes (tested, reported); any other exception leaves it stopped. Stops with
+    TrainingInterrupted on Ctrl-C or SIGTERM (the folder can be resumed) and NonFiniteLossError when
+    the loss turns NaN. Under torchrun every process calls this; rank 0 alone writes the folder, and
+    every process returns the same result.
     """
     started = time.perf_counter()
     check_train_arguments(config, progress, details, after_epoch)
@@ -97,12 +112,15 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
     config.check_files()
     if config.tensorboard:
         require_tensorboard()  # fail now, not after training
+    if config.mlflow:
+        require_mlflow()
     with join_processes(config) as group:  # None in one process, see training/distributed.py
         device = group.device if group else resolve_device(config.device)
         check_device_options(config, device)
         data = together(group, lambda: load_data(config))
         check_batch_statistics(config, len(data.train), group.world_size if group else 1)
         resolved = resolve_run(config, data, device, group)
+        mlflow = on_main(group, lambda: connect(config)) if config.mlflow else None  # before the folder exists
         path = on_main(group, lambda: create_run_folder(config))
         with main_holds_lock(path, "run folder", group):
             try:
@@ -112,7 +130,8 @@ def train(config: TrainConfig, *, progress: bool = False, details: dict | None =
                     "resolved": resolved, **({"processes": group.world_size} if group else {}),
                     "model_origin": model_origin(config.model),  # what a new process imports to rebuild it
                 }))
-                return run(path, config, data, device, None, progress, started, group, after_epoch)
+                return run(path, config, data, device, None, Asked(progress, after_epoch, mlflow), started,
+                           group)
             except Exception as error:
                 # Kept: a diverged run (a result worth keeping, a sweep's too-high rate) and a stopped one
                 # (`--resume` starts it again); anything else that recorded nothing leaves nothing behind.
@@ -137,6 +156,8 @@ def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> Run:
     config = config_to_resume(path, changes)
     if config.tensorboard:
         require_tensorboard()
+    if config.mlflow:
+        require_mlflow()
     with join_processes(config) as group:
         # A read-only folder fails now, not after an epoch of training.
         on_main(group, lambda: check_writable(path, argument("run_dir", path, "resume")))
@@ -145,7 +166,8 @@ def resume(run_dir: str | Path, *, progress: bool = False, **changes) -> Run:
         with main_holds_lock(path, argument("run_dir", path, "resume"), group):
             on_main(group, lambda: remove_leftovers(path, checkpoints_too=False))
             data = together(group, lambda: load_data(config))
-            return run(path, config, data, device, path, progress, started, group)
+            mlflow = on_main(group, lambda: connect(config, path)) if config.mlflow else None
+            return run(path, config, data, device, path, Asked(progress, mlflow=mlflow), started, group)
 
 
 # config.json's keys that train() writes itself: `details` may not replace them.
@@ -197,6 +219,10 @@ def resolve_run(config: TrainConfig, data: DataSplits, device: torch.device, gro
             raise invalid("time_budget", config.time_budget, "not under torchrun yet (each process would measure "
                           f"its own plan); give {named('epochs')}")
         plan = plan_time_budget(config, data.train.to(device), data.val.to(device), data.test.to(device))
+        if config.patience is not None and config.patience > plan.epochs - 2:
+            raise invalid("patience", config.patience, f"{setting('time_budget', config.time_budget)} plans "
+                          f"{plan.epochs} epochs on this machine, so early stopping could never stop before the "
+                          f"last; give a smaller {named('patience')} or a longer budget")
     precision = choose_precision(config.amp, device)
     return {"amp": precision.amp, "amp_reason": precision.reason, "time_plan": plan.to_dict() if plan else None}
 
@@ -243,8 +269,7 @@ def data_record(data: DataSplits) -> dict:
 
 
 def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device, resume_from: Path | None,
-        progress: bool, started: float, group: Processes | None = None,
-        after_epoch: Callable[[dict], None] | None = None) -> Run:
+        asked: Asked, started: float, group: Processes | None = None) -> Run:
     """Build, restore (when resuming), fit, then test best.pt and write the summary and report."""
     resolved = on_main(group, lambda: resolved_at_start(path, config, device))
     plan = TimePlan.from_dict(resolved["time_plan"]) if resolved["time_plan"] else None
@@ -263,35 +288,47 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
         on_main(group, lambda: remove_leftovers(path))  # after every process restored: see restore_run
         on_main(group, lambda: record_resume(path, data, device, resolved))
         logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, epochs)
-    tensorboard = recorder = None
-    if is_main(group):  # the process that writes the run folder (the only one without torchrun)
-        tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
-        recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
-                               also=[tensorboard] if tensorboard else [], after_epoch=after_epoch, resolved=resolved,
-                               started=started, earlier_seconds=earlier_seconds(point.history))
+    early_stopping = EarlyStopping(config.patience, config.min_delta) if config.patience is not None else None
     network, train_batches = training.model, training.train_loader
     if group is not None:  # one of several processes: see training/distributed.py
         network = wrap_model(training.model, group, config.sync_bn)
         training.model = network.module
         train_batches = ShardedBatches(training.train_loader, group)
+    progress = tensorboard = mlflow = recorder = None
+    if is_main(group):  # the process that writes the run folder (the only one without torchrun)
+        if asked.progress:
+            progress = TrainingProgress(epochs, len(train_batches), len(point.history) + 1,
+                                        plan.last_epoch_steps if plan else None)
+            train_batches = progress.batches(train_batches)
+        tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
+        mlflow = MlflowLog(asked.mlflow, path, config, resolved, point.history) if asked.mlflow else None
+        recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
+                               also=[log for log in (tensorboard, mlflow, progress) if log is not None],
+                               after_epoch=asked.after_epoch, resolved=resolved, started=started,
+                               earlier_seconds=earlier_seconds(point.history))
+    run_recorder = recorder
+    if group is not None:
         recorder = DistributedRecorder(group, recorder, point.history, train_batches.images_per_epoch())
     logger.info("run: %s  model %s (%s parameters) on %s%s, %s", path, config.model,
                 f"{count_parameters(training.model):,}", device, f" x {group.world_size} processes" if group else "",
                 run_settings(resolved, config, device))
-    if progress:
-        train_batches = WithProgress(train_batches, epochs, len(point.history) + 1)
+    if early_stopping is not None and early_stopping_costs(config, training, plan, epochs):
+        logger.info("%s", early_stopping_costs(config, training, plan, epochs))
     # A compiled model shares the original's parameters; checkpoints keep saving the original.
     network = torch.compile(network) if config.compile else network
-    with stop_after_step() as stop:
+    with stop_after_step() as stop, ends_with_the_run(mlflow):
         try:
             fit_started = time.perf_counter()
             history = fit(network, train_batches, training.val_loader, training.optimization, epochs,
                           flip_tta=config.tta_flip, recorder=recorder, stop=agreed_stop(stop, group),
-                          last_epoch_steps=plan.last_epoch_steps if plan else None)
+                          last_epoch_steps=plan.last_epoch_steps if plan else None, early_stopping=early_stopping,
+                          on_step=progress.step if progress else None)
             budget = budget_record(plan, time.perf_counter() - fit_started, history,
                                    resumed=resume_from is not None)
             return on_main(group, lambda: finish(path, config, data, device, training, history, stop, tensorboard,
-                                                 started - earlier_seconds(point.history), budget))
+                                                 started - earlier_seconds(point.history),
+                                                 {**budget, **stop_record(history, epochs, run_recorder,
+                                                                          early_stopping)}, mlflow))
         except TrainingInterrupted as interruption:
             raise interrupted(path, recorder, interruption, stop) from None
         except NonFiniteLossError as error:
@@ -321,6 +358,31 @@ def earlier_seconds(history: list[dict]) -> float:
     return sum((row.get("seconds") or 0.0) + (row.get("eval_seconds") or 0.0) for row in history)
 
 
+def early_stopping_costs(config: TrainConfig, training: Training, plan: TimePlan | None, epochs: int) -> str | None:
+    """What a stop before the last epoch gives up, when it gives up more than the epochs: a time
+    budget's remaining time, or a schedule planned to the last step (it never comes down)."""
+    if plan is not None:
+        return (f"--patience {config.patience}: a stop before the {epochs} epochs that --time-budget "
+                f"{config.time_budget} planned leaves the rest of the budget unused, and the learning-rate schedule "
+                "ends where training stops, before its lowest rates; the best epoch is tested as always")
+    if training.optimization.scheduler_interval == "batch":
+        return (f"--patience {config.patience}: the {config.scheduler} schedule is planned over {epochs} epochs; a "
+                "stop before then ends it partway, before its learning rate has come down; the best epoch is "
+                "tested as always")
+    return None
+
+
+def stop_record(history: list[dict], epochs: int, recorder: RunRecorder | None,
+                early_stopping: EarlyStopping | None) -> dict:
+    """summary.json's account of a run that stopped before its last epoch, and why; {} for the others."""
+    if len(history) >= epochs:
+        return {}
+    reason = (recorder.stop_requested if recorder is not None else None) or (
+        early_stopping.reason_to_stop(history) if early_stopping is not None else None)
+    return {"epochs_planned": epochs,
+            "stopped_early": reason or "after_epoch asked to stop (before the run was resumed)"}
+
+
 def budget_record(plan: TimePlan | None, fit_seconds: float, history: list[dict], resumed: bool) -> dict:
     """summary.json's account of a time budget: what was planned, and (for a run that never stopped)
     the time it took, measuring included; the final test evaluation comes after and is not in it.
@@ -338,8 +400,9 @@ def budget_record(plan: TimePlan | None, fit_seconds: float, history: list[dict]
 
 def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.device, training: Training,
            history: list[dict], stop: StopRequest, tensorboard: TensorBoardLog | None, started: float,
-           budget: dict) -> Run:
-    """After the last epoch: test best.pt once, then write the summary and the report.
+           more: dict, mlflow: MlflowLog | None = None) -> Run:
+    """After the last epoch: test best.pt once, then write the summary and the report. `more` goes
+    into summary.json too (a time budget's account, an early stop).
 
     `started` is when the run started, earlier parts of a resumed run included, so that wall_seconds
     is the whole run's."""
@@ -361,7 +424,7 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
         "wall_seconds": wall_seconds,
         "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
         "device": str(device),
-        **budget,
+        **more,
     })
     report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std,
                                {"directory": str(data.directory), "verified": data.verified})
@@ -369,6 +432,8 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
     if tensorboard is not None:
         tensorboard.log_confusion_matrix(test, best_epoch)
         tensorboard.close()
+    if mlflow is not None:
+        mlflow.finish(test, best_epoch, more.get("stopped_early"))
     return read_run(path)
 
 

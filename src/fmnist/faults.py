@@ -16,6 +16,10 @@ at one point (`P:1:SIGINT,P:1:SIGINT` is a first and a second Ctrl-C). A sweep's
 at `sweep-job-started` the signal goes to the job just started, not to the sweep. `fmnist tune`
 visits `tune-start` before its first trial and `tune-end` after its last. Unset (always,
 outside tests) it does nothing.
+
+A stop that finishes the run: `StopTraining`, raised by an `after_epoch` callback once the epoch is
+saved, ends training there, and the run is tested and reported like any other (early stopping ends
+runs the same way).
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ from contextlib import contextmanager
 
 KILL_AT_VARIABLE = "FMNIST_KILL_AT"
 _points_reached: Counter = Counter()  # only ever counts while FMNIST_KILL_AT is set
+
+
+class StopTraining(Exception):
+    """Raised by `train(..., after_epoch=...)`'s callback to end training after the epoch just saved:
+    the run then finishes (the best epoch is tested, report.md says why it stopped). Its message is
+    the reason recorded; any other exception leaves the run stopped and resumable instead."""
 
 
 def kill_point(point: str, process_id: int | None = None) -> None:

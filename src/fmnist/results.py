@@ -138,6 +138,12 @@ class Run:
         return self.history[-1].get("wall_seconds") if self.history else None
 
     @property
+    def stopped_early(self) -> str | None:
+        """Why training ended before its last epoch (early stopping, or a callback's StopTraining); else None."""
+        reason = self.summary.get("stopped_early")
+        return reason if isinstance(reason, str) else None
+
+    @property
     def parameters(self) -> int | None:
         count = self.summary.get("parameters")
         return count if isinstance(count, int) and not isinstance(count, bool) else None
@@ -171,7 +177,8 @@ class Run:
 
     def checkpoint(self, which: str) -> Path:
         if not isinstance(which, str) or which not in CHECKPOINTS:
-            raise ConfigError(f"Run.checkpoint(which={shown(which)}): give 'best' (the best validation epoch) or 'last'", "which")
+            raise ConfigError(f"Run.checkpoint(which={shown(which)}): "
+                              "give 'best' (the best validation epoch) or 'last'", "which")
         path = self.path / f"{which}.pt"
         if not path.is_file():
             state = "it stopped before its first epoch ended" if not self.history else "the file is missing"

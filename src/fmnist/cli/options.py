@@ -8,10 +8,11 @@ import shlex
 
 from fmnist.errors import ConfigError
 from fmnist.models.resnet import FROM_TORCHVISION_CACHE
-from fmnist.training.config import FIELDS, TrainConfig, declared_type, flag, parse_text
+from fmnist.training.config import FIELDS, MLFLOW_DEFAULT_STORE, TrainConfig, declared_type, flag, parse_text
 
-# Flags whose value may be left out, and what they mean then: `--pretrained` alone is the cache.
-FLAG_DEFAULT_WHEN_BARE = {"pretrained": FROM_TORCHVISION_CACHE}
+# Flags whose value may be left out, and what they mean then: `--pretrained` alone is the cache, `--mlflow`
+# alone MLflow's own default store.
+FLAG_DEFAULT_WHEN_BARE = {"pretrained": FROM_TORCHVISION_CACHE, "mlflow": MLFLOW_DEFAULT_STORE}
 # Fields a re-run should not copy: a fixed --name would collide with the existing run folder.
 NOT_REPEATED = ("name",)
 

@@ -244,6 +244,16 @@ def budget_section(saved: dict, summary: dict) -> list[str]:
             markdown_table(["", ""], rows)]
 
 
+def stop_section(summary: dict) -> list[str]:
+    """Why a run ended before its last epoch (early stopping, or a callback that asked); nothing otherwise."""
+    if not summary.get("stopped_early"):
+        return []
+    return ["## Stopped early",
+            f"Training stopped after epoch {summary.get('epochs', '?')} of {summary.get('epochs_planned', '?')}: "
+            f"{summary['stopped_early']}. The test figures below are those of the best epoch by validation "
+            "accuracy, as for any run."]
+
+
 def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[dict], matrix: torch.Tensor,
                     metrics: dict, figures: dict[str, str], dropout: bool = False) -> str:
     config = saved.get("config", {})
@@ -261,6 +271,7 @@ def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[di
         f"{precision}." + tested_on,
         *rerun_section(saved),
         *budget_section(saved, summary),
+        *stop_section(summary),
         "## Test metrics (best epoch's weights)",
         test_table(summary, metrics),
         "## Observations",

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from fmnist.faults import StopTraining
 from fmnist.runs.checkpoint import checkpoint_state, save_checkpoint
 from fmnist.runs.folder import write_metrics
 from fmnist.training.build import Training
@@ -17,7 +18,8 @@ class RunRecorder:
 
     `history` and `learning_rates` hold what earlier epochs recorded (a resumed run). `also` takes
     other loggers with the same `log_epoch(row, learning_rates)` (TensorBoard). `after_epoch(row)`
-    is called once the epoch is saved, so it may stop the run by raising (a search's pruner does).
+    is called once the epoch is saved: raising StopTraining ends training there and the run finishes
+    (`stop_requested` keeps why); any other exception stops the run unfinished (a search's pruner).
     Each row gets `wall_seconds`: the run's wall time so far, `earlier_seconds` (the parts before a
     resume) plus the time since `started` (a time.perf_counter() reading at the start of this part).
     """
@@ -38,6 +40,7 @@ class RunRecorder:
         self.resolved = resolved  # the run's settled precision and time plan, kept in each checkpoint
         self.started = time.perf_counter() if started is None else started
         self.earlier_seconds = earlier_seconds
+        self.stop_requested: str | None = None
 
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
         """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
@@ -58,4 +61,8 @@ class RunRecorder:
             save_checkpoint(state, self.path / "best.pt")
         save_checkpoint(state, self.path / "last.pt")
         if self.after_epoch is not None:
-            self.after_epoch(row)
+            try:
+                self.after_epoch(row)
+            except StopTraining as request:
+                self.stop_requested = str(request) or "after_epoch asked to stop"
+                raise

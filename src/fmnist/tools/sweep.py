@@ -37,6 +37,7 @@ from fmnist.experiment import resume, train
 from fmnist.faults import StopRequest, TrainingInterrupted, kill_point, stop_after_step
 from fmnist.files import atomic_write_json, exclusive_lock
 from fmnist.reports.compare import compare_grid
+from fmnist.reports.mlflow_log import mlflow_group
 from fmnist.runs.folder import is_run_folder, read_json
 from fmnist.runs.resume import is_finished
 from fmnist.training.config import FIELDS, TrainConfig, build_config, parse_text
@@ -100,7 +101,8 @@ def plan_sweep(
             seed = point.get("seed", base.seed + offset)
             label = ",".join([*(f"{key}={value}" for key, value in point.items() if key != "seed"), f"seed={seed}"])
             name = folder_safe(label)
-            run_overrides = {**overrides, **point, "seed": seed, "out": str(sweep_dir), "name": name}
+            run_overrides = {**overrides, **point, "seed": seed, "out": str(sweep_dir), "name": name,
+                             **mlflow_group(base, f"sweep {sweep_dir.name}")}
             try:
                 planned.append(PlannedRun(name, build_config(config_file, run_overrides)))
             except ConfigError as error:

@@ -55,6 +55,7 @@ from fmnist.experiment import train
 from fmnist.faults import TrainingInterrupted, kill_point
 from fmnist.files import atomic_write_json
 from fmnist.reports import plots
+from fmnist.reports.mlflow_log import mlflow_group
 from fmnist.reports.report import markdown_table
 from fmnist.training.config import FIELDS, build_config, check_type, declared_type, flag, load_toml_file
 from fmnist.training.loop import NonFiniteLossError
@@ -461,6 +462,7 @@ def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: 
             fail_trials_of_gone_workers(optuna, study)
             logger.info("study %s in %s: %d trials so far; this process runs %d; runs in %s", study_name,
                         storage_url, len(study.get_trials(deepcopy=False)), trials, study_dir)
+            overrides = {**overrides, **mlflow_group(base, f"tune {study_name}")}  # one MLflow experiment a study
             objective = objective_for(optuna, study_dir, space, config_file, overrides,
                                       {**(details or {}), "study": study_name, "storage": storage_url})
             kill_point("tune-start")

@@ -44,6 +44,9 @@ AMP_MODES = ("none", "auto", "bf16", "fp16")
 EVAL_BATCH_SIZE = 256
 # Seeds go to torch's generators, which take 64-bit unsigned integers.
 
+# `--mlflow` given bare (`mlflow = "default"` in TOML): MLflow's own default store, MLFLOW_TRACKING_URI first.
+MLFLOW_DEFAULT_STORE = "default"
+
 UNSET = None  # an option left out; resolved to the recipe's value, else the default
 
 
@@ -82,6 +85,8 @@ CONDITIONAL = {
                 lambda: "only models with BatchNorm layers have statistics to synchronize"),
     "tf32": (lambda c: c.device in ("cuda", "auto"),
              lambda: "TF32 is a CUDA GPU's: other devices compute float32 in full"),
+    "min_delta": (lambda c: c.patience is not None, lambda: f"only early stopping ({named('patience')}) uses it"),
+    "mlflow_experiment": (lambda c: c.mlflow is not None, lambda: f"only {named('mlflow')} logs to an experiment"),
     "pretrained": (lambda c: c.model in PRETRAINED_MODELS,
                    lambda: f"only {' or '.join(setting('model', name) for name in PRETRAINED_MODELS)} has "
                            "pretrained weights"),
@@ -99,6 +104,11 @@ class TrainConfig:
                                            "steps are planned from this machine's measured speed so that training "
                                            "and validation end within it, and the schedule ends there",
                                      metavar="DURATION")
+    patience: int | None = option(None, "early stopping: stop once validation accuracy has not improved (by more "
+                                        "than --min-delta) for this many epochs; the best epoch is tested as "
+                                        "always (default: train every epoch)", metavar="EPOCHS")
+    min_delta: float | None = option(0.0, "early stopping: the rise in validation accuracy (a fraction: 0.001 is "
+                                          "0.1 points) that counts as an improvement (--patience)", metavar="DELTA")
     batch_size: int = option(64, "training batch size")
     optimizer: str = option("adamw", "one of " + ", ".join(OPTIMIZERS))
     lr: float | None = option(1e-3, "learning rate: under --scheduler onecycle its peak (it warms up from lr/25 "
@@ -163,6 +173,13 @@ class TrainConfig:
     name: str | None = option(None, "run folder name (default: time and model)")
     tensorboard: bool = option(False, "also write TensorBoard event files into RUN_DIR/tensorboard "
                                       "(pip install -e '.[tensorboard]')")
+    mlflow: str | None = option(None, "also log to MLflow: the config, every epoch's metrics, the test figures, "
+                                      "report.md and the figures; a tracking URI (http://HOST:PORT, file:PATH, "
+                                      "sqlite:///FILE) or, bare, MLflow's own default (MLFLOW_TRACKING_URI, else "
+                                      "its local store) (pip install -e '.[mlflow]')", metavar="URI")
+    mlflow_experiment: str | None = option(None, "the MLflow experiment (--mlflow; default: MLFLOW_EXPERIMENT_NAME, "
+                                                 "else fmnist; a sweep's runs: sweep NAME, a study's trials: tune "
+                                                 "STUDY)", metavar="NAME")
 
     # The options given explicitly (not from a recipe or the defaults); replace() starts from them.
     given: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
@@ -333,6 +350,14 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
             parse_time_budget(config.time_budget)
         except ValueError as error:
             raise invalid("time_budget", config.time_budget, str(error)) from None
+    require(config.patience is None or config.patience >= 1, "patience", "must be at least 1 (epochs)")
+    if config.patience is not None and config.time_budget is None and config.patience > config.epochs - 2:
+        advice = (f"give at most {config.epochs - 2}, or more {named('epochs')}" if config.epochs >= 3 else
+                  f"early stopping needs {setting('epochs', 3)} or more")
+        require(False, "patience", f"with {setting('epochs', config.epochs)} it could never stop before the last "
+                                   "epoch (the first epoch sets the mark, then that many epochs without an "
+                                   f"improvement); {advice}")
+    require(0 <= config.min_delta < 1, "min_delta", "must be in [0, 1) (accuracy is a fraction)")
     require(config.batch_size >= 1, "batch_size", "must be at least 1")
     require(config.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
     require(config.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}")
@@ -365,6 +390,11 @@ def check_ranges(config: SimpleNamespace, given: set[str]) -> None:
     require(config.limit_batches is None or config.limit_batches >= 1, "limit_batches", "must be at least 1")
     require(0 <= config.seed <= MAX_SEED, "seed", "must be in 0..2**64-1")
     require(0 <= config.split_seed <= MAX_SEED, "split_seed", "must be in 0..2**64-1")
+    for name in ("mlflow", "mlflow_experiment"):
+        value = getattr(config, name)
+        require(value is None or (value.strip() != "" and value.isprintable()), name,
+                f"must not be empty (bare {named('mlflow')} is MLflow's own default store)" if name == "mlflow" else
+                "must be a non-empty name")
     for name in ("out", "name", "data_dir", "pretrained"):
         value = getattr(config, name)
         require(value is None or (value.strip() != "" and "\0" not in value), name, "must be a non-empty path")

@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fmnist.arguments import invalid, named, setting
 from fmnist.data.loader import TensorLoader
 from fmnist.errors import FmnistError
-from fmnist.faults import StopRequest, TrainingInterrupted
+from fmnist.faults import StopRequest, StopTraining, TrainingInterrupted
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import EpochRecorder
 from fmnist.training.runtime import resolve_device, rng_state
@@ -258,13 +258,14 @@ class DistributedRecorder:
         dist.gather_object(rng_state(self.group.device), states, dst=0, group=self.group.messages)
         if self.recorder is not None:
             self.recorder.rank_rng = states
-            self.recorder.end_epoch(row, learning_rates, is_best)
         else:
             self.own_history.append(row)
+        # Rank 0 records; its errors, and a callback's StopTraining, reach every process.
+        on_main(self.group, lambda: self.recorder.end_epoch(row, learning_rates, is_best))
 
 
 # Errors that every process re-raises when one raised them; anything else is a bug, passed on as such.
-SHARED_ERRORS = (FmnistError, TrainingInterrupted, OSError)
+SHARED_ERRORS = (FmnistError, TrainingInterrupted, OSError, StopTraining)
 
 
 def attempt(work: Callable[[], Result]) -> tuple[Result | None, BaseException | None]:

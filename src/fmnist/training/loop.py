@@ -11,7 +11,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,12 +34,15 @@ from fmnist.arguments import (
     wrong_type,
 )
 from fmnist.errors import ConfigError, FmnistError
-from fmnist.faults import StopRequest, TrainingInterrupted, kill_point
+from fmnist.faults import StopRequest, StopTraining, TrainingInterrupted, kill_point
+from fmnist.training.early_stopping import EarlyStopping
 from fmnist.training.metrics import per_class_accuracy
 
 logger = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+# Told about each step: its loss (still on the device) and its number of images (a progress bar's running loss).
+StepObserver = Callable[[torch.Tensor, int], None]
 
 
 class NonFiniteLossError(FmnistError):
@@ -106,7 +109,7 @@ class EpochStats:
 
 def train_one_epoch(
     model: nn.Module, batches: Batches, optimization: Optimization, stop: StopRequest | None = None,
-    max_batches: int | None = None,
+    max_batches: int | None = None, on_step: StepObserver | None = None,
 ) -> EpochStats:
     """One pass over the training batches, updating the weights after each batch.
 
@@ -114,11 +117,14 @@ def train_one_epoch(
     targets (N, 10) when images were mixed (mixup, cutmix); accuracy then counts the larger share.
     `stop` (set by Ctrl-C or SIGTERM, see faults.stop_after_step) ends the epoch early, after a
     whole step, with TrainingInterrupted. `max_batches` ends the pass early: the last epoch of a time
-    budget's plan stops where the plan's steps run out.
+    budget's plan stops where the plan's steps run out. `on_step(loss, images)` is called after each step
+    (a progress bar); it gets the loss tensor, so that the GPU need not wait unless the bar reads it.
     """
     check_loop_arguments("train_one_epoch", model, batches, True, optimization, stop)
     if max_batches is not None:
         check_int(max_batches, "max_batches", "train_one_epoch", minimum=1)
+    if on_step is not None:
+        check_callable(on_step, "on_step", "train_one_epoch")
     loss_fn, optimizer = optimization.loss_fn, optimization.optimizer
     batch_scheduler = optimization.scheduler if optimization.scheduler_interval == "batch" else None
     model.train()  # dropout on, BatchNorm uses and updates batch statistics
@@ -149,6 +155,8 @@ def train_one_epoch(
         classes = labels if labels.dim() == 1 else labels.argmax(dim=1)
         correct += (logits.argmax(dim=1) == classes).sum()
         seen += len(labels)
+        if on_step is not None:
+            on_step(loss.detach(), len(labels))
         kill_point("train-step")  # test-only: a SIGKILL in the middle of an epoch
         if stop is not None and stop.requested:
             raise TrainingInterrupted(f"after batch {batch_index + 1}", stop.signal_number)
@@ -309,6 +317,8 @@ def fit(
     recorder: EpochRecorder | None = None,
     stop: StopRequest | None = None,
     last_epoch_steps: int | None = None,
+    early_stopping: EarlyStopping | None = None,
+    on_step: StepObserver | None = None,
 ) -> list[dict]:
     """Train for `epochs`, validating after each; return one metrics row per epoch.
 
@@ -318,15 +328,25 @@ def fit(
     resumed run), training continues after them. `stop` (Ctrl-C, SIGTERM) ends training after the
     current step with TrainingInterrupted. `flip_tta`: see evaluate. `last_epoch_steps` cuts the
     last epoch short after that many batches (a time budget's plan: see training/budget.py).
+
+    Training ends before `epochs` when `early_stopping` says so (training/early_stopping.py), or when
+    the recorder raises StopTraining (a callback asked): the epoch is recorded, and the history so
+    far is returned as for a run that went all the way. `on_step`: see train_one_epoch.
     """
     check_fit_arguments(model, train_batches, val_batches, optimization, epochs, flip_tta, recorder, stop,
                         last_epoch_steps)
+    if early_stopping is not None:
+        check_type(early_stopping, EarlyStopping, "early_stopping", "fit", "an EarlyStopping")
+    if on_step is not None:
+        check_callable(on_step, "on_step", "fit")
     history = list(recorder.history) if recorder is not None else []
+    if early_stopping is not None and early_stopping.reason_to_stop(history):
+        return history  # resumed after the epoch that stopped it: nothing is left to train
     best_accuracy = max((row["val_accuracy"] for row in history), default=-1.0)
     for epoch in range(len(history) + 1, epochs + 1):
         try:
             max_batches = last_epoch_steps if epoch == epochs else None
-            stats = train_one_epoch(model, train_batches, optimization, stop, max_batches)
+            stats = train_one_epoch(model, train_batches, optimization, stop, max_batches, on_step)
         except ConfigError as error:  # a bad batch: name it as fit's argument
             raise as_argument_of("fit", error, "train_batches") if error.field == "batches" else error from None
         except TrainingInterrupted as interruption:
@@ -353,9 +373,17 @@ def fit(
         history.append(row)
         is_best = validation.accuracy > best_accuracy
         best_accuracy = max(best_accuracy, validation.accuracy)
+        asked_to_stop = None
         if recorder is not None:
-            recorder.end_epoch(row, stats.learning_rates, is_best)
+            try:
+                recorder.end_epoch(row, stats.learning_rates, is_best)
+            except StopTraining as request:  # raised once the epoch was saved: see faults.StopTraining
+                asked_to_stop = str(request) or "after_epoch asked to stop"
         logger.info(format_epoch(row, epochs))
+        reason = asked_to_stop or (early_stopping.reason_to_stop(history) if early_stopping else None)
+        if reason is not None and epoch < epochs:
+            logger.info("stopping after epoch %d of %d: %s", epoch, epochs, reason)
+            break
         if stop is not None and stop.requested and epoch < epochs:  # the signal came during evaluation
             raise TrainingInterrupted(f"after epoch {epoch}", stop.signal_number)
     return history
