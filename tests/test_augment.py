@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fmnist.arguments import command_line_spelling
 from fmnist.data.augment import Augmentation, build_augmentation, random_crop, random_erase, random_hflip, random_rotate
 from fmnist.data.loader import TensorLoader
 from fmnist.data.splits import read_split
@@ -136,5 +137,5 @@ def test_loader_applies_the_augmentation_to_its_batches(tiny_data):
     ],
 )
 def test_bad_augmentation_options_name_the_option(overrides, message):
-    with pytest.raises(ConfigError, match=message):
+    with command_line_spelling(), pytest.raises(ConfigError, match=message):  # as `fmnist train` says it
         build_config(None, overrides)

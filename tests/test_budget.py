@@ -137,7 +137,8 @@ def test_bad_budgets_are_one_line_and_exit_2(arguments, tiny_data, tmp_path, cap
 
 def test_budgets_up_to_a_week_are_planned_and_longer_ones_refused_when_the_config_is_made():
     assert TrainConfig(time_budget="168h").time_budget == "168h"
-    with pytest.raises(ConfigError, match=r"--time-budget '1e308': more than a week \(168h\).*give at most 168h"):
+    with pytest.raises(ConfigError,
+                       match=r"TrainConfig\(time_budget='1e308'\): more than a week \(168h\).*give at most 168h"):
         TrainConfig(time_budget="1e308")  # was an OverflowError once the plan was made
     # The longest budget with the fastest step still makes a plan whose arithmetic and line hold.
     plan = plan_steps("168h", measure_seconds=1.0, step_seconds=1e-6, epoch_end_seconds=1e-6, steps_per_epoch=1)
@@ -198,7 +199,7 @@ def test_a_budgeted_run_ends_within_its_budget_with_its_schedule_finished(tiny_d
 def test_sigkill_and_resume_finish_the_same_plan_bit_for_bit(tiny_data, tmp_path):
     args = ["train", "--data-dir", str(tiny_data), "--allow-unverified-data", "--out", str(tmp_path),
             "--val-size", "100", "--batch-size", "50", "--eval-batch-size", "40", "--limit-batches", "4",
-            "--seed", "5", "--device", "cpu", "--scheduler", "linear", "--lr", "0.002", "--time-budget", "5s"]
+            "--seed", "5", "--device", "cpu", "--scheduler", "linear", "--lr", "0.002", "--time-budget", "15s"]
     # Killed in epoch 3, after its training and validation, before its metrics were written.
     killed = fmnist_process([*args, "--name", "killed"], kill_at="write-metrics.csv:3")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -232,15 +233,16 @@ def test_amp_auto_resolves_once_and_is_recorded(tiny_data, tmp_path):
 
 def test_bench_time_to_accuracy_and_sweeps_take_a_budget(tiny_data, tmp_path, capsys):
     data = ["--data-dir", str(tiny_data), "--allow-unverified-data", "--val-size", "100"]
-    assert main(["bench", "--time-to-accuracy", "quick", "--time-budget", "8s", *data, "--json"]) == 0
+    # Budgets with room for a loaded machine's measuring (seconds, on 2 busy cores): too short is refused, not flaky.
+    assert main(["bench", "--time-to-accuracy", "quick", "--time-budget", "20s", *data, "--json"]) == 0
     run = json.loads(capsys.readouterr().out)["runs"][0]
     plan = run["time_plan"]
-    assert plan["budget"] == "8s" and [point["epoch"] for point in run["curve"]] == list(range(1, plan["epochs"] + 1))
-    assert main(["sweep", "--set", "time_budget=5s,6s", "--limit-batches", "4", "--batch-size", "50", *data,
+    assert plan["budget"] == "20s" and [point["epoch"] for point in run["curve"]] == list(range(1, plan["epochs"] + 1))
+    assert main(["sweep", "--set", "time_budget=15s,16s", "--limit-batches", "4", "--batch-size", "50", *data,
                  "--out", str(tmp_path), "--name", "budgets"]) == 0
     budgets = sorted(json.loads(path.read_text())["resolved"]["time_plan"]["budget"]
                      for path in (tmp_path / "budgets").glob("*/config.json"))
-    assert budgets == ["5s", "6s"]
+    assert budgets == ["15s", "16s"]
 
 
 def test_recipes_list_their_budget_with_the_command_and_what_it_measured(capsys):

@@ -146,11 +146,11 @@ def test_bad_early_stopping_options_are_one_line_and_write_nothing(tiny_data, tm
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"patience": 0}, "--patience 0: must be at least 1"),
-    ({"patience": 1.5}, "--patience 1.5: should be of type int"),
-    ({"patience": True}, "should be of type int, not bool"),
-    ({"min_delta": 0.1}, "only early stopping (--patience) uses it"),
-    ({"patience": 1, "min_delta": "0.1"}, "--min-delta '0.1': should be of type float"),
+    ({"patience": 0}, "TrainConfig(patience=0): must be at least 1"),
+    ({"patience": 1.5}, "TrainConfig(patience=1.5): should be"),
+    ({"patience": True}, "TrainConfig(patience=True): should be"),
+    ({"min_delta": 0.1}, "only early stopping (patience) uses it"),
+    ({"patience": 1, "min_delta": "0.1"}, "TrainConfig(min_delta='0.1'): should be"),
 ])
 def test_bad_early_stopping_options_are_config_errors(options, message):
     with pytest.raises(fmnist.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -163,7 +163,7 @@ def test_a_time_budget_too_short_for_the_patience_is_refused_before_the_folder(t
     monkeypatch.setattr(fmnist.experiment, "plan_time_budget", lambda *args: plan)
     config = TrainConfig(time_budget="60s", patience=plan.epochs - 1, batch_size=50, val_size=100, device="cpu",
                          data_dir=str(tiny_data), allow_unverified_data=True, out=str(tmp_path / "runs"))
-    with pytest.raises(fmnist.ConfigError, match=f"--patience {plan.epochs - 1}: --time-budget 60s plans "
-                                                 f"{plan.epochs} epochs on this machine"):
+    with pytest.raises(fmnist.ConfigError, match=rf"TrainConfig\(patience={plan.epochs - 1}\): time_budget='60s' "
+                                                 f"plans {plan.epochs} epochs on this machine"):
         train(config)
     assert not (tmp_path / "runs").exists()

@@ -44,7 +44,7 @@ TRAIN_COMMANDS = ("train", "sweep", "tune", "lr-find")  # the commands that take
 
 # Settings under which the options that only some settings use apply (see CONDITIONAL in training/config.py).
 SETTINGS = [{}, {"optimizer": "sgd", "scheduler": "cosine"}, {"scheduler": "steplr"}, {"loss": "focal"},
-            {"model": "fast-cnn"}, {"model": "resnet18"}]
+            {"model": "fast-cnn"}, {"model": "resnet18"}, {"patience": 1}, {"mlflow": "default"}]
 # A valid value for the TrainConfig options whose default is none (the others are given their default).
 TRAIN_VALUES = {"recipe": "fast", "time_budget": "90s", "ema": "0.999", "clip_grad_norm": "1.0",
                 "limit_batches": "2", "data_dir": "data", "name": "mine"}
@@ -129,7 +129,7 @@ def train_option_arguments(name: str, option: str) -> list[list[str]]:
             TrainConfig(**{**settings, name: value})
         except ConfigError:
             continue
-        candidates.append([*(word for key, setting in settings.items() for word in (flag(key), setting)), *given])
+        candidates.append([*(word for key, setting in settings.items() for word in (flag(key), str(setting))), *given])
     return candidates
 
 
@@ -200,8 +200,9 @@ def test_the_default_a_help_gives_is_the_one_used(command, action):
     said = said_default(action.help)
     name = train_field(command, action.option_strings[0])
     if name is not None:  # the value TrainConfig resolves to, under the first settings that use the option
-        resolved = next(getattr(TrainConfig(**settings), name) for settings in SETTINGS
-                        if getattr(TrainConfig(**settings), name) is not None or settings == SETTINGS[-1])
+        unset = [settings for settings in SETTINGS if name not in settings]  # settings that give it no value
+        resolved = next(getattr(TrainConfig(**settings), name) for settings in unset
+                        if getattr(TrainConfig(**settings), name) is not None or settings == unset[-1])
         assert said is not None, action.help
         if resolved is None:
             assert said == "none" or "(default:" in FIELDS[name].metadata["help"], action.help

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from fmnist.arguments import command_line_spelling
 from fmnist.errors import ConfigError
 from fmnist.training.config import TrainConfig, build_config
 from fmnist.training.losses import FocalLoss, build_loss
@@ -61,5 +62,5 @@ def test_build_loss_from_the_config():
     ],
 )
 def test_bad_loss_options_name_the_option(overrides, message):
-    with pytest.raises(ConfigError, match=message):
+    with command_line_spelling(), pytest.raises(ConfigError, match=message):  # as `fmnist train` says it
         build_config(None, overrides)

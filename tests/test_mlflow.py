@@ -30,6 +30,12 @@ from mlflow import MlflowClient  # noqa: E402
 SERVER_START_SECONDS = 180  # a cold `mlflow server` on a busy 2-core machine
 
 
+@pytest.fixture(autouse=True)
+def in_a_scratch_folder(tmp_path, monkeypatch):
+    """A local store keeps its artifacts in ./mlruns (MLflow's default): here, not in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """One local store for the module: creating an MLflow database takes a while."""
@@ -228,9 +234,9 @@ def test_mlflow_not_installed_is_one_line(tiny_data, tmp_path, monkeypatch, caps
 def test_bad_mlflow_values_are_config_errors():
     import fmnist
 
-    with pytest.raises(fmnist.ConfigError, match="--mlflow 3: should be of type str"):
+    with pytest.raises(fmnist.ConfigError, match=r"TrainConfig\(mlflow=3\): should be"):
         TrainConfig(mlflow=3)
-    with pytest.raises(fmnist.ConfigError, match="only --mlflow logs to an experiment"):
+    with pytest.raises(fmnist.ConfigError, match="only mlflow logs to an experiment"):
         TrainConfig(mlflow_experiment="x")
 
 

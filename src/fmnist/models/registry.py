@@ -41,12 +41,8 @@ def register_model(name: str, summary: str = "") -> Callable[[ModelFactory], Mod
     `summary` is one short line on what the network is and what it is for (`fmnist models` shows it);
     without it, the first line of the factory's docstring.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"register_model(name={name!r}): give the model's name, a non-empty str", "name")
-    if not isinstance(summary, str):
-        raise ConfigError(f"register_model(summary={summary!r}): give one line of text, a str", "summary")
-
     check_type(name, str, "name", "register_model", "of type str")
+    check_type(summary, str, "summary", "register_model", "one line of text, a str")
     if not name or name != "".join(name.split()) or not name.isprintable():
         raise invalid("name", name, "give a non-empty name without spaces, as configs and the command line name "
                                     "models", "register_model")

@@ -175,11 +175,12 @@ class TrainConfig:
                                       "(pip install -e '.[tensorboard]')")
     mlflow: str | None = option(None, "also log to MLflow: the config, every epoch's metrics, the test figures, "
                                       "report.md and the figures; a tracking URI (http://HOST:PORT, file:PATH, "
-                                      "sqlite:///FILE) or, bare, MLflow's own default (MLFLOW_TRACKING_URI, else "
-                                      "its local store) (pip install -e '.[mlflow]')", metavar="URI")
-    mlflow_experiment: str | None = option(None, "the MLflow experiment (--mlflow; default: MLFLOW_EXPERIMENT_NAME, "
-                                                 "else fmnist; a sweep's runs: sweep NAME, a study's trials: tune "
-                                                 "STUDY)", metavar="NAME")
+                                      "sqlite:///FILE) or, bare, the store MLflow itself would use "
+                                      "(MLFLOW_TRACKING_URI, else its local store) (pip install -e '.[mlflow]')",
+                                metavar="URI")
+    mlflow_experiment: str | None = option(None, "the MLflow experiment (--mlflow); none given: "
+                                                 "MLFLOW_EXPERIMENT_NAME, else fmnist; a sweep's runs: sweep NAME, a "
+                                                 "study's trials: tune STUDY", metavar="NAME")
 
     # The options given explicitly (not from a recipe or the defaults); replace() starts from them.
     given: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)

@@ -38,7 +38,7 @@ def parse_time_budget(text: str) -> float:
     seconds = parse_duration(text)
     if seconds > MAX_BUDGET_SECONDS:
         raise ValueError(f"more than a week ({format_duration(MAX_BUDGET_SECONDS)}): a plan measured in the first "
-                         "seconds does not hold for days; give at most 168h, or --epochs instead")
+                         "seconds does not hold for days; give at most 168h, or a number of epochs instead")
     return seconds
 
 

@@ -161,7 +161,8 @@ def train_one_epoch(
         if stop is not None and stop.requested:
             raise TrainingInterrupted(f"after batch {batch_index + 1}", stop.signal_number)
     if seen == 0:
-        raise FmnistError("no training batches: the training split or the batches given are empty")
+        raise invalid("batches", batches, "gave no batch: the training split or the batches given are empty",
+                      "train_one_epoch")
     mean_loss = loss_sum.item() / seen
     if not math.isfinite(mean_loss):  # on accelerators, checked once per epoch
         raise NonFiniteLossError(f"loss became {mean_loss} during the epoch")
@@ -272,7 +273,7 @@ def evaluate(model: nn.Module, batches: Batches, flip_tta: bool = False) -> Eval
             all_labels.append(labels)
             all_probabilities.append(torch.softmax(logits.float(), dim=1))
     if not all_labels:
-        raise FmnistError("evaluate: no batches to evaluate")
+        raise invalid("batches", batches, "gave no batch to evaluate", "evaluate")
     predictions, labels = torch.cat(all_predictions).cpu(), torch.cat(all_labels).cpu()
     return EvalResult(
         loss=loss_sum.item() / len(labels),
