@@ -95,6 +95,7 @@ def join_processes(config: TrainConfig) -> Iterator[Processes | None]:
                           "BatchNorm statistics (drop --sync-bn)", "sync_bn")
     created = not dist.is_initialized()
     if created:
+        import_before_the_group()
         # NCCL for tensors between GPUs; gloo for everything on the CPU.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     processes = None
@@ -109,6 +110,20 @@ def join_processes(config: TrainConfig) -> Iterator[Processes | None]:
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def import_before_the_group() -> None:
+    """Import torch._dynamo before the process group exists, where DDP would import it after.
+
+    DDP imports torch._dynamo on its first construction, and with it torch.distributed.nn.functional,
+    whose functions take the default group as a default argument: imported while the group exists,
+    they keep it alive after destroy_process_group, and with it gloo's worker threads, until the
+    interpreter shuts down. A worker still letting go of the last collective's tensors then takes the
+    GIL of an interpreter that is finalizing, and the process aborts ("terminate called without an
+    active exception", SIGABRT) after a run that finished. Imported first, they hold no group, and the
+    group ends (its threads joined) when the run lets go of it.
+    """
+    import torch._dynamo  # noqa: F401 - for its side effect; lazily, as only torchrun runs need it
 
 
 class ProcessLost(FmnistError):
