@@ -4,7 +4,7 @@
 
 torchrun starts one process per rank and gives each RANK, WORLD_SIZE and LOCAL_RANK. Without them
 (a plain `fmnist train`) nothing here is used, and training is the one-process code as it reads.
-Under torchrun, experiment.py adds four things around the same `fit`:
+Under torchrun, experiment.py adds around the same `fit`:
 
 - a process group: NCCL on CUDA (process LOCAL_RANK on cuda:LOCAL_RANK), gloo on the CPU;
 - batches (ShardedBatches): every process draws the same seeded permutation and builds the same
@@ -18,6 +18,8 @@ Under torchrun, experiment.py adds four things around the same `fit`:
   best epoch at the end (on_main); an error there reaches every process (together, on_main);
 - a process that dies (killed, out of memory) breaks the others' next message to it: they stop
   with one line (ProcessLost), not gloo's traceback, and the run folder resumes from its last epoch.
+- an end: the group ends with the run, its threads joined, before the interpreter shuts down
+  (import_before_the_group: what kept it alive, and how that aborted finished runs).
 
 Validation runs on every process over the whole validation split with the same weights (DDP
 keeps them equal; BatchNorm buffers come from rank 0), so its numbers are those of one process:
