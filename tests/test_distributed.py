@@ -58,19 +58,22 @@ def torchrun(args: list[str], kill_at: str | None = None, last_rank: str | None 
     return process
 
 
-def finished(process: subprocess.Popen, killed: str | None = None) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of a torchrun run, once every process (but the `killed` one) has
-    ended cleanly: its group's gloo threads gone before the interpreter's shutdown, and no abort."""
+def finished(process: subprocess.Popen) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of a torchrun run, after checking how its processes ended: no
+    abort, and no gloo thread left once fmnist was done (it would run into the interpreter's shutdown).
+
+    A run that succeeded has a report from every process. When a process fails, torchrun stops the
+    others with SIGTERM, which may end one before it reports: then only the reports there are count.
+    """
     out, err = process.communicate(timeout=300)
     assert "terminate called" not in err and "SIGABRT" not in err, err
     reports = {rank: json.loads((process.reports / f"{rank}.json").read_text())
-               for rank in ("0", "1") if rank != killed and (process.reports / f"{rank}.json").exists()}
+               for rank in ("0", "1") if (process.reports / f"{rank}.json").exists()}
     shutil.rmtree(process.reports)
-    assert len(reports) == 2 - (killed is not None), (reports, err)
     for rank, report in reports.items():
         assert not [name for name in report["threads"] if "gloo" in name], (rank, report["threads"])
     if process.returncode == 0:
-        assert all(report["code"] == 0 for report in reports.values()), reports
+        assert sorted(reports) == ["0", "1"] and all(report["code"] == 0 for report in reports.values()), reports
     return process.returncode, out, err
 
 
@@ -165,8 +168,7 @@ def test_sigterm_to_torchrun_stops_both_processes_cleanly_and_one_process_resume
 def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(killed, data, tmp_path):
     run = tmp_path / "lost"
     # The 4th step is epoch 2's first: epoch 1 is saved, and the other process is inside a collective.
-    code, out, err = finished(torchrun(train_args(data, tmp_path, "lost"), kill_at=f"train-step:4:SIGKILL:{killed}"),
-                              killed=killed)
+    code, out, err = finished(torchrun(train_args(data, tmp_path, "lost"), kill_at=f"train-step:4:SIGKILL:{killed}"))
     assert code != 0
     worker_lines = [line for line in err.splitlines() if line.startswith("[rank")]
     assert not worker_lines, err  # before: gloo's "Connection reset by peer" traceback on the survivor
