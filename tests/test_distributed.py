@@ -7,9 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,18 +38,42 @@ def train_args(data: Path, out: Path, name: str, epochs: int = 2, limit_batches:
     ]
 
 
-def torchrun(args: list[str], kill_at: str | None = None) -> subprocess.Popen:
-    environment = {key: value for key, value in os.environ.items() if key != "FMNIST_KILL_AT"}
+RANK = Path(__file__).with_name("torchrun_rank.py")  # `fmnist`, then how each process ended
+
+
+def torchrun(args: list[str], kill_at: str | None = None, last_rank: str | None = None) -> subprocess.Popen:
+    """`torchrun --nproc-per-node 2 -m fmnist ARGS`; each process reports how it ended (see `finished`)."""
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("FMNIST_KILL_AT", "FMNIST_LAST_RANK", "FMNIST_RANK_REPORTS")}
     if kill_at:
         environment["FMNIST_KILL_AT"] = kill_at
+    if last_rank:
+        environment["FMNIST_LAST_RANK"] = last_rank
+    environment["FMNIST_RANK_REPORTS"] = tempfile.mkdtemp(prefix="ranks-")
     environment["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "fmnist", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+               str(RANK), *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    process.reports = Path(environment["FMNIST_RANK_REPORTS"])
+    return process
 
 
 def finished(process: subprocess.Popen) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of a torchrun run, after checking how its processes ended: no
+    abort, and no gloo thread left once fmnist was done (it would run into the interpreter's shutdown).
+
+    A run that succeeded has a report from every process. When a process fails, torchrun stops the
+    others with SIGTERM, which may end one before it reports: then only the reports there are count.
+    """
     out, err = process.communicate(timeout=300)
+    assert "terminate called" not in err and "SIGABRT" not in err, err
+    reports = {rank: json.loads((process.reports / f"{rank}.json").read_text())
+               for rank in ("0", "1") if (process.reports / f"{rank}.json").exists()}
+    shutil.rmtree(process.reports)
+    for rank, report in reports.items():
+        assert not [name for name in report["threads"] if "gloo" in name], (rank, report["threads"])
+    if process.returncode == 0:
+        assert sorted(reports) == ["0", "1"] and all(report["code"] == 0 for report in reports.values()), reports
     return process.returncode, out, err
 
 
@@ -104,6 +130,18 @@ def test_two_processes_train_the_weights_of_one_and_write_the_run_folder_once(da
     summary = json.loads((run / "summary.json").read_text())
     assert (evaluated["test_accuracy"], evaluated["test_loss"]) == pytest.approx(
         (summary["test_accuracy"], summary["test_loss"]))
+
+
+@pytest.mark.parametrize("last_rank", ["0", "1"])
+def test_a_run_that_finishes_ends_both_processes_cleanly_whichever_exits_last(last_rank, data, tmp_path):
+    # Before: DDP left the gloo group alive past destroy_process_group, its threads ran into the
+    # interpreter's shutdown, and a process that had finished now and then aborted there (SIGABRT,
+    # "terminate called without an active exception"): torchrun reported a failed run. `finished`
+    # checks every process: exit code 0, no gloo thread left when fmnist is done, no abort.
+    code, out, err = finished(torchrun(train_args(data, tmp_path, "done", epochs=1), last_rank=last_rank))
+    assert code == 0, err
+    assert out.count("test accuracy") == 1
+    assert json.loads((tmp_path / "done" / "summary.json").read_text())["finished"] is True
 
 
 def test_sigterm_to_torchrun_stops_both_processes_cleanly_and_one_process_resumes(data, tmp_path, capsys):

@@ -358,10 +358,12 @@ def test_a_stop_signal_finishes_the_request_in_flight_then_exits_0(real_run, tes
         head, content = read_response(connection)
     assert head.startswith(b"HTTP/1.1 200"), head
     assert len(json.loads(content)[0]["probabilities"]) == 10
-    assert server.stop() == 0
+    # Already stopping: wait for it. (Before: stop() sent a second signal whenever the server had not
+    # exited yet, as on a loaded machine, and a second signal cuts the exit short.)
+    assert server.process.wait(timeout=60) == 0
     name = "SIGTERM" if signal_number == signal.SIGTERM else "SIGINT"
-    server.wait_for(rf"stopped \({name}\) after the requests in flight", timeout=5)
-    assert "Traceback" not in "".join(server.output)
+    output = server.rest_of_output()  # to its end: no deadline for a line that is already written
+    assert f"stopped ({name}) after the requests in flight" in output and "Traceback" not in output, output
 
 
 # --- what a careless or hostile client sends: a real uvicorn, a tiny model ---------------------------

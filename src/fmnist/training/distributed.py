@@ -4,7 +4,7 @@
 
 torchrun starts one process per rank and gives each RANK, WORLD_SIZE and LOCAL_RANK. Without them
 (a plain `fmnist train`) nothing here is used, and training is the one-process code as it reads.
-Under torchrun, experiment.py adds four things around the same `fit`:
+Under torchrun, experiment.py adds around the same `fit`:
 
 - a process group: NCCL on CUDA (process LOCAL_RANK on cuda:LOCAL_RANK), gloo on the CPU;
 - batches (ShardedBatches): every process draws the same seeded permutation and builds the same
@@ -18,6 +18,8 @@ Under torchrun, experiment.py adds four things around the same `fit`:
   best epoch at the end (on_main); an error there reaches every process (together, on_main);
 - a process that dies (killed, out of memory) breaks the others' next message to it: they stop
   with one line (ProcessLost), not gloo's traceback, and the run folder resumes from its last epoch.
+- an end: the group ends with the run, its threads joined, before the interpreter shuts down
+  (import_before_the_group: what kept it alive, and how that aborted finished runs).
 
 Validation runs on every process over the whole validation split with the same weights (DDP
 keeps them equal; BatchNorm buffers come from rank 0), so its numbers are those of one process:
@@ -96,6 +98,7 @@ def join_processes(config: TrainConfig) -> Iterator[Processes | None]:
                       f"BatchNorm statistics (drop {named('sync_bn')})", as_typed=True)
     created = not dist.is_initialized()
     if created:
+        import_before_the_group()
         # NCCL for tensors between GPUs; gloo for everything on the CPU.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     processes = None
@@ -110,6 +113,20 @@ def join_processes(config: TrainConfig) -> Iterator[Processes | None]:
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def import_before_the_group() -> None:
+    """Import torch._dynamo before the process group exists, where DDP would import it after.
+
+    DDP imports torch._dynamo on its first construction, and with it torch.distributed.nn.functional,
+    whose functions take the default group as a default argument: imported while the group exists,
+    they keep it alive after destroy_process_group, and with it gloo's worker threads, until the
+    interpreter shuts down. A worker still letting go of the last collective's tensors then takes the
+    GIL of an interpreter that is finalizing, and the process aborts ("terminate called without an
+    active exception", SIGABRT) after a run that finished. Imported first, they hold no group, and the
+    group ends (its threads joined) when the run lets go of it.
+    """
+    import torch._dynamo  # noqa: F401 - for its side effect; lazily, as only torchrun runs need it
 
 
 class ProcessLost(FmnistError):
