@@ -12,7 +12,7 @@ ARGS ?=
 # optional extras (ONNX export, TensorBoard, serve, Optuna for `fmnist tune`) so that their tests run too.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,serve,tune]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,serve,tune,explain]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -24,12 +24,14 @@ from fmnist.files import atomic_write_json, check_writable, exclusive_lock
 from fmnist.models import count_parameters, create_model
 from fmnist.reports.report import write_report
 from fmnist.reports.tensorboard_log import TensorBoardLog, require_tensorboard
+from fmnist.runs.calibration import fit_run_temperature
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
 from fmnist.runs.folder import create_run_folder, environment, read_saved_config, write_config, write_summary
 from fmnist.runs.recorder import RunRecorder
 from fmnist.runs.resume import ResumePoint, config_to_resume, remove_leftovers, restore_run
 from fmnist.training.budget import TimePlan, overrun_line, plan_time_budget
 from fmnist.training.build import Training, build_training
+from fmnist.training.calibration import calibration_record, scaled_probabilities
 from fmnist.training.config import TrainConfig
 from fmnist.training.distributed import (
     DistributedRecorder,
@@ -42,7 +44,7 @@ from fmnist.training.distributed import (
     together,
     wrap_model,
 )
-from fmnist.training.loop import EpochRecorder, NonFiniteLossError, evaluate, fit
+from fmnist.training.loop import EpochRecorder, EvalResult, NonFiniteLossError, evaluate, fit
 from fmnist.training.progress import WithProgress
 from fmnist.training.runtime import resolve_amp, resolve_device, seed_everything
 
@@ -265,6 +267,7 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
            budget: dict) -> RunResult:
     """After the last epoch: test best.pt once, then write the summary and the report."""
     test, best_epoch = test_best_weights(path, config, training)
+    calibration = calibrate_best_weights(path, config, training, test, best_epoch)
     if stop.requested:
         raise TrainingInterrupted("during the final test evaluation", stop.signal_number)
     wall_seconds = time.perf_counter() - started
@@ -285,7 +288,7 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
         **budget,
     })
     report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std,
-                               {"directory": str(data.directory), "verified": data.verified})
+                               {"directory": str(data.directory), "verified": data.verified}, calibration)
     logger.info("report: %s", report_path)
     if tensorboard is not None:
         tensorboard.log_confusion_matrix(test, best_epoch)
@@ -298,6 +301,23 @@ def test_best_weights(path: Path, config: TrainConfig, training: Training):
     best = load_checkpoint(path / "best.pt")
     load_weights(training.model, best["model"], str(path / "best.pt"))
     return evaluate(training.model, training.test_loader, config.tta_flip), best["epoch"]
+
+
+def calibrate_best_weights(path: Path, config: TrainConfig, training: Training, test: EvalResult,
+                           best_epoch: int) -> dict:
+    """With config.calibrate: fit best.pt's temperature on the validation split (never the test split),
+    save it as calibration.json, and measure the test probabilities before and after it; the test
+    result's probabilities become the scaled ones, which the report shows."""
+    temperature = None
+    if config.calibrate:
+        record = fit_run_temperature(path, training.model, training.val_loader, config.tta_flip, config.model,
+                                     best_epoch)
+        temperature = record["temperature"]
+        logger.info("calibration: temperature %.3f, fitted on the validation split", temperature)
+    measured = calibration_record(test.probabilities, test.labels, temperature)
+    if temperature is not None:
+        test.probabilities = scaled_probabilities(test.probabilities, temperature)
+    return measured
 
 
 def kept(path: Path, recorder: EpochRecorder) -> str:

@@ -27,6 +27,7 @@ from fmnist.data.locate import find_data_dir
 from fmnist.data.splits import Split, read_split
 from fmnist.data.verify import unverified_files
 from fmnist.errors import CheckpointError, ConfigError, DataError
+from fmnist.runs.calibration import run_temperature
 from fmnist.runs.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -34,6 +35,7 @@ from fmnist.runs.checkpoint import (
     normalization,
     trained_with_flip_tta,
 )
+from fmnist.training.calibration import calibration_record, scaled_probabilities
 from fmnist.training.config import EVAL_BATCH_SIZE
 from fmnist.training.loop import EvalResult, evaluate, predict_logits
 from fmnist.training.runtime import resolve_device
@@ -44,30 +46,39 @@ class TrainedModel(nn.Module):
 
     Call it on normalized (N, 1, 28, 28) images for logits, as the network itself; a run trained
     with --tta-flip also averages each image with its mirror image here, as its test accuracy did.
-    `info` holds the checkpoint's model name, epoch, recipe and path.
+    `info` holds the checkpoint's model name, epoch, recipe and path. `temperature` is the run's fitted
+    temperature (runs/calibration.py), or None: probabilities are softmax(logits / temperature)
+    wherever they come out (class_probabilities, evaluate_checkpoint, export); the logits stay raw.
     """
 
-    def __init__(self, network: nn.Module, mean: float, std: float, flip_tta: bool, info: dict):
+    def __init__(self, network: nn.Module, mean: float, std: float, flip_tta: bool, info: dict,
+                 temperature: float | None = None):
         super().__init__()
         self.network = network
         self.mean = mean
         self.std = std
         self.flip_tta = flip_tta
         self.info = info
+        self.temperature = temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return predict_logits(self.network, images, self.flip_tta)
 
 
-def load_model(source: str | os.PathLike, device: str = "cpu") -> TrainedModel:
-    """The trained model of a run folder (its best.pt, else last.pt) or of a checkpoint file, in eval mode."""
+def load_model(source: str | os.PathLike, device: str = "cpu", calibrate: bool = True) -> TrainedModel:
+    """The trained model of a run folder (its best.pt, else last.pt) or of a checkpoint file, in eval mode.
+
+    With `calibrate`, the run's temperature (calibration.json) is applied to its probabilities;
+    `calibrate=False` keeps the raw ones.
+    """
     path = checkpoint_path(source)
     state = load_checkpoint(path)
     network = model_from_checkpoint(state, path)
     mean, std = normalization(state)
     info = {"model": state["model_name"], "epoch": state["epoch"], "recipe": state["config"].get("recipe"),
             "checkpoint": str(path)}
-    model = TrainedModel(network, mean, std, trained_with_flip_tta(state), info)
+    temperature = run_temperature(path, state["model_name"], state["epoch"]) if calibrate else None
+    model = TrainedModel(network, mean, std, trained_with_flip_tta(state), info, temperature)
     return model.to(device=resolve_device(device), memory_format=torch.channels_last).eval()
 
 
@@ -150,7 +161,7 @@ def class_probabilities(model: nn.Module, images: list[torch.Tensor]) -> list[li
     batch = image_batch(images, mean, std).to(parameter.device).contiguous(memory_format=torch.channels_last)
     model.eval()
     with torch.inference_mode():
-        probabilities = torch.softmax(model(batch).float(), dim=1)
+        probabilities = torch.softmax(model(batch).float() / (getattr(model, "temperature", None) or 1.0), dim=1)
     if not torch.isfinite(probabilities).all():
         raise CheckpointError("the model's output is not finite (NaN or infinite weights?); "
                               "it cannot classify anything: use a checkpoint from before the loss diverged")
@@ -263,16 +274,23 @@ class CheckpointEvaluation:
     result: EvalResult
     data_dir: Path
     data_verified: bool
+    # {"temperature", "before": measures of the raw probabilities, "after": of the scaled ones (None
+    # without a temperature)}; a measure is ECE, Brier score, NLL and reliability bins (training/calibration.py).
+    calibration: dict | None = None
 
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike, data_dir: str | None = None, device: str = "auto",
-    batch_size: int = EVAL_BATCH_SIZE, allow_unverified_data: bool = False,
+    batch_size: int = EVAL_BATCH_SIZE, allow_unverified_data: bool = False, calibrate: bool = True,
 ) -> CheckpointEvaluation:
-    """A checkpoint's model on the test split, normalized and (flip TTA) evaluated as in its training."""
+    """A checkpoint's model on the test split, normalized and (flip TTA) evaluated as in its training.
+
+    The loss is the cross-entropy of the raw logits, as in training; the result's probabilities are
+    the temperature-scaled ones when the run has a temperature and `calibrate` (see load_model).
+    """
     path = checkpoint_path(checkpoint)
     state = load_checkpoint(path)
-    model = load_model(path, device)
+    model = load_model(path, device, calibrate)
     directory = find_data_dir(data_dir or state["config"].get("data_dir"))
     problems = unverified_files(directory)
     if problems and not allow_unverified_data:
@@ -284,4 +302,14 @@ def evaluate_checkpoint(
     if not torch.isfinite(torch.tensor(result.loss)):
         raise CheckpointError(f"{path}: the model's output is not finite (NaN or infinite weights?); "
                               "use a checkpoint from before the loss diverged")
-    return CheckpointEvaluation(path, state, model, test_split, result, directory, not problems)
+    calibration = calibration_of(model, result)
+    return CheckpointEvaluation(path, state, model, test_split, result, directory, not problems, calibration)
+
+
+def calibration_of(model: TrainedModel, result: EvalResult) -> dict:
+    """The result's calibration measures, before and after the model's temperature (if any); the result's
+    probabilities become the scaled ones, what predict gives for the same images."""
+    measured = calibration_record(result.probabilities, result.labels, model.temperature)
+    if model.temperature is not None:
+        result.probabilities = scaled_probabilities(result.probabilities, model.temperature)
+    return measured

@@ -56,7 +56,7 @@ class Optimization:
     grad_scaler: torch.amp.GradScaler | None = None
 
 
-@dataclass
+@dataclass(repr=False)
 class EpochStats:
     loss: float
     accuracy: float
@@ -67,6 +67,10 @@ class EpochStats:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def __repr__(self) -> str:  # learning_rates holds one rate per step
+        return (f"EpochStats(loss={self.loss:.4f}, accuracy={self.accuracy:.4f}, images={self.images:,}, "
+                f"seconds={self.seconds:.1f}, steps={len(self.learning_rates)})")
 
 
 def train_one_epoch(
@@ -146,16 +150,24 @@ def backward_and_step(model: nn.Module, loss: torch.Tensor, optimization: Optimi
         scaler.update()
 
 
-@dataclass
+@dataclass(repr=False)
 class EvalResult:
+    """Loss and accuracy over the batches, and per image (on the CPU): the predicted class, the true
+    label and the ten class probabilities (softmax of the logits the loss and accuracy came from)."""
+
     loss: float
     accuracy: float
-    predictions: torch.Tensor  # predicted class per image, on the CPU
-    labels: torch.Tensor
+    predictions: torch.Tensor  # (N,) predicted class per image
+    labels: torch.Tensor  # (N,)
     seconds: float
+    probabilities: torch.Tensor | None = None  # (N, 10), float32
 
     def per_class_accuracy(self) -> list[float]:
         return per_class_accuracy(self.labels, self.predictions)
+
+    def __repr__(self) -> str:  # a summary: the tensors hold one entry per image
+        return (f"EvalResult(accuracy={self.accuracy:.4f}, loss={self.loss:.4f}, images={len(self.labels):,}, "
+                f"seconds={self.seconds:.1f})")
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
@@ -177,7 +189,7 @@ def evaluate(model: nn.Module, batches: Batches, flip_tta: bool = False) -> Eval
     model.eval()  # dropout off, BatchNorm uses its running statistics
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
-    all_predictions, all_labels = [], []
+    all_predictions, all_labels, all_probabilities = [], [], []
     start = time.perf_counter()
     with torch.inference_mode():  # like no_grad, and tensors skip version tracking too
         for images, labels in batches:
@@ -187,6 +199,7 @@ def evaluate(model: nn.Module, batches: Batches, flip_tta: bool = False) -> Eval
             kill_point("evaluate-batch")  # test-only: a SIGKILL during evaluation
             all_predictions.append(logits.argmax(dim=1))
             all_labels.append(labels)
+            all_probabilities.append(torch.softmax(logits.float(), dim=1))
     if not all_labels:
         raise FmnistError("evaluate: no batches to evaluate")
     predictions, labels = torch.cat(all_predictions).cpu(), torch.cat(all_labels).cpu()
@@ -196,6 +209,7 @@ def evaluate(model: nn.Module, batches: Batches, flip_tta: bool = False) -> Eval
         predictions=predictions,
         labels=labels,
         seconds=time.perf_counter() - start,
+        probabilities=torch.cat(all_probabilities).cpu(),
     )
 
 
