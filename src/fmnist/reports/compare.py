@@ -19,13 +19,19 @@ from fmnist.reports import plots
 from fmnist.reports.report import markdown_table
 from fmnist.runs.folder import is_run_folder, read_history, read_saved_config, read_summary
 
-RUN_COLUMNS = ["run", "model", "recipe", "parameters", "epochs", "best val acc", "test acc", "wall s", "images/s"]
 MEASURES = {  # column -> (summary key, digits)
     "best val acc": ("best_val_accuracy", 4),
     "test acc": ("test_accuracy", 4),
     "wall s": ("wall_seconds", 1),
     "images/s": ("images_per_second", 0),
 }
+# Test calibration, raw and after the run's temperature "(T)": report.py's flat summary keys.
+CALIBRATION_MEASURES = {f"{label}{after}": (f"test_{key}{suffix}", 4)
+                        for label, key in (("ECE", "ece"), ("Brier", "brier"), ("NLL", "nll"))
+                        for after, suffix in (("", ""), (" (T)", "_calibrated"))}
+MEASURES.update(CALIBRATION_MEASURES)
+RUN_COLUMNS = ["run", "model", "recipe", "parameters", "epochs", "best val acc", "test acc", *CALIBRATION_MEASURES,
+               "wall s", "images/s"]
 
 
 @dataclass
@@ -78,6 +84,7 @@ def run_row(record: RunRecord) -> dict:
         "test acc": number(summary.get("test_accuracy"), 4),
         "wall s": number(summary.get("wall_seconds"), 1),
         "images/s": number(summary.get("images_per_second"), 0),
+        **{column: number(summary.get(key), digits) for column, (key, digits) in CALIBRATION_MEASURES.items()},
     }
 
 

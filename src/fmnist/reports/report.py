@@ -270,6 +270,17 @@ def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[di
     return "\n\n".join(sections) + "\n"
 
 
+def flat_calibration(calibration: dict) -> dict:
+    """summary.json's one-number keys for tables (fmnist compare): test_ece, test_brier, test_nll of the raw
+    probabilities and, with a temperature, test_ece_calibrated etc. (None without one)."""
+    after = calibration.get("after") or {}
+    flat = {"temperature": calibration.get("temperature")}
+    for key in ("ece", "brier", "nll"):
+        flat[f"test_{key}"] = calibration["before"][key]
+        flat[f"test_{key}_calibrated"] = after.get(key)
+    return flat
+
+
 def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, test: EvalResult,
                  mean: float, std: float, test_data: dict | None = None, calibration: dict | None = None) -> Path:
     """Figures, per-class metrics into summary.json, and report.md, all in the run folder.
@@ -294,6 +305,7 @@ def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, te
         "test_confusion_matrix": {"rows": "true class", "columns": "predicted class", "counts": matrix.tolist()},
         "calibration": calibration or calibration_record(test.probabilities, test.labels, None),
     })
+    summary.update(flat_calibration(summary["calibration"]))
     if test_data is not None:
         summary["test_data"] = test_data
     network = model.network if isinstance(model, TrainedModel) else model
