@@ -54,13 +54,13 @@ def mistake_maps(model: TrainedModel, images: torch.Tensor, predicted: torch.Ten
 
 def write_figures(run_path: Path, history: list[dict], learning_rates: list[float], matrix: torch.Tensor,
                   metrics: dict, test_images: torch.Tensor, test: EvalResult, model: TrainedModel,
-                  calibration: dict) -> dict[str, str]:
+                  calibration: dict | None) -> dict[str, str]:
     """Every PNG of the run; returns {caption: file name} in the order report.md shows them."""
     names = list(CLASS_NAMES)
     steps_per_epoch = len(learning_rates) // len(history) if history else None
     wrong = (test.predictions != test.labels).nonzero().flatten()
     shown = wrong[:MISCLASSIFIED_SHOWN]
-    probabilities = test.probabilities if test.probabilities is not None else None
+    probabilities = test.probabilities
     titles = [f"true {names[test.labels[i]]}\npred {names[test.predictions[i]]}"
               + (f" {probabilities[i, test.predictions[i]]:.2f}" if probabilities is not None else "")
               for i in shown.tolist()]
@@ -83,8 +83,6 @@ def write_figures(run_path: Path, history: list[dict], learning_rates: list[floa
         "Confusion matrix (test)": plots.confusion_matrix(matrix, names, run_path / "confusion_matrix.png"),
         "Per-class accuracy (test recall)": plots.per_class_bars(recalls, names, "accuracy on the class's test images",
                                                                  run_path / "per_class_accuracy.png"),
-        "Reliability diagram (test): accuracy against confidence": plots.reliability_diagram(
-            calibration, run_path / "reliability.png"),
         grid_caption: plots.image_grid(shown_images, titles, run_path / "misclassified.png", maps=maps),
         "Class probabilities for one test image": plots.probability_bars(
             test_images[example].cpu(),
@@ -92,6 +90,9 @@ def write_figures(run_path: Path, history: list[dict], learning_rates: list[floa
             else probabilities_of(model.network, test_images[example], model.mean, model.std),
             names, example_title, run_path / "probabilities.png"),
     }
+    if calibration is not None:
+        figures = {"Reliability diagram (test): accuracy against confidence": plots.reliability_diagram(
+            calibration, run_path / "reliability.png"), **figures}
     return {caption: path.name for caption, path in figures.items()}
 
 
@@ -253,7 +254,7 @@ def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[di
         *budget_section(saved, summary),
         "## Test metrics (best epoch's weights)",
         test_table(summary, metrics),
-        *calibration_section(summary["calibration"]),
+        *(calibration_section(summary["calibration"]) if summary.get("calibration") else []),
         "## Observations",
         "\n".join(f"- {line}" for line in observations(history, matrix, metrics)),
         "## Per epoch",
@@ -270,13 +271,14 @@ def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[di
     return "\n\n".join(sections) + "\n"
 
 
-def flat_calibration(calibration: dict) -> dict:
+def flat_calibration(calibration: dict | None) -> dict:
     """summary.json's one-number keys for tables (fmnist compare): test_ece, test_brier, test_nll of the raw
     probabilities and, with a temperature, test_ece_calibrated etc. (None without one)."""
+    calibration = calibration or {"before": {}}
     after = calibration.get("after") or {}
     flat = {"temperature": calibration.get("temperature")}
     for key in ("ece", "brier", "nll"):
-        flat[f"test_{key}"] = calibration["before"][key]
+        flat[f"test_{key}"] = calibration["before"].get(key)
         flat[f"test_{key}_calibrated"] = after.get(key)
     return flat
 
@@ -303,16 +305,21 @@ def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, te
         "test_per_class_accuracy": test.per_class_accuracy(),
         "test_precision_recall_f1": metrics,
         "test_confusion_matrix": {"rows": "true class", "columns": "predicted class", "counts": matrix.tolist()},
-        "calibration": calibration or calibration_record(test.probabilities, test.labels, None),
     })
-    summary.update(flat_calibration(summary["calibration"]))
+    if calibration is None and test.probabilities is not None:  # measured as they are, without a temperature
+        calibration = calibration_record(test.probabilities, test.labels, None)
+    if calibration is not None:  # a hand-made EvalResult may have no probabilities to measure
+        summary.update({"calibration": calibration, **flat_calibration(calibration)})
+    else:  # nothing measured now: no figures of an earlier evaluation left behind
+        for key in ("calibration", *flat_calibration(None)):
+            summary.pop(key, None)
     if test_data is not None:
         summary["test_data"] = test_data
     network = model.network if isinstance(model, TrainedModel) else model
     explained = TrainedModel(network, mean, std, bool(saved["config"].get("tta_flip")), {},
-                             summary["calibration"].get("temperature"))
+                             (calibration or {}).get("temperature"))
     figures = write_figures(run_path, history, read_learning_rates(run_path), matrix, metrics,
-                            test_images, test, explained, summary["calibration"])
+                            test_images, test, explained, calibration)
     write_summary(run_path, summary)
     report_path = run_path / "report.md"
     atomic_write_text(report_path, report_markdown(run_path, saved, summary, history, matrix, metrics, figures))

@@ -71,7 +71,7 @@ def export_onnx(source: str | Path, out: str | Path | None = None, force: bool =
     model = load_model(checkpoint, calibrate=calibrate).to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     program = torch.onnx.export(
-        ScaledLogits(model), (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+        ScaledLogits(model).eval(), (example,), dynamo=True, input_names=["images"], output_names=["logits"],
         dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
     )
     metadata = {
