@@ -230,3 +230,34 @@ def test_a_bad_temperature_is_one_line_and_exit_2_and_nothing_changes(scrambled_
         assert main([*arguments, "--no-calibrate"]) == 0
     assert snapshot(copy) == before
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_compare_shows_ece_brier_and_nll_before_and_after_the_temperature(scrambled_run, tmp_path, capsys):
+    import csv
+
+    run, _ = scrambled_run
+    assert main(["compare", str(run), "--out", str(tmp_path / "comparison")]) == 0
+    assert "| ECE | ECE (T) | Brier | Brier (T) | NLL | NLL (T) |" in capsys.readouterr().out
+    [row] = csv.DictReader((tmp_path / "comparison" / "comparison.csv").open())
+    summary = json.loads((run / "summary.json").read_text())
+    for column, key in (("ECE", "ece"), ("Brier", "brier"), ("NLL", "nll")):
+        assert row[column] == f"{summary['calibration']['before'][key]:,.4f}"
+        assert row[f"{column} (T)"] == f"{summary['calibration']['after'][key]:,.4f}"
+
+
+def test_evaluate_prints_and_answers_the_calibration(scrambled_run, capsys):
+    run, data = scrambled_run
+    arguments = ["evaluate", str(run), "--data-dir", str(data), "--allow-unverified-data", "--device", "cpu"]
+    assert main([*arguments, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert answer["calibration"]["temperature"] == summary["calibration"]["temperature"]
+    assert answer["calibration"]["after"]["ece"] == pytest.approx(summary["test_ece_calibrated"])
+    assert answer["test_loss"] == pytest.approx(summary["test_loss"])  # the raw logits' cross-entropy, as trained
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert f"ECE {summary['test_ece']:.4f}" in printed and f"ECE {summary['test_ece_calibrated']:.4f}" in printed
+    assert main([*arguments, "--json", "--no-calibrate"]) == 0
+    raw = json.loads(capsys.readouterr().out)["calibration"]
+    assert raw["temperature"] is None and raw["after"] is None
+    assert raw["before"]["ece"] == pytest.approx(summary["test_ece"])

@@ -30,8 +30,8 @@ CALIBRATION_MEASURES = {f"{label}{after}": (f"test_{key}{suffix}", 4)
                         for label, key in (("ECE", "ece"), ("Brier", "brier"), ("NLL", "nll"))
                         for after, suffix in (("", ""), (" (T)", "_calibrated"))}
 MEASURES.update(CALIBRATION_MEASURES)
-RUN_COLUMNS = ["run", "model", "recipe", "parameters", "epochs", "best val acc", "test acc", *CALIBRATION_MEASURES,
-               "wall s", "images/s"]
+RUN_COLUMNS = ["run", "model", "recipe", "parameters", "epochs", "best val acc", "test acc", "wall s", "images/s",
+               *CALIBRATION_MEASURES]
 
 
 @dataclass
