@@ -13,7 +13,7 @@ ARGS ?=
 # that their tests run too.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,serve,tune,pandas,mlflow]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,serve,tune,pandas,mlflow,explain]'
 	touch $@
 
 setup: $(VENV)/.installed

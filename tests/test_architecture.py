@@ -23,7 +23,7 @@ LAYERS = [
     ("fmnist.models",),
     ("fmnist.training",),
     ("fmnist.runs",),
-    ("fmnist.inference",),
+    ("fmnist.inference", "fmnist.explain"),
     ("fmnist.results",),
     ("fmnist.reports",),
     ("fmnist.experiment",),

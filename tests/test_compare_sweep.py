@@ -72,7 +72,7 @@ def test_compare_tabulates_runs_and_draws_their_curves(sweep, tmp_path, capsys):
     printed = capsys.readouterr().out
     # The settings that differ (lr and seed here) are columns; runs cut by --limit-batches say so.
     assert ("| run | model | recipe | lr | seed | parameters | epochs | best val acc | test acc | wall s | images/s "
-            "| notes |") in printed
+            "| ECE | ECE (T) | Brier | Brier (T) | NLL | NLL (T) | notes |") in printed
     assert "cut to 2 batches/epoch" in printed
     rows = read_csv(tmp_path / "cmp" / "comparison.csv")
     assert [row["run"] for row in rows] == [run.name for run in runs]

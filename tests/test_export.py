@@ -7,6 +7,7 @@ onnxruntime it is skipped, and only that test.
 from __future__ import annotations
 
 import builtins
+import json
 
 import numpy as np
 import pytest
@@ -45,13 +46,21 @@ def test_onnxruntime_matches_pytorch_on_test_images(tiny_run, tiny_data, capsys)
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     metadata = session.get_modelmeta().custom_metadata_map
     assert float(metadata["mean"]) == state["config"]["mean"] and "Ankle boot" in metadata["classes"]
+    # The run's temperature is applied in the graph: softmax of the output is what fmnist predict gives.
+    temperature = json.loads((tiny_run / "calibration.json").read_text())["temperature"]
+    assert float(metadata["temperature"]) == temperature != 1.0
     for batch_size in (1, 37, 200):  # the batch axis is dynamic
         images = normalize(test.images[:batch_size], state["config"]["mean"], state["config"]["std"])
         with torch.inference_mode():
-            expected = model(images).numpy()
+            expected = model(images).numpy() / temperature
         (logits,) = session.run(["logits"], {"images": images.numpy()})
         assert logits.shape == (batch_size, 10)
         assert np.abs(logits - expected).max() < 1e-4
+    assert main(["export", str(tiny_run), "--out", str(tiny_run.parent / "raw.onnx"), "--no-calibrate"]) == 0
+    raw = onnxruntime.InferenceSession(str(tiny_run.parent / "raw.onnx"), providers=["CPUExecutionProvider"])
+    assert raw.get_modelmeta().custom_metadata_map["temperature"] == "1.0"
+    (logits,) = raw.run(["logits"], {"images": images.numpy()})
+    assert np.abs(logits - expected * temperature).max() < 1e-4
 
 
 def test_a_tta_flip_run_exports_its_mirror_averaging(tiny_data, tmp_path):
@@ -66,8 +75,9 @@ def test_a_tta_flip_run_exports_its_mirror_averaging(tiny_data, tmp_path):
     session = onnxruntime.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_modelmeta().custom_metadata_map["tta_flip"] == "True"
     (logits,) = session.run(["logits"], {"images": images.numpy()})
-    assert np.abs(logits - ((plain + mirrored) / 2).numpy()).max() < 1e-4
-    assert np.abs(logits - plain.numpy()).max() > 1e-3  # the mirror really counts
+    temperature = json.loads((run / "calibration.json").read_text())["temperature"]
+    assert np.abs(logits - ((plain + mirrored) / 2).numpy() / temperature).max() < 1e-4
+    assert np.abs(logits - plain.numpy() / temperature).max() > 1e-3  # the mirror really counts
 
 
 def test_missing_extra_is_a_one_line_error(tiny_run, monkeypatch, capsys):

@@ -58,13 +58,13 @@ OWN_VALUES = {
     "--recipe": ["quick"], "--model": ["lenet"], "--batch-size": ["32"], "--warmup": ["1"], "--device": ["cpu"],
     "--amp": ["none"], "--data-dir": ["data"], "--val-size": ["100"], "--time-to-accuracy": ["quick"],
     "--epochs": ["1"], "--time-budget": ["90s"], "--dir": ["data"], "--mirror": ["https://example.org/"],
-    "--sort": ["test_accuracy"], "--descending": ["--sort", "test_accuracy"],
+    "--sort": ["test_accuracy"], "--descending": ["--sort", "test_accuracy"], "--explain": ["maps"],
 }
 TUNE = ["--storage", "journal:study.log", "--study", "s", "--trials", "1", "--space"]
 # Where each command starts from; an option must be accepted from at least one of them.
 STARTS = {
     "lr-find": [["quick"], ["mlp-sgd-ce"]], "evaluate": [["run"]], "report": [["run"]], "export": [["run"]],
-    "serve": [["run"]],
+    "serve": [["run"]], "calibrate": [["run"]],
     "compare": [["run"]], "predict": [["run", "image.png"]], "summary": [["lenet"]],
     "tune": [[*TUNE, "space.toml"], [*TUNE, "seed-space.toml"], ["--storage", "journal:study.log", "--study", "s",
                                                                   "--show"]],
@@ -77,7 +77,7 @@ WORK = ["fmnist.experiment.train", "fmnist.experiment.resume", "fmnist.tools.swe
         "fmnist.reports.compare.compare_runs", "fmnist.models.summary.model_summary",
         "fmnist.tools.export.export_onnx", "fmnist.serve.serve", "fmnist.tools.bench.benchmark",
         "fmnist.tools.bench.time_to_accuracy", "fmnist.data.download.download", "fmnist.data.download.ensure",
-        "fmnist.data.locate.find_data_dir"]
+        "fmnist.data.locate.find_data_dir", "fmnist.tools.calibrate.calibrate_run"]
 
 
 class Reached(Exception):

@@ -22,7 +22,7 @@ from fmnist.data.loader import normalize
 from fmnist.data.locate import find_data_dir
 from fmnist.data.splits import read_split
 from fmnist.experiment import train
-from fmnist.inference import TrainedModel, predict
+from fmnist.inference import TrainedModel, load_model, predict
 from fmnist.models import create_model
 from fmnist.runs.checkpoint import load_checkpoint, model_from_checkpoint
 from fmnist.training.config import TrainConfig
@@ -48,8 +48,11 @@ def confident_images(trained_run) -> list[tuple[torch.Tensor, int, float]]:
     model = model_from_checkpoint(state).eval()
     test = read_split(find_data_dir(state["config"]["data_dir"]), "test")
     images, labels = test.images[:300], test.labels[:300]
+    temperature = load_model(trained_run).temperature  # the run's, fitted on validation: predict applies it
+    assert temperature is not None
     with torch.inference_mode():
-        probabilities = torch.softmax(model(normalize(images, state["config"]["mean"], state["config"]["std"])), 1)
+        logits = model(normalize(images, state["config"]["mean"], state["config"]["std"]))
+        probabilities = torch.softmax(logits / temperature, 1)
     chosen, classes = [], set()
     for image, label, row in zip(images, labels.tolist(), probabilities, strict=True):
         if row.argmax().item() == label and row[label] > 0.9 and label not in classes:

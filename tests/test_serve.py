@@ -147,6 +147,53 @@ def test_docs_stay_on_and_describe_the_upload(client):
     assert {"/model", "/healthz"} <= set(schema["paths"])
 
 
+def test_model_shows_where_the_model_is_weak_and_how_its_probabilities_are_calibrated(client, model, tiny_run):
+    card = client.get("/model").json()
+    summary = read_summary(tiny_run)
+    assert list(card["per_class_accuracy"]) == card["classes"]
+    assert list(card["per_class_accuracy"].values()) == pytest.approx(summary["test_per_class_accuracy"], nan_ok=True)
+    assert card["confusion_matrix"]["counts"] == summary["test_confusion_matrix"]["counts"]
+    assert card["confusion_matrix"]["rows"] == "true class"
+    assert card["calibration"] == {"temperature": model.temperature, "test_ece": summary["test_ece_calibrated"]}
+    assert model.temperature is not None and card["explain"] is True
+
+
+def test_weaknesses_only_for_the_checkpoint_they_were_measured_on(tiny_run, tmp_path):
+    elsewhere = tmp_path / "copy.pt"
+    elsewhere.write_bytes((tiny_run / "best.pt").read_bytes())
+    card = model_card(load_model(elsewhere), ServeSettings())
+    assert card["per_class_accuracy"] is None and card["confusion_matrix"] is None
+    assert card["calibration"] == {"temperature": None, "test_ece": None}
+
+
+def test_predict_with_explain_answers_the_map_that_predict_explain_draws(client, model):
+    from fmnist.explain import attribution_maps
+
+    images = [item(3), item(5)]
+    files = [("file", (f"{index}.png", encoded(image), "image/png")) for index, image in enumerate(images)]
+    plain = client.post("/predict", files=files).json()
+    assert all("map" not in answer for answer in plain)
+    answers = client.post("/predict?explain=true", files=files).json()
+    seen = torch.tensor([answer["input"] for answer in answers], dtype=torch.uint8).reshape(-1, 28, 28)
+    expected = attribution_maps(model, seen)
+    for answer, wanted in zip(answers, expected, strict=True):
+        assert len(answer["map"]) == 784 and 0 <= min(answer["map"]) and max(answer["map"]) == pytest.approx(1.0)
+        assert answer["map"] == pytest.approx(wanted.flatten().tolist(), abs=1e-4)
+        assert answer["probabilities"] == next(p for p in plain if p["file"] == answer["file"])["probabilities"]
+
+
+def test_docs_load_everything_from_this_server(client):
+    """/docs (and /redoc) reference no other origin: Swagger UI's script and style come from here."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert re.findall(r"https?://", html) == [], page
+        for asset in re.findall(r"(?:src|href)=['\"]?([^'\" >]+)", html) + re.findall(r"url: ?'([^']+)'", html):
+            assert asset.startswith("/"), (page, asset)
+            assert client.get(asset).status_code == 200, asset
+
+
 def test_predict_answers_what_fmnist_predict_answers(client, model, tmp_path):
     path = tmp_path / "bar.png"
     path.write_bytes(encoded(item(3)))

@@ -220,8 +220,32 @@ def test_the_page_in_a_real_browser(server, real_run, test_images, browser, tmp_
     assert result["top"] == expected["item.png"] and not result["error"]
     assert result["preview"] == image.flatten().tolist()
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    # Its attribution map, drawn beside it: the map the API answers, blended over the input.
+    page.wait_for_function("Array.from(document.getElementById('input-map').getContext('2d')"
+                           ".getImageData(0, 0, 28, 28).data).some((value, index) => index % 4 === 0 && value > 0)")
+    drawn = np.array(page.evaluate("Array.from(document.getElementById('input-map').getContext('2d')"
+                                   ".getImageData(0, 0, 28, 28).data)")).reshape(28, 28, 4)
+    from fmnist.explain import attribution_maps
+
+    wanted = attribution_maps(model, image.unsqueeze(0))[0]
+    red = 0.4 * image.numpy() + 0.6 * 255 * np.minimum(1, 3 * wanted)
+    assert np.abs(drawn[..., 0] - np.minimum(255, red)).max() <= 2
+    # Where the model is weak: the run's per-class accuracy and confusion matrix, as /model and summary.json.
+    weak = page.evaluate("""() => ({
+        classes: [...document.querySelectorAll("#class-accuracy .name")].map((element) => element.textContent),
+        accuracies: [...document.querySelectorAll("#class-accuracy .value")].map((element) => element.textContent),
+        matrix: [...document.querySelectorAll("#confusion tr")].slice(1)
+            .map((row) => [...row.querySelectorAll("td")].map((cell) => Number(cell.textContent))),
+        calibration: document.getElementById("model-calibration").textContent,
+    })""")
+    assert weak["classes"] == list(CLASS_NAMES)
+    assert weak["accuracies"] == [f"{100 * value:.1f}%" for value in summary["test_per_class_accuracy"]]
+    assert weak["matrix"] == summary["test_confusion_matrix"]["counts"]
+    assert weak["calibration"] == (f"calibrated (temperature {summary['calibration']['temperature']:.2f}), "
+                                   f"test ECE {summary['test_ece_calibrated']:.4f}")
+    assert page.locator("#weak").is_visible() and page.locator("#input-map").is_visible()
     screenshot = tmp_path / "serve.png"
-    page.screenshot(path=str(screenshot))
+    page.screenshot(path=str(screenshot), full_page=True)
     if os.environ.get("FMNIST_SCREENSHOT"):
         shutil.copyfile(screenshot, os.environ["FMNIST_SCREENSHOT"])
 
@@ -252,6 +276,20 @@ def test_the_page_in_a_real_browser(server, real_run, test_images, browser, tmp_
 
     assert not page_errors
     assert all(url.startswith(server.url) for url in requested), requested  # no external assets: works offline
+    page.close()
+
+
+def test_the_docs_page_in_a_real_browser_requests_nothing_from_another_origin(server, browser):
+    page = browser.new_page()
+    requested, page_errors = [], []
+    page.on("request", lambda request: requested.append(request.url))
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
+    page.goto(server.url + "docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)  # Swagger UI rendered the operations
+    paths = page.eval_on_selector_all(".opblock-summary-path", "elements => elements.map(e => e.textContent)")
+    assert {"/predict", "/model", "/healthz"} <= {path.replace("\u200b", "") for path in paths}
+    assert not page_errors
+    assert requested and all(url.startswith(server.url) for url in requested), requested
     page.close()
 
 

@@ -30,6 +30,7 @@ from fmnist.data.loader import TensorLoader, normalize
 from fmnist.data.splits import DataSplits, Split, load_splits
 from fmnist.errors import ArgumentTypeError, CheckpointError, ConfigError, DataError, FmnistError
 from fmnist.experiment import RunResult, resume, train
+from fmnist.explain import attribution_maps
 from fmnist.faults import StopTraining
 from fmnist.inference import (
     CheckpointEvaluation,
@@ -78,6 +79,7 @@ __all__ = [
     "TrainedModel",
     "Training",
     "__version__",
+    "attribution_maps",
     "build_training",
     "count_parameters",
     "create_model",

@@ -39,6 +39,7 @@ from fmnist.reports.mlflow_log import MlflowLog, MlflowTarget, connect, ends_wit
 from fmnist.reports.report import write_report
 from fmnist.reports.tensorboard_log import TensorBoardLog, require_tensorboard
 from fmnist.results import Run, read_run
+from fmnist.runs.calibration import fit_run_temperature
 from fmnist.runs.checkpoint import load_checkpoint, load_weights
 from fmnist.runs.folder import (
     check_run_folder_free,
@@ -52,6 +53,7 @@ from fmnist.runs.recorder import RunRecorder
 from fmnist.runs.resume import ResumePoint, config_to_resume, remove_leftovers, restore_run
 from fmnist.training.budget import TimePlan, overrun_line, plan_time_budget
 from fmnist.training.build import Training, build_training
+from fmnist.training.calibration import calibration_record, scaled_probabilities
 from fmnist.training.config import FIELDS, TrainConfig
 from fmnist.training.distributed import (
     DistributedRecorder,
@@ -65,7 +67,7 @@ from fmnist.training.distributed import (
     wrap_model,
 )
 from fmnist.training.early_stopping import EarlyStopping
-from fmnist.training.loop import EpochRecorder, NonFiniteLossError, evaluate, fit
+from fmnist.training.loop import EpochRecorder, EvalResult, NonFiniteLossError, evaluate, fit
 from fmnist.training.progress import TrainingProgress
 from fmnist.training.runtime import (
     Precision,
@@ -407,6 +409,7 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
     `started` is when the run started, earlier parts of a resumed run included, so that wall_seconds
     is the whole run's."""
     test, best_epoch = test_best_weights(path, config, training)
+    calibration = calibrate_best_weights(path, config, training, test, best_epoch)
     if stop.requested:
         raise TrainingInterrupted("during the final test evaluation", stop.signal_number)
     wall_seconds = time.perf_counter() - started
@@ -427,7 +430,7 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
         **more,
     })
     report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std,
-                               {"directory": str(data.directory), "verified": data.verified})
+                               {"directory": str(data.directory), "verified": data.verified}, calibration)
     logger.info("report: %s", report_path)
     if tensorboard is not None:
         tensorboard.log_confusion_matrix(test, best_epoch)
@@ -442,6 +445,23 @@ def test_best_weights(path: Path, config: TrainConfig, training: Training):
     best = load_checkpoint(path / "best.pt")
     load_weights(training.model, best["model"], str(path / "best.pt"))
     return evaluate(training.model, training.test_loader, config.tta_flip), best["epoch"]
+
+
+def calibrate_best_weights(path: Path, config: TrainConfig, training: Training, test: EvalResult,
+                           best_epoch: int) -> dict:
+    """With config.calibrate: fit best.pt's temperature on the validation split (never the test split),
+    save it as calibration.json, and measure the test probabilities before and after it; the test
+    result's probabilities become the scaled ones, which the report shows."""
+    temperature = None
+    if config.calibrate:
+        record = fit_run_temperature(path, training.model, training.val_loader, config.tta_flip, config.model,
+                                     best_epoch)
+        temperature = record["temperature"]
+        logger.info("calibration: temperature %.3f, fitted on the validation split", temperature)
+    measured = calibration_record(test.probabilities, test.labels, temperature)
+    if temperature is not None:
+        test.probabilities = scaled_probabilities(test.probabilities, temperature)
+    return measured
 
 
 def kept(path: Path, recorder: EpochRecorder) -> str:

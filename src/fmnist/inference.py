@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fmnist.arguments import shown
+from fmnist.arguments import check_bool, shown
 from fmnist.data.fashion import CLASS_NAMES, IMAGE_SIZE, MEAN, NUM_CLASSES, STD
 from fmnist.data.images import IMAGE_SUFFIXES, display_path, image_batch, image_files, read_image, to_fashion_mnist
 from fmnist.data.loader import TensorLoader
@@ -28,6 +28,7 @@ from fmnist.data.locate import find_data_dir
 from fmnist.data.splits import Split, read_split
 from fmnist.data.verify import unverified_files
 from fmnist.errors import CheckpointError, ConfigError, DataError, one_line_reason
+from fmnist.runs.calibration import run_temperature
 from fmnist.runs.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -35,6 +36,7 @@ from fmnist.runs.checkpoint import (
     normalization,
     trained_with_flip_tta,
 )
+from fmnist.training.calibration import calibration_record, scaled_probabilities
 from fmnist.training.config import EVAL_BATCH_SIZE
 from fmnist.training.loop import EvalResult, evaluate, predict_logits
 from fmnist.training.runtime import resolve_device
@@ -45,31 +47,41 @@ class TrainedModel(nn.Module):
 
     Call it on normalized (N, 1, 28, 28) images for logits, as the network itself; a run trained
     with --tta-flip also averages each image with its mirror image here, as its test accuracy did.
-    `info` holds the checkpoint's model name, epoch, recipe and path.
+    `info` holds the checkpoint's model name, epoch, recipe and path. `temperature` is the run's fitted
+    temperature (runs/calibration.py), or None: probabilities are softmax(logits / temperature)
+    wherever they come out (class_probabilities, evaluate_checkpoint, export); the logits stay raw.
     """
 
-    def __init__(self, network: nn.Module, mean: float, std: float, flip_tta: bool, info: dict):
+    def __init__(self, network: nn.Module, mean: float, std: float, flip_tta: bool, info: dict,
+                 temperature: float | None = None):
         super().__init__()
         self.network = network
         self.mean = mean
         self.std = std
         self.flip_tta = flip_tta
         self.info = info
+        self.temperature = temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return predict_logits(self.network, images, self.flip_tta)
 
 
-def load_model(source: str | os.PathLike, device: str = "cpu") -> TrainedModel:
-    """The trained model of a run folder (its best.pt, else last.pt) or of a checkpoint file, in eval mode."""
+def load_model(source: str | os.PathLike, device: str = "cpu", calibrate: bool = True) -> TrainedModel:
+    """The trained model of a run folder (its best.pt, else last.pt) or of a checkpoint file, in eval mode.
+
+    With `calibrate`, the run's temperature (calibration.json) is applied to its probabilities;
+    `calibrate=False` keeps the raw ones.
+    """
     path = checkpoint_argument(source, "load_model", "source")
     torch_device = device_argument(device, "load_model")
+    check_bool(calibrate, "calibrate", "load_model")
     state = load_checkpoint(path)
     network = model_from_checkpoint(state, path)
     mean, std = normalization(state)
     info = {"model": state["model_name"], "epoch": state["epoch"], "recipe": state["config"].get("recipe"),
             "checkpoint": str(path)}
-    model = TrainedModel(network, mean, std, trained_with_flip_tta(state), info)
+    temperature = run_temperature(path, state["model_name"], state["epoch"]) if calibrate else None
+    model = TrainedModel(network, mean, std, trained_with_flip_tta(state), info, temperature)
     return model.to(device=torch_device, memory_format=torch.channels_last).eval()
 
 
@@ -220,7 +232,9 @@ def probability_rows(model: nn.Module, images: list[torch.Tensor]) -> torch.Tens
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise CheckpointError(f"predict(model_or_run={type(model).__name__}): the model answers {shape} for "
                               f"{len(images)} images, not ({len(images)}, {NUM_CLASSES}) class scores")
-    probabilities = torch.softmax(logits.float(), dim=1).cpu()
+    # A TrainedModel with a fitted temperature gives its calibrated probabilities (runs/calibration.py).
+    temperature = getattr(model, "temperature", None) or 1.0
+    probabilities = torch.softmax(logits.float() / temperature, dim=1).cpu()
     if not torch.isfinite(probabilities).all():
         raise CheckpointError("the model's output is not finite (NaN or infinite weights?); "
                               "it cannot classify anything: use a checkpoint from before the loss diverged")
@@ -394,6 +408,9 @@ class CheckpointEvaluation:
     result: EvalResult
     data_dir: Path
     data_verified: bool
+    # {"temperature", "before": measures of the raw probabilities, "after": of the scaled ones (None
+    # without a temperature)}; a measure is ECE, Brier score, NLL and reliability bins (training/calibration.py).
+    calibration: dict | None = None
 
     @property
     def accuracy(self) -> float:
@@ -425,9 +442,13 @@ class CheckpointEvaluation:
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "auto",
-    batch_size: int = EVAL_BATCH_SIZE, allow_unverified_data: bool = False,
+    batch_size: int = EVAL_BATCH_SIZE, allow_unverified_data: bool = False, calibrate: bool = True,
 ) -> CheckpointEvaluation:
-    """A checkpoint's model on the test split, normalized and (flip TTA) evaluated as in its training."""
+    """A checkpoint's model on the test split, normalized and (flip TTA) evaluated as in its training.
+
+    The loss is the cross-entropy of the raw logits, as in training; the result's probabilities are
+    the temperature-scaled ones when the run has a temperature and `calibrate` (see load_model).
+    """
     path = checkpoint_argument(checkpoint, "evaluate_checkpoint", "checkpoint")
     if data_dir is not None and (isinstance(data_dir, bool) or not isinstance(data_dir, (str, os.PathLike))):
         raise DataError(f"evaluate_checkpoint(data_dir={shown(data_dir)}): give the data folder (a str or a Path), "
@@ -436,9 +457,10 @@ def evaluate_checkpoint(
     if not isinstance(allow_unverified_data, bool):
         raise ConfigError(f"evaluate_checkpoint(allow_unverified_data={shown(allow_unverified_data)}): "
                           "give True or False", "allow_unverified_data")
+    check_bool(calibrate, "calibrate", "evaluate_checkpoint")
     device_argument(device, "evaluate_checkpoint")
     state = load_checkpoint(path)
-    model = load_model(path, device)
+    model = load_model(path, device, calibrate)
     directory = find_data_dir(data_dir or state["config"].get("data_dir"))
     problems = unverified_files(directory)
     if problems and not allow_unverified_data:
@@ -450,4 +472,14 @@ def evaluate_checkpoint(
     if not torch.isfinite(torch.tensor(result.loss)):
         raise CheckpointError(f"{path}: the model's output is not finite (NaN or infinite weights?); "
                               "use a checkpoint from before the loss diverged")
-    return CheckpointEvaluation(path, state, model, test_split, result, directory, not problems)
+    calibration = calibration_of(model, result)
+    return CheckpointEvaluation(path, state, model, test_split, result, directory, not problems, calibration)
+
+
+def calibration_of(model: TrainedModel, result: EvalResult) -> dict:
+    """The result's calibration measures, before and after the model's temperature (if any); the result's
+    probabilities become the scaled ones, what predict gives for the same images."""
+    measured = calibration_record(result.probabilities, result.labels, model.temperature)
+    if model.temperature is not None:
+        result.probabilities = scaled_probabilities(result.probabilities, model.temperature)
+    return measured

@@ -276,9 +276,11 @@ def find_runs(folders, said_as: str = "load_runs(folder={})") -> list[tuple[str,
 # ---------------------------------------------------------------- one table of runs
 
 NOT_SETTINGS = ("name", "out")  # differ for every run by construction
+# Test calibration (summary.json's flat keys): raw, and after the run's temperature ("_calibrated").
+CALIBRATION_COLUMNS = [f"test_{measure}{after}" for measure in ("ece", "brier", "nll") for after in ("", "_calibrated")]
 FIXED_COLUMNS = ["run", "model", "recipe", "status", "resumes", "limit_batches", "epochs_done", "best_epoch",
                  "best_val_accuracy", "test_accuracy", "test_loss", "parameters", "wall_seconds", "images_per_second",
-                 "path"]
+                 *CALIBRATION_COLUMNS, "path"]
 
 
 def differing_settings(runs: list[Run]) -> list[str]:
@@ -303,6 +305,7 @@ def run_table(found: list[tuple[str, Run]]) -> tuple[list[str], list[dict]]:
             "test_accuracy": run.test_accuracy, "test_loss": run.test_loss, "parameters": run.parameters,
             "wall_seconds": run.wall_seconds, "images_per_second": number(run.summary.get("images_per_second")),
             "path": str(run.path),
+            **{key: number(run.summary.get(key)) for key in CALIBRATION_COLUMNS},
         }
         row.update({name: getattr(run.config, name) for name in settings})
         rows.append({column: row[column] for column in columns})

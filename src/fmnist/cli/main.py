@@ -52,8 +52,8 @@ class ArgumentParser(argparse.ArgumentParser):
 # lr-find drives the learning rate itself and trains no run: these options have no effect there:
 # --help leaves them out, and given, they are refused in one line that says why.
 LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema",
-                   "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches", "patience",
-                   "min_delta", "mlflow", "mlflow_experiment")
+                   "calibrate", "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches",
+                   "patience", "min_delta", "mlflow", "mlflow_experiment")
 
 
 # tune names and places its trials' run folders itself (trial-NNNN in OUT/STUDY).
@@ -73,6 +73,10 @@ def build_parser() -> ArgumentParser:
     def json_option(sub: ArgumentParser) -> None:
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    def calibrate_option(sub: ArgumentParser) -> None:
+        sub.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                         help="raw probabilities: do not apply the run's temperature (calibration.json)")
+
     def test_data_options(sub: ArgumentParser) -> None:
         sub.add_argument("--data-dir", help=DATA_DIR_HELP)
         sub.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP + " (default: auto)")
@@ -90,11 +94,24 @@ def build_parser() -> ArgumentParser:
     evaluate = command("evaluate", "test loss, accuracy and per-class accuracy of a checkpoint")
     evaluate.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     test_data_options(evaluate)
+    calibrate_option(evaluate)
     json_option(evaluate)
 
     report = command("report", "evaluate a run's best checkpoint and write its figures and report.md")
     report.add_argument("run_dir", metavar="RUN_DIR")
     test_data_options(report)
+    calibrate_option(report)
+
+    calibrate = command("calibrate", "fit a run's temperature on its validation split (runs trained before "
+                                     "temperatures, or with --no-calibrate)")
+    calibrate.add_argument("run_dir", metavar="RUN_DIR")
+    calibrate.add_argument("--data-dir", help="folder holding the four IDX files (default: the run's, else searched, "
+                                              "see `fmnist data info`)")
+    calibrate.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP + " (default: auto)")
+    calibrate.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                           help=f"validation images per batch (default: {EVAL_BATCH_SIZE})")
+    calibrate.add_argument("--force", action="store_true", help="replace an existing calibration.json")
+    json_option(calibrate)
 
     summary = command("summary", "layer table: output shapes, parameters, multiply-adds per image")
     summary.add_argument("model", metavar="MODEL")
@@ -145,6 +162,10 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--no-invert", dest="invert", action="store_false",
                          help="never invert (by default images on a light background are inverted to light on black)")
     predict.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs (default: auto)")
+    predict.add_argument("--explain", metavar="OUT_DIR",
+                         help="also write one PNG per image into OUT_DIR (created if missing): the image and its "
+                              "attribution map, what changed the model's answer most (pip install -e '.[explain]')")
+    calibrate_option(predict)
     json_option(predict)
 
     export = command("export", "write a checkpoint's model as ONNX (pip install -e '.[onnx]')")
@@ -153,6 +174,7 @@ def build_parser() -> ArgumentParser:
                         help="the file format; only onnx for now (default: onnx)")
     export.add_argument("--out", metavar="FILE", help="where to write (default: RUN_DIR/model.onnx)")
     export.add_argument("--force", action="store_true", help="replace an existing file (never a checkpoint)")
+    calibrate_option(export)
 
     serve = command("serve", "a web page and a JSON API for a trained model (pip install -e '.[serve]')")
     serve.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
@@ -164,6 +186,7 @@ def build_parser() -> ArgumentParser:
                        help="largest request body in MB; larger ones are answered 413 (default: 10)")
     serve.add_argument("--max-batch", type=int,
                        help="most images per forward pass when requests arrive together (default: 256; 1: no batching)")
+    calibrate_option(serve)
 
     lr_find = command("lr-find", "learning-rate range test: loss against an exponentially growing learning rate")
     lr_find.add_argument("start", metavar="RECIPE|RUN_DIR",
@@ -259,19 +282,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     check_positive(args.batch_size, "--batch-size")
     evaluation = evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.batch_size,
-                                     args.allow_unverified_data)
+                                     args.allow_unverified_data, args.calibrate)
     result, state = evaluation.result, evaluation.state
     per_class = dict(zip(CLASS_NAMES, result.per_class_accuracy(), strict=True))
     if args.json:
         print_json({"checkpoint": str(evaluation.path), "model": state["model_name"], "epoch": state["epoch"],
                     "test_loss": result.loss, "test_accuracy": result.accuracy, "images": len(result.labels),
-                    "per_class_accuracy": per_class, "data_dir": str(evaluation.data_dir),
-                    "data_verified": evaluation.data_verified})
+                    "per_class_accuracy": per_class, "calibration": evaluation.calibration,
+                    "data_dir": str(evaluation.data_dir), "data_verified": evaluation.data_verified})
         return 0
     print(f"checkpoint: {evaluation.path} ({state['model_name']}, epoch {state['epoch']})")
     print(f"test loss {result.loss:.4f}  test accuracy {result.accuracy:.4f}  ({len(result.labels):,} images)")
+    for line in calibration_lines(evaluation.calibration):
+        print(line)
     for name, accuracy in per_class.items():
         print(f"  {name:<12} {accuracy:.4f}")
+    return 0
+
+
+def calibration_lines(calibration: dict) -> list[str]:
+    """ECE, Brier and NLL of the raw probabilities, and after the run's temperature when it has one."""
+    def measures(values: dict) -> str:
+        return f"ECE {values['ece']:.4f}  Brier {values['brier']:.4f}  NLL {values['nll']:.4f}"
+
+    lines = [f"calibration, raw probabilities:  {measures(calibration['before'])}"]
+    if calibration.get("after"):
+        lines.append(f"after temperature {calibration['temperature']:.3f}:    {measures(calibration['after'])}  "
+                     "(what predict gives)")
+    return lines
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from fmnist.tools.calibrate import calibrate_run
+
+    check_positive(args.batch_size, "--batch-size")
+    record = calibrate_run(args.run_dir, args.data_dir, args.device, args.batch_size, args.force)
+    if args.json:
+        print_json(record)
+        return 0
+    print(f"temperature {record['temperature']:.4f} (fitted on {record['images']:,} validation images: NLL "
+          f"{record['validation_nll_before']:.4f} -> {record['validation_nll_after']:.4f})")
+    print(f"written: {Path(args.run_dir) / 'calibration.json'}")
     return 0
 
 
@@ -279,7 +330,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fmnist.reports.report import report_run
 
     check_positive(args.batch_size, "--batch-size")
-    path = report_run(args.run_dir, args.data_dir, args.device, args.batch_size, args.allow_unverified_data)
+    path = report_run(args.run_dir, args.data_dir, args.device, args.batch_size, args.allow_unverified_data,
+                      args.calibrate)
     print(f"report: {path}")
     return 0
 
@@ -357,24 +409,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not 1 <= args.top_k <= NUM_CLASSES:
         raise UsageError(f"--top-k {args.top_k}: must be between 1 and {NUM_CLASSES}")
-    model = load_model(args.checkpoint, args.device)
+    model = load_model(args.checkpoint, args.device, calibrate=args.calibrate)
+    explain_to = None
+    if args.explain is not None:
+        from fmnist.tools.explain_files import explain_folder
+
+        explain_to = explain_folder(args.explain, args.images)  # checked before any work
     predictions = predict(model, args.images, invert=args.invert, skip_unreadable=True)
+    maps = {}
+    if explain_to is not None:
+        from fmnist.tools.explain_files import write_explanations
+
+        maps = write_explanations(model, explain_to, predictions, args.images, args.invert)
     failures = [prediction for prediction in predictions if prediction.error is not None]
     for failure in failures:
         print(f"fmnist: error: {failure.error}", file=sys.stderr)
     if args.json:
-        print_json([prediction.to_dict(args.top_k) for prediction in predictions])
+        print_json([{**prediction.to_dict(args.top_k), **({"map": str(maps[index])} if index in maps else {})}
+                    for index, prediction in enumerate(predictions)])
     else:
         for prediction in predictions:
             if prediction.error is None:
                 print(prediction.to_line(args.top_k))
+        if maps:
+            print(f"maps: {len(maps)} PNG files in {explain_to.folder}")
     return 1 if failures else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from fmnist.tools.export import export_onnx
 
-    written = export_onnx(args.checkpoint, args.out, args.force)
+    written = export_onnx(args.checkpoint, args.out, args.force, args.calibrate)
     print(f"wrote {written} (ONNX; input 'images' (N, 1, 28, 28) normalized, output 'logits' (N, 10))")
     return 0
 
@@ -383,7 +448,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fmnist.serve import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-          max_batch=args.max_batch, device=args.device)
+          max_batch=args.max_batch, device=args.device, calibrate=args.calibrate)
     return 0  # stopped by Ctrl-C or SIGTERM after answering the requests in flight: a clean stop
 
 
@@ -539,6 +604,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "report": cmd_report,
+    "calibrate": cmd_calibrate,
     "summary": cmd_summary,
     "compare": cmd_compare,
     "sweep": cmd_sweep,

@@ -18,7 +18,7 @@ from fmnist.errors import CheckpointError, ConfigError
 from fmnist.files import atomic_write_text
 from fmnist.reports import plots
 from fmnist.reports.report import markdown_table
-from fmnist.results import FIXED_COLUMNS, Run, find_runs, number, run_table
+from fmnist.results import CALIBRATION_COLUMNS, FIXED_COLUMNS, Run, find_runs, number, run_table
 from fmnist.runs.folder import is_run_folder
 from fmnist.training.config import TrainConfig
 
@@ -28,12 +28,20 @@ SHOWN = {  # CSV column -> (printed header, digits; None: as it is)
     "parameters": ("parameters", 0), "epochs_done": ("epochs", None), "best_val_accuracy": ("best val acc", 4),
     "test_accuracy": ("test acc", 4), "wall_seconds": ("wall s", 1), "images_per_second": ("images/s", 0),
 }
+# Test calibration, raw and after the run's temperature "(T)" (summary.json's flat keys).
+CALIBRATION_SHOWN = {
+    "test_ece": ("ECE", 4), "test_ece_calibrated": ("ECE (T)", 4), "test_brier": ("Brier", 4),
+    "test_brier_calibrated": ("Brier (T)", 4), "test_nll": ("NLL", 4), "test_nll_calibrated": ("NLL (T)", 4),
+}
+assert list(CALIBRATION_SHOWN) == CALIBRATION_COLUMNS  # the CSV's columns, each with its printed header
+SHOWN.update(CALIBRATION_SHOWN)
 MEASURES = {  # grid column -> (Run attribute or summary key, digits)
     "best val acc": ("best_val_accuracy", 4),
     "test acc": ("test_accuracy", 4),
     "wall s": ("wall_seconds", 1),
     "images/s": ("images_per_second", 0),
 }
+MEASURES.update({header: (column, digits) for column, (header, digits) in CALIBRATION_SHOWN.items()})
 
 
 def expand_run_dirs(paths: list[str | Path]) -> list[tuple[str, Run]]:

@@ -113,8 +113,9 @@ def per_class_bars(values: list[float], class_names: list[str], xlabel: str, pat
     return save(figure, path)
 
 
-def image_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int = 8) -> Path:
-    """uint8 images (N, 28, 28), each with a title; an empty set draws a note instead."""
+def image_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int = 8, maps=None) -> Path:
+    """uint8 images (N, 28, 28), each with a title; an empty set draws a note instead. `maps`: an
+    attribution map (N, 28, 28) in [0, 1] per image (explain.py), drawn over it in "inferno"."""
     count = len(images)
     rows = max(1, -(-count // columns))
     figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75), squeeze=False,
@@ -123,9 +124,41 @@ def image_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int
         axes.axis("off")
         if index < count:
             axes.imshow(images[index].numpy(), cmap="gray", vmin=0, vmax=255)
+            if maps is not None:
+                axes.imshow(maps[index], cmap="inferno", vmin=0, vmax=1, alpha=0.55)
             axes.set_title(titles[index], fontsize=7)
     if count == 0:
         grid[0, 0].text(0, 0.5, "no misclassified images", fontsize=12)
+    return save(figure, path)
+
+
+def reliability_diagram(calibration: dict, path: Path) -> Path:
+    """Accuracy against confidence per bin, before and (with a temperature) after scaling: a calibrated
+    model's bars reach the diagonal; bars below it are overconfidence. Bar width: the bin; the number
+    above a bar: its images."""
+    panels = [("raw probabilities", calibration["before"])]
+    if calibration.get("after"):
+        panels.append((f"after temperature scaling (T = {calibration['temperature']:.2f})", calibration["after"]))
+    figure, grid = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False,
+                                layout="constrained")
+    for axes, (title, measured) in zip(grid[0], panels, strict=True):
+        filled = [row for row in measured["bins"] if row["count"]]
+        axes.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+        axes.bar([row["lower"] for row in filled], [row["accuracy"] for row in filled],
+                 width=[row["upper"] - row["lower"] for row in filled], align="edge", color="tab:blue",
+                 edgecolor="white", alpha=0.8, label="accuracy of the bin's images")
+        axes.scatter([row["confidence"] for row in filled], [row["confidence"] for row in filled], color="tab:red",
+                     s=12, zorder=3, label="their mean confidence")
+        for row in filled:
+            axes.text((row["lower"] + row["upper"]) / 2, min(row["accuracy"], 0.93) + 0.02, f"{row['count']:,}",
+                      ha="center", fontsize=6, rotation=90)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1.05)
+        axes.set_xlabel("confidence (the top probability), 15 bins")
+        axes.set_ylabel("accuracy")
+        axes.set_title(f"{title}\nECE {measured['ece']:.4f}, NLL {measured['nll']:.4f}", fontsize=9)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, loc="upper left")
     return save(figure, path)
 
 

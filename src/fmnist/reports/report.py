@@ -18,12 +18,14 @@ from torch import nn
 from fmnist.data.fashion import CLASS_NAMES
 from fmnist.data.loader import normalize
 from fmnist.errors import CheckpointError
+from fmnist.explain import attribution_maps, captum_available
 from fmnist.files import atomic_write_text, exclusive_lock
-from fmnist.inference import evaluate_checkpoint
+from fmnist.inference import TrainedModel, evaluate_checkpoint
 from fmnist.models import count_parameters
 from fmnist.models.registry import how_to_make_known, is_builtin
 from fmnist.reports import plots
 from fmnist.runs.folder import read_history, read_learning_rates, read_saved_config, read_summary, write_summary
+from fmnist.training.calibration import calibration_record
 from fmnist.training.config import EVAL_BATCH_SIZE
 from fmnist.training.loop import EvalResult
 from fmnist.training.metrics import classification_metrics, confusion_matrix, most_confused_pairs, weakest_classes
@@ -45,15 +47,31 @@ def probabilities_of(model: nn.Module, image: torch.Tensor, mean: float, std: fl
         return torch.softmax(model(batch.contiguous(memory_format=torch.channels_last)), dim=1)[0].tolist()
 
 
+def mistake_maps(model: TrainedModel, images: torch.Tensor, predicted: torch.Tensor):
+    """Attribution maps of the mistakes (explain.py), or None without captum (the grid is drawn without)."""
+    if not captum_available() or len(images) == 0:
+        return None
+    return attribution_maps(model, images, predicted.tolist())
+
+
 def write_figures(run_path: Path, history: list[dict], learning_rates: list[float], matrix: torch.Tensor,
-                  metrics: dict, test_images: torch.Tensor, test: EvalResult, model: nn.Module,
-                  mean: float, std: float) -> dict[str, str]:
+                  metrics: dict, test_images: torch.Tensor, test: EvalResult, model: TrainedModel,
+                  calibration: dict | None) -> dict[str, str]:
     """Every PNG of the run; returns {caption: file name} in the order report.md shows them."""
     names = list(CLASS_NAMES)
     steps_per_epoch = len(learning_rates) // len(history) if history else None
     wrong = (test.predictions != test.labels).nonzero().flatten()
     shown = wrong[:MISCLASSIFIED_SHOWN]
-    titles = [f"true {names[test.labels[i]]}\npred {names[test.predictions[i]]}" for i in shown.tolist()]
+    probabilities = test.probabilities
+    titles = [f"true {names[test.labels[i]]}\npred {names[test.predictions[i]]}"
+              + (f" {probabilities[i, test.predictions[i]]:.2f}" if probabilities is not None else "")
+              for i in shown.tolist()]
+    shown_images = test_images[shown.to(test_images.device)].cpu()
+    maps = mistake_maps(model, shown_images, test.predictions[shown])
+    grid_caption = (f"Misclassified test images (first {len(shown)} of {len(wrong)}), with the predicted class's "
+                    "probability" + (" and its attribution map (bright: the pixels that moved that probability "
+                                     "most)" if maps is not None else
+                                     "; attribution maps need captum: pip install -e '.[explain]'"))
     # The probability bars show the first mistake (more telling than a confident hit), else image 0.
     example = wrong[0].item() if len(wrong) else 0
     example_title = (f"test image {example}\ntrue {names[test.labels[example]]}, "
@@ -67,12 +85,16 @@ def write_figures(run_path: Path, history: list[dict], learning_rates: list[floa
         "Confusion matrix (test)": plots.confusion_matrix(matrix, names, run_path / "confusion_matrix.png"),
         "Per-class accuracy (test recall)": plots.per_class_bars(recalls, names, "accuracy on the class's test images",
                                                                  run_path / "per_class_accuracy.png"),
-        f"Misclassified test images (first {len(shown)} of {len(wrong)})": plots.image_grid(
-            test_images[shown.to(test_images.device)].cpu(), titles, run_path / "misclassified.png"),
+        grid_caption: plots.image_grid(shown_images, titles, run_path / "misclassified.png", maps=maps),
         "Class probabilities for one test image": plots.probability_bars(
-            test_images[example].cpu(), probabilities_of(model, test_images[example], mean, std), names,
-            example_title, run_path / "probabilities.png"),
+            test_images[example].cpu(),
+            probabilities[example].tolist() if probabilities is not None
+            else probabilities_of(model.network, test_images[example], model.mean, model.std),
+            names, example_title, run_path / "probabilities.png"),
     }
+    if calibration is not None:
+        figures = {"Reliability diagram (test): accuracy against confidence": plots.reliability_diagram(
+            calibration, run_path / "reliability.png"), **figures}
     return {caption: path.name for caption, path in figures.items()}
 
 
@@ -252,6 +274,31 @@ def stop_section(summary: dict) -> list[str]:
             f"Training stopped after epoch {summary.get('epochs', '?')} of {summary.get('epochs_planned', '?')}: "
             f"{summary['stopped_early']}. The test figures below are those of the best epoch by validation "
             "accuracy, as for any run."]
+def calibration_section(calibration: dict) -> list[str]:
+    """The test calibration before and after the temperature, and what the numbers mean for a user."""
+    before, after, temperature = calibration["before"], calibration.get("after"), calibration.get("temperature")
+    header = ["on the test split", "ECE (15 bins)", "Brier score", "NLL"]
+    rows = [["raw probabilities", f"{before['ece']:.4f}", f"{before['brier']:.4f}", f"{before['nll']:.4f}"]]
+    if after:
+        rows.append([f"after temperature scaling (T = {temperature:.3f})", f"{after['ece']:.4f}",
+                     f"{after['brier']:.4f}", f"{after['nll']:.4f}"])
+    given = after or before
+    gap = sum(row["count"] * (row["confidence"] - row["accuracy"]) for row in given["bins"] if row["count"])
+    leaning = "overconfident (it states more than it achieves)" if gap > 0 else \
+        "underconfident (it achieves more than it states)"
+    meaning = (f"ECE {given['ece']:.4f} means: on the test split, the probability this run gives its answer and "
+               f"how often such answers are right differ by {100 * given['ece']:.1f} percentage points on average "
+               f"(over 15 confidence bins, weighted by their images); it is {leaning}. Calibrated means near 0: "
+               "of the images it answers with probability 0.9, nine in ten are right.")
+    if after:
+        change = ("softened" if temperature > 1 else "sharpened") + " the probabilities"
+        verdict = (f"The temperature, fitted on the validation split only, {change} and moved the test ECE from "
+                   f"{before['ece']:.4f} to {after['ece']:.4f} and the NLL from {before['nll']:.4f} to "
+                   f"{after['nll']:.4f}; predictions (and accuracy) are unchanged. `fmnist predict`, `serve` and "
+                   "`export` apply it; `--no-calibrate` gives the raw probabilities.")
+    else:
+        verdict = "This run has no temperature (trained with --no-calibrate, or before temperatures existed)."
+    return ["## Calibration (test)", markdown_table(header, rows), meaning + " " + verdict]
 
 
 def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[dict], matrix: torch.Tensor,
@@ -274,6 +321,7 @@ def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[di
         *stop_section(summary),
         "## Test metrics (best epoch's weights)",
         test_table(summary, metrics),
+        *(calibration_section(summary["calibration"]) if summary.get("calibration") else []),
         "## Observations",
         "\n".join(f"- {line}" for line in observations(history, matrix, metrics, config, dropout)),
         "## Per epoch",
@@ -290,11 +338,25 @@ def report_markdown(run_path: Path, saved: dict, summary: dict, history: list[di
     return "\n\n".join(sections) + "\n"
 
 
+def flat_calibration(calibration: dict | None) -> dict:
+    """summary.json's one-number keys for tables (fmnist compare): test_ece, test_brier, test_nll of the raw
+    probabilities and, with a temperature, test_ece_calibrated etc. (None without one)."""
+    calibration = calibration or {"before": {}}
+    after = calibration.get("after") or {}
+    flat = {"temperature": calibration.get("temperature")}
+    for key in ("ece", "brier", "nll"):
+        flat[f"test_{key}"] = calibration["before"].get(key)
+        flat[f"test_{key}_calibrated"] = after.get(key)
+    return flat
+
+
 def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, test: EvalResult,
-                 mean: float, std: float, test_data: dict | None = None) -> Path:
+                 mean: float, std: float, test_data: dict | None = None, calibration: dict | None = None) -> Path:
     """Figures, per-class metrics into summary.json, and report.md, all in the run folder.
 
     `test_data` says which data the test result came from (directory, verified); summary.json keeps it.
+    `calibration`: the test calibration before and after the run's temperature (training/calibration.py's
+    calibration_record); without it, the test probabilities are measured as they are.
     """
     run_path = Path(run_path)
     history = read_history(run_path)
@@ -311,10 +373,20 @@ def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, te
         "test_precision_recall_f1": metrics,
         "test_confusion_matrix": {"rows": "true class", "columns": "predicted class", "counts": matrix.tolist()},
     })
+    if calibration is None and test.probabilities is not None:  # measured as they are, without a temperature
+        calibration = calibration_record(test.probabilities, test.labels, None)
+    if calibration is not None:  # a hand-made EvalResult may have no probabilities to measure
+        summary.update({"calibration": calibration, **flat_calibration(calibration)})
+    else:  # nothing measured now: no figures of an earlier evaluation left behind
+        for key in ("calibration", *flat_calibration(None)):
+            summary.pop(key, None)
     if test_data is not None:
         summary["test_data"] = test_data
+    network = model.network if isinstance(model, TrainedModel) else model
+    explained = TrainedModel(network, mean, std, bool(saved["config"].get("tta_flip")), {},
+                             (calibration or {}).get("temperature"))
     figures = write_figures(run_path, history, read_learning_rates(run_path), matrix, metrics,
-                            test_images, test, model, mean, std)
+                            test_images, test, explained, calibration)
     write_summary(run_path, summary)
     report_path = run_path / "report.md"
     atomic_write_text(report_path, report_markdown(run_path, saved, summary, history, matrix, metrics, figures,
@@ -323,7 +395,8 @@ def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, te
 
 
 def report_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
-               batch_size: int = EVAL_BATCH_SIZE, allow_unverified_data: bool = False) -> Path:
+               batch_size: int = EVAL_BATCH_SIZE, allow_unverified_data: bool = False,
+               calibrate: bool = True) -> Path:
     """`fmnist report RUN_DIR`: evaluate the run's best checkpoint on the test split, then write the report.
 
     It never changes whether the run can be resumed: a stopped run stays a stopped run.
@@ -333,12 +406,12 @@ def report_run(run_dir: str | Path, data_dir: str | None = None, device: str = "
         raise CheckpointError(f"{run_path}: no such run folder; give the folder that `fmnist train` printed")
     read_saved_config(run_path)
     with exclusive_lock(run_path, "run folder"):  # not while the run is training or being resumed
-        return write_run_report(run_path, data_dir, device, batch_size, allow_unverified_data)
+        return write_run_report(run_path, data_dir, device, batch_size, allow_unverified_data, calibrate)
 
 
 def write_run_report(run_path: Path, data_dir: str | None, device: str, batch_size: int,
-                     allow_unverified_data: bool) -> Path:
-    evaluation = evaluate_checkpoint(run_path, data_dir, device, batch_size, allow_unverified_data)
+                     allow_unverified_data: bool, calibrate: bool = True) -> Path:
+    evaluation = evaluate_checkpoint(run_path, data_dir, device, batch_size, allow_unverified_data, calibrate)
     model, state = evaluation.model, evaluation.state
     if not read_summary(run_path):  # an interrupted run: say what was tested
         write_summary(run_path, {"model": state["model_name"], "parameters": count_parameters(model.network),
@@ -346,4 +419,4 @@ def write_run_report(run_path: Path, data_dir: str | None, device: str, batch_si
                                  "device": str(evaluation.test_split.images.device)})
     test_data = {"directory": str(evaluation.data_dir), "verified": evaluation.data_verified}
     return write_report(run_path, model.network, evaluation.test_split.images, evaluation.result,
-                        model.mean, model.std, test_data)
+                        model.mean, model.std, test_data, evaluation.calibration)

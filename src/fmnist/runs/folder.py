@@ -171,6 +171,14 @@ def recorded_test_accuracy(checkpoint: Path, model_name: str, epoch: int) -> flo
     return float(accuracy) if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) else None
 
 
+def recorded_test_summary(checkpoint: Path, model_name: str, epoch: int) -> dict:
+    """summary.json when it describes this checkpoint's weights (see recorded_test_accuracy), else {}."""
+    summary = read_summary(checkpoint.parent)
+    if summary.get("model") != model_name or summary.get("best_epoch") != epoch:
+        return {}
+    return summary
+
+
 def read_history(path: Path) -> list[dict]:
     """metrics.csv as rows of numbers: every column it has (epoch as int), and every column fmnist
     writes now, None where the file has no value (an older run, or a column added since)."""

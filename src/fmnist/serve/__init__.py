@@ -17,18 +17,21 @@ import os
 
 import torch
 
+from fmnist.arguments import check_bool
 from fmnist.data.fashion import IMAGE_SIZE
 from fmnist.errors import ConfigError
 from fmnist.inference import class_probabilities, load_model
 
 logger = logging.getLogger(__name__)
 
-INSTALL_EXTRA = "pip install -e '.[serve]' in the fmnist checkout (fastapi, uvicorn, python-multipart)"
+INSTALL_EXTRA = ("pip install -e '.[serve]' in the fmnist checkout (fastapi, fastapi-offline, uvicorn, "
+                 "python-multipart, captum)")
 
 
 def require_serve_extra() -> None:
     try:
         import fastapi  # noqa: F401
+        import fastapi_offline  # noqa: F401  (the /docs page's scripts, served locally)
         import python_multipart  # noqa: F401  (FastAPI reads uploads with it)
         import uvicorn  # noqa: F401
     except ImportError as error:
@@ -36,11 +39,12 @@ def require_serve_extra() -> None:
 
 
 def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0,
-          max_batch: int | None = None, device: str = "auto") -> int | None:
+          max_batch: int | None = None, device: str = "auto", calibrate: bool = True) -> int | None:
     """Serve the model of a run folder or checkpoint until Ctrl-C or SIGTERM; return that signal's number.
 
     `max_upload_mb` caps a request's body; `max_batch` the images per forward pass (1: no batching);
-    `device` where the model runs (auto: CUDA, then MPS, then the CPU).
+    `device` where the model runs (auto: CUDA, then MPS, then the CPU); `calibrate=False` serves raw
+    probabilities instead of the run's temperature-scaled ones.
     """
     require_serve_extra()
     from fmnist.serve.app import ServeSettings, create_app
@@ -52,7 +56,8 @@ def serve(source: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
         raise ConfigError(f"--max-upload-mb {max_upload_mb:g}: must be more than 0")
     if max_batch is not None and max_batch < 1:
         raise ConfigError(f"--max-batch {max_batch}: must be at least 1")
-    model = load_model(source, device)
+    check_bool(calibrate, "calibrate", "serve")
+    model = load_model(source, device, calibrate)
     # A model whose weights went NaN would answer every request with an error: say so now, once.
     class_probabilities(model, [torch.zeros(IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)])
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 1_000_000), max_batch=max_batch or MAX_BATCH)

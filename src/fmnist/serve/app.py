@@ -2,9 +2,10 @@
 
     GET  /          the page (page.html: one file, no external assets)
     POST /predict   images (multipart field `file`, once or several times, or the raw body) -> JSON
-    GET  /model     model, recipe, test accuracy, classes, normalization, limits
+    GET  /model     model, recipe, test accuracy, per-class accuracy, confusion matrix, calibration, limits
     GET  /healthz   {"status": "ok", "images": ..., "forward_passes": ...}
-    GET  /docs      FastAPI's generated OpenAPI page
+    GET  /docs      FastAPI's generated OpenAPI page (Swagger UI from fastapi-offline's files: nothing
+                    is loaded from another origin, so it works without internet)
 
 An image goes the way `fmnist predict` takes a file (data/images.py, then inference.class_probabilities),
 so the page, the API and the command line give the same probabilities for the same bytes. Every
@@ -28,6 +29,7 @@ import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -35,8 +37,10 @@ from starlette.requests import ClientDisconnect
 from fmnist.data.fashion import CLASS_NAMES, NUM_CLASSES
 from fmnist.data.images import IMAGE_FORMATS, MAX_PIXELS, read_image_bytes, to_fashion_mnist
 from fmnist.errors import CheckpointError, DataError, FmnistError, one_line_reason
+from fmnist.explain import INSTALL_EXTRA as EXPLAIN_EXTRA
+from fmnist.explain import attribution_maps, captum_available
 from fmnist.inference import Prediction, TrainedModel
-from fmnist.runs.folder import recorded_test_accuracy
+from fmnist.runs.folder import recorded_test_accuracy, recorded_test_summary
 from fmnist.serve.batching import MAX_BATCH, InferenceQueue
 from fmnist.version import __version__
 
@@ -69,9 +73,10 @@ def model_card(model: TrainedModel, settings: ServeSettings) -> dict:
     checkpoint = Path(model.info["checkpoint"])
     try:
         test_accuracy = recorded_test_accuracy(checkpoint, model.info["model"], model.info["epoch"])
+        summary = recorded_test_summary(checkpoint, model.info["model"], model.info["epoch"])
     except CheckpointError as error:  # a damaged summary.json should not stop the model from being served
         logger.warning("no test accuracy to show: %s", error)
-        test_accuracy = None
+        test_accuracy, summary = None, {}
     return {
         "model": model.info["model"],
         "recipe": model.info["recipe"],
@@ -82,10 +87,32 @@ def model_card(model: TrainedModel, settings: ServeSettings) -> dict:
         "classes": list(CLASS_NAMES),
         "normalization": {"mean": model.mean, "std": model.std},
         "flip_tta": model.flip_tta,
+        **weaknesses(summary),
+        "calibration": served_calibration(model, summary),
+        "explain": captum_available(),  # POST /predict?explain=true answers attribution maps
         "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_files": settings.max_files,
                    "max_pixels": MAX_PIXELS, "formats": list(IMAGE_FORMATS)},
         "fmnist_version": __version__,
     }
+
+
+def weaknesses(summary: dict) -> dict:
+    """The test per-class accuracy and confusion matrix recorded for these weights (None when not recorded):
+    which classes the model confuses, for a user to see before trusting an answer."""
+    per_class = summary.get("test_per_class_accuracy")
+    matrix = (summary.get("test_confusion_matrix") or {}).get("counts")
+    fits = isinstance(per_class, list) and len(per_class) == NUM_CLASSES
+    return {"per_class_accuracy": dict(zip(CLASS_NAMES, per_class, strict=True)) if fits else None,
+            "confusion_matrix": {"rows": "true class", "columns": "predicted class", "counts": matrix}
+            if isinstance(matrix, list) and len(matrix) == NUM_CLASSES else None}
+
+
+def served_calibration(model: TrainedModel, summary: dict) -> dict:
+    """The temperature applied to the answers (None: raw probabilities) and the test ECE recorded for it."""
+    recorded = summary.get("calibration") if isinstance(summary.get("calibration"), dict) else {}
+    measured = recorded.get("after") if model.temperature is not None else recorded.get("before")
+    ece = measured.get("ece") if isinstance(measured, dict) else None
+    return {"temperature": model.temperature, "test_ece": ece if isinstance(ece, (int, float)) else None}
 
 
 def create_app(model: TrainedModel, settings: ServeSettings | None = None) -> FastAPI:
@@ -100,8 +127,10 @@ def create_app(model: TrainedModel, settings: ServeSettings | None = None) -> Fa
         async with queue.running():
             yield
 
-    app = FastAPI(title="fmnist serve", version=__version__, lifespan=lifespan,
-                  description=f"A Fashion-MNIST classifier ({card['model']}): POST an image to /predict.")
+    # FastAPIOffline: FastAPI whose /docs and /redoc load their scripts from this server, not from a CDN.
+    app = FastAPIOffline(title="fmnist serve", version=__version__, lifespan=lifespan,
+                         description=f"A Fashion-MNIST classifier ({card['model']}): POST an image to /predict.",
+                         swagger_ui_parameters={"validatorUrl": None})  # no badge fetched from swagger.io
     app.state.queue = queue
     app.state.card = card
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
@@ -126,10 +155,15 @@ def create_app(model: TrainedModel, settings: ServeSettings | None = None) -> Fa
         request: Request,
         top_k: int = Query(3, ge=1, le=NUM_CLASSES, description="classes to list per image, most likely first"),
         invert: bool = Query(True, description="invert images on a light background (as `fmnist predict` does)"),
+        explain: bool = Query(False, description="also answer `map`: the attribution map of the predicted class "
+                                                 "(784 values in [0, 1], row by row; bright: changed the answer most)"),
     ) -> JSONResponse:
         """One entry per image, in order, as `fmnist predict --json` prints them, with `input`: the 28x28
-        image the model saw (784 gray values, row by row). With several images, one that cannot be read
-        gets an `error` entry; a single image that cannot be read is a 422 answer."""
+        image the model saw (784 gray values, row by row), and with `explain=true` its `map`. With several
+        images, one that cannot be read gets an `error` entry; a single image that cannot be read is a 422
+        answer."""
+        if explain and not captum_available():
+            raise HTTPException(501, f"explain=true needs captum on the server; {EXPLAIN_EXTRA}")
         uploads = await read_uploads(request, settings)
         prepared = []
         for name, data in uploads:
@@ -142,14 +176,23 @@ def create_app(model: TrainedModel, settings: ServeSettings | None = None) -> Fa
                     raise HTTPException(422, str(error)) from None
                 prepared.append((name, error))
         readable = [image for _, image in prepared if isinstance(image, torch.Tensor)]
-        rows = iter(await queue.classify(readable) if readable else [])
+        classified = await queue.classify(readable) if readable else []
+        maps = iter(await explain_maps(readable, classified) if explain and readable else [])
+        rows = iter(classified)
         answers = []
         for name, image in prepared:
             if isinstance(image, DataError):
                 answers.append(Prediction(name, error=str(image)).to_dict(top_k))
             else:
-                answers.append({**Prediction(name, next(rows)).to_dict(top_k), "input": image.flatten().tolist()})
+                answer = {**Prediction(name, next(rows)).to_dict(top_k), "input": image.flatten().tolist()}
+                answers.append({**answer, "map": next(maps)} if explain else answer)
         return JSONResponse(answers)  # plain json.dumps: FastAPI's encoder walks the 784 values 8x slower
+
+    async def explain_maps(images: list[torch.Tensor], rows: list[list[float]]) -> list[list[float]]:
+        """The maps of the predicted classes, on a thread (gradients; the event loop keeps answering)."""
+        labels = [max(range(len(row)), key=row.__getitem__) for row in rows]
+        maps = await anyio.to_thread.run_sync(attribution_maps, model, torch.stack(images), labels)
+        return [[round(float(value), 4) for value in attribution.flatten()] for attribution in maps]
 
     return app
 

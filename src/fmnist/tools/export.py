@@ -40,12 +40,27 @@ def default_onnx_path(source: Path, checkpoint: Path) -> Path:
     return source / "model.onnx" if source.is_dir() else checkpoint.with_suffix(".onnx")
 
 
-def export_onnx(source: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
+class ScaledLogits(torch.nn.Module):
+    """The model's logits divided by its temperature (1 without one): softmax of them is what predict gives."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.temperature = float(getattr(model, "temperature", None) or 1.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(images)
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+
+def export_onnx(source: str | Path, out: str | Path | None = None, force: bool = False,
+                calibrate: bool = True) -> Path:
     """Write the model of a run folder (its best.pt) or checkpoint as ONNX; return the file written.
 
     The ONNX model is what load_model() gives: a run trained with --tta-flip averages each image
     with its mirror image inside the exported graph too. It never overwrites the checkpoint it reads
-    or a run's own files; another existing file only with `force`.
+    or a run's own files; another existing file only with `force`. With the run's temperature (and
+    `calibrate`), the exported logits are divided by it, so their softmax is the calibrated probabilities.
     """
     source = Path(source)
     checkpoint = checkpoint_path(source)
@@ -53,10 +68,10 @@ def export_onnx(source: str | Path, out: str | Path | None = None, force: bool =
     check_output_file(out, reads=[checkpoint], force=force)
     check_writable(out.parent, "--out")
     require_onnx_exporter()
-    model = load_model(checkpoint).to(memory_format=torch.contiguous_format)
+    model = load_model(checkpoint, calibrate=calibrate).to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     program = torch.onnx.export(
-        model, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+        ScaledLogits(model).eval(), (example,), dynamo=True, input_names=["images"], output_names=["logits"],
         dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
     )
     metadata = {
@@ -66,6 +81,7 @@ def export_onnx(source: str | Path, out: str | Path | None = None, force: bool =
         "fmnist_model": model.info["model"],
         "fmnist_epoch": str(model.info["epoch"]),
         "tta_flip": str(model.flip_tta),
+        "temperature": str(model.temperature or 1.0),  # already applied to the output
     }
     with tempfile.TemporaryDirectory() as scratch:  # the exporter writes files; we publish one atomically
         temporary = Path(scratch) / "model.onnx"

@@ -140,6 +140,8 @@ class TrainConfig:
                                        "area, box size from Beta(a, a); 0 is off; with --mixup, one of the two per "
                                        "batch (--loss ce)", metavar="ALPHA")
     tta_flip: bool = option(False, "evaluate each validation and test image and its mirror image, averaging logits")
+    calibrate: bool = option(True, "after training, fit a temperature on the validation split that makes the "
+                                   "probabilities honest (temperature scaling); predict, serve and export apply it")
     ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
                                      "0.999): validation, best.pt, evaluate, predict and export use it",
                                metavar="DECAY")

@@ -1,0 +1,44 @@
+"""`fmnist calibrate RUN_DIR`: fit a run's temperature after the fact (runs trained before temperatures
+existed, or with --no-calibrate), on the same validation split its training held out.
+
+Training does this itself at its end (experiment.py); this is the same fit, on the same images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fmnist.data.loader import TensorLoader
+from fmnist.data.splits import load_splits
+from fmnist.errors import CheckpointError
+from fmnist.files import check_writable, exclusive_lock
+from fmnist.inference import load_model
+from fmnist.runs.calibration import CALIBRATION_FILE, fit_run_temperature
+from fmnist.runs.folder import read_saved_config
+from fmnist.training.config import EVAL_BATCH_SIZE, TrainConfig
+
+
+def calibrate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
+                  batch_size: int = EVAL_BATCH_SIZE, force: bool = False) -> dict:
+    """Fit best.pt's temperature on the run's validation split; write calibration.json; return its record.
+
+    An existing calibration.json is replaced only with `force` (nothing is lost by accident).
+    """
+    run_path = Path(run_dir)
+    if not run_path.is_dir():
+        raise CheckpointError(f"{run_path}: no such run folder; give the folder that `fmnist train` printed")
+    saved = read_saved_config(run_path)
+    if not (run_path / "best.pt").is_file():
+        raise CheckpointError(f"{run_path}: no best.pt yet (no epoch finished); nothing to calibrate")
+    if (run_path / CALIBRATION_FILE).exists() and not force:
+        raise CheckpointError(f"{run_path / CALIBRATION_FILE}: already there; pass --force to fit it again")
+    check_writable(run_path, "calibrate:")
+    config = TrainConfig.from_saved(saved["config"])
+    with exclusive_lock(run_path, "run folder"):  # not while the run is training or being resumed
+        model = load_model(run_path / "best.pt", device, calibrate=False)
+        data = load_splits(data_dir or config.data_dir, config.val_size, config.split_seed,
+                           verify=not config.allow_unverified_data)
+        parameter = next(model.parameters())
+        loader = TensorLoader(data.val.to(parameter.device), batch_size, mean=model.mean, std=model.std)
+        # The model's forward already averages the flipped view when the run used --tta-flip.
+        return fit_run_temperature(run_path, model, loader, False, model.info["model"], model.info["epoch"])
