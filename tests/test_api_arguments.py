@@ -221,8 +221,10 @@ def test_resume_names_the_argument_at_fault(run_dir, progress, changes):
     with tempfile.TemporaryDirectory() as scratch:
         before = files_under(Path(scratch))
         given = ["run_dir", "progress", *changes]
+        # A keyword that is no Python name is shown as Python would have to pass it: resume(**{'0': ...}).
         error = works_or_names(lambda: resume(run_dir, progress=progress, **changes),
-                               *(f"resume({name}=" for name in given))
+                               *(f"resume({name}=" if name.isidentifier() else f"resume(**{{{name!r}:"
+                                 for name in given))
         assert error is not None  # there is no run to resume
         assert files_under(Path(scratch)) == before
 

@@ -226,7 +226,8 @@ def test_under_onecycle_either_name_sets_the_peak(name, recipe):
 
 
 def test_two_different_peaks_are_refused_and_the_same_one_is_not():
-    with pytest.raises(ConfigError, match=r"--lr 0.01 and --max-lr 0.02: both are OneCycle's peak rate; give one"):
+    with pytest.raises(ConfigError,
+                       match=r"TrainConfig\(lr=0.01\) and TrainConfig\(max_lr=0.02\): both are OneCycle's peak"):
         TrainConfig(lr=0.01, max_lr=0.02)
     assert TrainConfig(lr=0.02, max_lr=0.02) == TrainConfig(max_lr=0.02)
 

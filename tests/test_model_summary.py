@@ -47,4 +47,4 @@ def test_cli_summary_prints_the_table(capsys):
 def test_cli_summary_unknown_model_is_one_line(capsys):
     assert main(["summary", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "unknown model 'nope'" in err
+    assert err.count("\n") == 1 and "--model 'nope': unknown model" in err

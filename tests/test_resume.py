@@ -154,7 +154,7 @@ def test_resume_errors_are_one_line(stopped_run, tmp_path, capsys):
     assert "no readable config.json" in error_of(["train", "--resume", str(not_a_run)])
 
     run = stopped_run
-    assert "started with --model 'affine-cnn'" in error_of(["train", "--resume", str(run), "--model", "resnet18"])
+    assert "started with --model affine-cnn" in error_of(["train", "--resume", str(run), "--model", "resnet18"])
     assert "--epochs 9" in error_of(["train", "--resume", str(run), "--epochs", "9"])
     # A last.pt whose weights do not fit the run's model names the mismatch.
     state = load_checkpoint(run / "last.pt")

@@ -28,7 +28,8 @@ def tiny_run(tiny_data, tmp_path):
 def test_run_folder_holds_everything(tiny_run):
     path = tiny_run.path
     assert sorted(p.name for p in path.iterdir() if p.suffix != ".png" and not p.name.startswith(".")) == [
-        "best.pt", "config.json", "last.pt", "lr_steps.csv", "metrics.csv", "report.md", "summary.json",
+        "best.pt", "calibration.json", "config.json", "last.pt", "lr_steps.csv", "metrics.csv", "report.md",
+        "summary.json",
     ]  # the figures are checked in test_report.py
     saved = json.loads((path / "config.json").read_text())
     assert saved["config"]["model"] == "affine-cnn" and saved["seed"] == 42

@@ -36,7 +36,7 @@ PYTHON, COMMAND_LINE = "python", "command line"
 _spelling: ContextVar[str] = ContextVar("fmnist_argument_spelling", default=PYTHON)
 
 # Where a Python argument has a command-line option of another name (the rest are --the-name).
-COMMAND_LINE_NAMES = {("resume", "run_dir"): "--resume"}
+COMMAND_LINE_NAMES = {("resume", "run_dir"): "--resume", ("create_model", "name"): "--model"}
 CONFIG = "TrainConfig"
 # torch stores counts and seeds as 64-bit integers: a larger int would fail deep inside it.
 MAX_COUNT = 2**63 - 1

@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from fmnist.arguments import CONFIG, MAX_COUNT, check_names, check_number, invalid, named, setting, shown
+from fmnist.arguments import CONFIG, MAX_COUNT, argument, check_names, check_number, invalid, named, setting, shown
 from fmnist.arguments import MAX_SEED as MAX_SEED
 from fmnist.arguments import check_type as check_instance
 from fmnist.arguments import flag as option_flag
@@ -276,8 +276,8 @@ def resolve_onecycle_peak(values: dict, given: dict) -> None:
     if values["scheduler"] != "onecycle":
         return
     if "lr" in given and "max_lr" in given and given["lr"] != given["max_lr"]:
-        raise ConfigError(f"--lr {given['lr']!r} and --max-lr {given['max_lr']!r}: both are OneCycle's peak rate; "
-                          "give one of them", "lr")
+        raise ConfigError(f"{argument('lr', given['lr'])} and {argument('max_lr', given['max_lr'])}: both are "
+                          "OneCycle's peak rate; give one of them", "lr")
     peak = values["lr"] if "lr" in given else values["max_lr"]
     values["lr"] = values["max_lr"] = peak
 
