@@ -12,11 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import settings
-
-# Property tests draw the same examples on every run: a test that fails, fails every time (no seed luck).
-settings.register_profile("fmnist", derandomize=True)
-settings.load_profile("fmnist")
 
 from fmnist.data.fashion import FILES
 from fmnist.data.idx import IMAGES_MAGIC, LABELS_MAGIC
