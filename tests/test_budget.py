@@ -234,15 +234,15 @@ def test_amp_auto_resolves_once_and_is_recorded(tiny_data, tmp_path):
 def test_bench_time_to_accuracy_and_sweeps_take_a_budget(tiny_data, tmp_path, capsys):
     data = ["--data-dir", str(tiny_data), "--allow-unverified-data", "--val-size", "100"]
     # Budgets with room for a loaded machine's measuring (seconds, on 2 busy cores): too short is refused, not flaky.
-    assert main(["bench", "--time-to-accuracy", "quick", "--time-budget", "20s", *data, "--json"]) == 0
+    assert main(["bench", "--time-to-accuracy", "quick", "--time-budget", "10s", *data, "--json"]) == 0
     run = json.loads(capsys.readouterr().out)["runs"][0]
     plan = run["time_plan"]
-    assert plan["budget"] == "20s" and [point["epoch"] for point in run["curve"]] == list(range(1, plan["epochs"] + 1))
-    assert main(["sweep", "--set", "time_budget=15s,16s", "--limit-batches", "4", "--batch-size", "50", *data,
+    assert plan["budget"] == "10s" and [point["epoch"] for point in run["curve"]] == list(range(1, plan["epochs"] + 1))
+    assert main(["sweep", "--set", "time_budget=6s,7s", "--limit-batches", "4", "--batch-size", "50", *data,
                  "--out", str(tmp_path), "--name", "budgets"]) == 0
     budgets = sorted(json.loads(path.read_text())["resolved"]["time_plan"]["budget"]
                      for path in (tmp_path / "budgets").glob("*/config.json"))
-    assert budgets == ["15s", "16s"]
+    assert budgets == ["6s", "7s"]
 
 
 def test_recipes_list_their_budget_with_the_command_and_what_it_measured(capsys):

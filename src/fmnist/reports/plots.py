@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # render to files; must come before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -115,20 +116,32 @@ def per_class_bars(values: list[float], class_names: list[str], xlabel: str, pat
 
 def image_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int = 8, maps=None) -> Path:
     """uint8 images (N, 28, 28), each with a title; an empty set draws a note instead. `maps`: an
-    attribution map (N, 28, 28) in [0, 1] per image (explain.py), drawn over it in "inferno"."""
+    attribution map (N, 28, 28) in [0, 1] per image (explain.py), drawn over it in "inferno".
+
+    The images are tiled into one picture on one axes (with room for the titles between rows): a
+    grid of 32 small axes took most of a short training run's time to lay out and draw."""
     count = len(images)
     rows = max(1, -(-count // columns))
-    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75), squeeze=False,
-                                layout="constrained")
-    for index, axes in enumerate(grid.flat):
-        axes.axis("off")
-        if index < count:
-            axes.imshow(images[index].numpy(), cmap="gray", vmin=0, vmax=255)
-            if maps is not None:
-                axes.imshow(maps[index], cmap="inferno", vmin=0, vmax=1, alpha=0.55)
-            axes.set_title(titles[index], fontsize=7)
+    size, gap, title_room = 28, 4, 16  # pixels of an image, between images, above each row for its title
+    height, width = rows * (size + title_room), columns * (size + gap) - gap
+    mosaic = np.full((height, width), np.nan)
+    overlay = np.full((height, width), np.nan)
+    figure, axes = plt.subplots(figsize=(columns * 1.5, rows * 1.75))
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99)
+    axes.axis("off")
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = row * (size + title_room) + title_room, column * (size + gap)
+        mosaic[top:top + size, left:left + size] = images[index].numpy()
+        if maps is not None:
+            overlay[top:top + size, left:left + size] = maps[index]
+        axes.text(left + size / 2, top - 1.5, titles[index], fontsize=7, ha="center", va="bottom")
+    axes.imshow(np.ma.masked_invalid(mosaic), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    if maps is not None:
+        axes.imshow(np.ma.masked_invalid(overlay), cmap="inferno", vmin=0, vmax=1, alpha=0.55,
+                    interpolation="nearest")
     if count == 0:
-        grid[0, 0].text(0, 0.5, "no misclassified images", fontsize=12)
+        axes.text(0, height / 2, "no misclassified images", fontsize=12)
     return save(figure, path)
 
 
