@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -678,8 +679,50 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     # Errors name options as this command takes them (`--batch-size 0`), not as Python does (arguments.py).
-    with only_rank_0_speaks(), other_libraries_in_one_line(), command_line_spelling():
+    with only_rank_0_speaks(), other_libraries_in_one_line(), command_line_spelling(), sigterm_as_interrupt():
         return run_command(argv)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the places that stop cleanly on it (training steps, sweeps, tune, serve): the
+    command ends as on Ctrl-C, with a line and exit code 143, instead of vanishing without a word."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM raises Terminated (Python's default would end the process at
+    once, unsaid). Blocks that stop after a step (faults.stop_after_step) put their own handler on
+    top and this one back after."""
+    def on_sigterm(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def last_words() -> Iterator[None]:
+    """The command is ending: say why without being cut short. torchrun SIGTERMs every process once
+    one has ended, and a process stopped while it prints its error would leave no line at all."""
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for number in previous:
+            signal.signal(number, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def run_command(argv: list[str] | None) -> int:
@@ -687,29 +730,43 @@ def run_command(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)
         show_library_logs(sys.stderr if getattr(args, "json", False) else sys.stdout)
         return COMMANDS[args.command](args)
-    except ProcessLost as error:  # said by every process left: rank 0 may be the one gone
-        speaking = sys.stderr if process_rank() == 0 else sys.__stderr__ or sys.stderr
-        print(f"fmnist: error: {error}", file=speaking)
-        if error.run_path is not None:
-            print(f"resume with: {resume_command(error.run_path)}", file=speaking)
-        tell_torchrun(f"fmnist: error: {error}")
-        return error.exit_code
-    except FmnistError as error:
-        print(f"fmnist: error: {error}", file=sys.stderr)
-        if getattr(error, "continue_command", None) is not None:  # a sweep whose job failed
-            print(f"continue with: {error.continue_command}", file=sys.stderr)
-        tell_torchrun(f"fmnist: error: {error}")
-        return error.exit_code
-    except TrainingInterrupted as interruption:
-        return stopped(interruption)
-    except BrokenPipeError:  # the reader went away (`fmnist recipes | head`): nothing left to say
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
-        return 141
-    except OSError as error:  # a full disk, a read-only folder: say which file, in one line
-        print(f"fmnist: error: {os_error_line(error)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fmnist: interrupted", file=sys.stderr)
-        return 130
+    except (FmnistError, TrainingInterrupted, OSError, KeyboardInterrupt) as ending:
+        with last_words():
+            return say_why_it_ended(ending)
     finally:
         stop_showing_library_logs()
+
+
+def say_why_it_ended(ending: BaseException) -> int:
+    """Print the one line (and the command that continues, where there is one); return the exit code.
+
+    A signal that came while an error was already on its way out (torchrun stopping the processes
+    left, or a second Ctrl-C) interrupts that error: the error is what the user needs to read."""
+    if isinstance(ending, KeyboardInterrupt) and isinstance(ending.__context__, (FmnistError, TrainingInterrupted)):
+        ending = ending.__context__
+    if isinstance(ending, ProcessLost):  # said by every process left: rank 0 may be the one gone
+        speaking = sys.stderr if process_rank() == 0 else sys.__stderr__ or sys.stderr
+        print(f"fmnist: error: {ending}", file=speaking)
+        if ending.run_path is not None:
+            print(f"resume with: {resume_command(ending.run_path)}", file=speaking)
+        tell_torchrun(f"fmnist: error: {ending}")
+        return ending.exit_code
+    if isinstance(ending, FmnistError):
+        print(f"fmnist: error: {ending}", file=sys.stderr)
+        if getattr(ending, "continue_command", None) is not None:  # a sweep whose job failed
+            print(f"continue with: {ending.continue_command}", file=sys.stderr)
+        tell_torchrun(f"fmnist: error: {ending}")
+        return ending.exit_code
+    if isinstance(ending, TrainingInterrupted):
+        return stopped(ending)
+    if isinstance(ending, BrokenPipeError):  # the reader went away (`fmnist recipes | head`): nothing left to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
+        return 141
+    if isinstance(ending, OSError):  # a full disk, a read-only folder: say which file, in one line
+        print(f"fmnist: error: {os_error_line(ending)}", file=sys.stderr)
+        return 2
+    if isinstance(ending, Terminated):
+        print("fmnist: stopped by SIGTERM", file=sys.stderr)
+        return 143
+    print("fmnist: interrupted", file=sys.stderr)
+    return 130
