@@ -52,16 +52,20 @@ def free_port() -> int:
 def server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 and a free port; yields (URI, process, its backend store)."""
     port, backend = free_port(), f"sqlite:///{tmp_path / 'server.db'}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)  # its own group: see stop
+    # Its log goes to a file: a pipe nobody reads fills after 64 KB of request lines, and the server
+    # then blocks on its next line and answers nothing: the test would hang.
+    log = tmp_path / "server.log"
+    with log.open("wb") as log_file:  # the server keeps its own descriptor of the file
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts")],
+            stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True)  # its own group: see stop
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_SECONDS
         while True:
             if process.poll() is not None:
-                pytest.fail(f"mlflow server exited: {process.stderr.read().decode()[-2000:]}")
+                pytest.fail(f"mlflow server exited: {log.read_text(errors='replace')[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{uri}/health", timeout=5) as answer:
                     if answer.status == 200:
@@ -81,7 +85,6 @@ def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-    process.stderr.close()
 
 
 def tiny_config(data: Path, out: Path, name: str, **options) -> TrainConfig:
