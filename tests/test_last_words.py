@@ -79,3 +79,24 @@ def test_a_signal_while_a_command_works_is_its_line_and_code(signal_name, monkey
     line, code = LINES[signal_name]
     assert cli.main(["recipes"]) == code
     assert capsys.readouterr().err == line + "\n"
+
+
+@pytest.mark.parametrize("outcome", ["succeeds", "fails"])
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_command_has_ended_changes_nothing(signal_name, outcome, monkeypatch, capsys):
+    """The last moments (the library's log handlers being taken down): no traceback, the same code."""
+    def command(args) -> int:
+        if outcome == "fails":
+            raise FmnistError("--thing 3: no such thing; choose 1 or 2")
+        print("done")
+        return 0
+
+    def taken_down_and_signalled() -> None:
+        os.kill(os.getpid(), getattr(signal, signal_name))
+
+    monkeypatch.setitem(cli.COMMANDS, "recipes", command)
+    monkeypatch.setattr(cli, "stop_showing_library_logs", taken_down_and_signalled)
+    assert cli.main(["recipes"]) == (0 if outcome == "succeeds" else 2)
+    said = capsys.readouterr()
+    assert (said.out, said.err) == (("done\n", "") if outcome == "succeeds" else
+                                    ("", "fmnist: error: --thing 3: no such thing; choose 1 or 2\n"))

@@ -683,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(argv)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside the places that stop cleanly on it (training steps, sweeps, tune, serve): the
     command ends as on Ctrl-C, with a line and exit code 143, instead of vanishing without a word."""
@@ -692,30 +695,15 @@ class Terminated(KeyboardInterrupt):
 def sigterm_as_interrupt() -> Iterator[None]:
     """While the command runs, SIGTERM raises Terminated (Python's default would end the process at
     once, unsaid). Blocks that stop after a step (faults.stop_after_step) put their own handler on
-    top and this one back after."""
+    top and this one back after. On the way out the caller's handlers come back, SIGINT's included
+    (see quiet_from_here)."""
     def on_sigterm(signum, frame):
         raise Terminated
 
     try:
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+        signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not the main thread: signals cannot be caught here
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def last_words() -> Iterator[None]:
-    """The command is ending: say why without being cut short. torchrun SIGTERMs every process once
-    one has ended, and a process stopped while it prints its error would leave no line at all."""
-    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for number in previous:
-            signal.signal(number, signal.SIG_IGN)
-    except ValueError:  # not the main thread
         yield
         return
     try:
@@ -725,14 +713,27 @@ def last_words() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+def quiet_from_here() -> None:
+    """The command has ended; what is left is to say how. torchrun SIGTERMs every process once one has
+    ended, and a signal now would cut that line short or end in a traceback: from here on Ctrl-C and
+    SIGTERM are ignored (sigterm_as_interrupt puts the caller's handlers back)."""
+    try:
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
 def run_command(argv: list[str] | None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        show_library_logs(sys.stderr if getattr(args, "json", False) else sys.stdout)
-        return COMMANDS[args.command](args)
+        try:
+            args = build_parser().parse_args(argv)
+            show_library_logs(sys.stderr if getattr(args, "json", False) else sys.stdout)
+            return COMMANDS[args.command](args)
+        finally:
+            quiet_from_here()
     except (FmnistError, TrainingInterrupted, OSError, KeyboardInterrupt) as ending:
-        with last_words():
-            return say_why_it_ended(ending)
+        return say_why_it_ended(ending)
     finally:
         stop_showing_library_logs()
 
