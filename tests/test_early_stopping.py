@@ -119,6 +119,28 @@ def test_a_callback_that_raises_stop_training_finishes_the_run(tiny_data, tmp_pa
     assert fmnist.StopTraining is StopTraining
 
 
+def test_a_run_stopped_by_its_callback_resumes_to_the_final_test_not_to_more_epochs(tiny_data, tmp_path,
+                                                                                     monkeypatch):
+    def enough(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise StopTraining("the user had seen enough")
+
+    def process_ends(*args, **kwargs):
+        raise MemoryError("the process ended before the final test")
+
+    uninterrupted = train(tiny_config(tiny_data, tmp_path, "whole", epochs=4), after_epoch=enough)
+    with monkeypatch.context() as patched:
+        patched.setattr(fmnist.experiment, "test_best_weights", process_ends)
+        with pytest.raises(MemoryError):
+            train(tiny_config(tiny_data, tmp_path, "cut", epochs=4), after_epoch=enough)
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    result = resume(tmp_path / "cut")  # no callback now: the stop it asked for was saved with the epoch
+    assert result.stopped_early == "the user had seen enough"
+    assert learned(result.path) == learned(uninterrupted.path) and len(learned(result.path)) == 2
+    assert result.test_accuracy == uninterrupted.test_accuracy
+    assert read_summary(result.path)["epochs_planned"] == 4
+
+
 def test_a_stop_at_the_last_epoch_is_no_early_stop(tiny_data, tmp_path):
     def at_the_end(row: dict) -> None:
         if row["epoch"] == 3:

@@ -289,7 +289,11 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     if resume_from is not None:
         on_main(group, lambda: remove_leftovers(path))  # after every process restored: see restore_run
         on_main(group, lambda: record_resume(path, data, device, resolved))
-        logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, epochs)
+        if point.stop_requested:
+            logger.info("resuming %s: training ended after epoch %d (%s); the final test is left",
+                        path, len(point.history), point.stop_requested)
+        else:
+            logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, epochs)
     early_stopping = EarlyStopping(config.patience, config.min_delta) if config.patience is not None else None
     network, train_batches = training.model, training.train_loader
     if group is not None:  # one of several processes: see training/distributed.py
@@ -307,7 +311,7 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
         recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
                                also=[log for log in (tensorboard, mlflow, progress) if log is not None],
                                after_epoch=asked.after_epoch, resolved=resolved, started=started,
-                               earlier_seconds=earlier_seconds(point.history))
+                               earlier_seconds=earlier_seconds(point.history), stop_requested=point.stop_requested)
     run_recorder = recorder
     if group is not None:
         recorder = DistributedRecorder(group, recorder, point.history, train_batches.images_per_epoch())
@@ -321,10 +325,11 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     with stop_after_step() as stop, ends_with_the_run(mlflow):
         try:
             fit_started = time.perf_counter()
-            history = fit(network, train_batches, training.val_loader, training.optimization, epochs,
-                          flip_tta=config.tta_flip, recorder=recorder, stop=agreed_stop(stop, group),
-                          last_epoch_steps=plan.last_epoch_steps if plan else None, early_stopping=early_stopping,
-                          on_step=progress.step if progress else None)
+            history = point.history if point.stop_requested else fit(
+                network, train_batches, training.val_loader, training.optimization, epochs, flip_tta=config.tta_flip,
+                recorder=recorder, stop=agreed_stop(stop, group),
+                last_epoch_steps=plan.last_epoch_steps if plan else None, early_stopping=early_stopping,
+                on_step=progress.step if progress else None)
             budget = budget_record(plan, time.perf_counter() - fit_started, history,
                                    resumed=resume_from is not None)
             return on_main(group, lambda: finish(path, config, data, device, training, history, stop, tensorboard,

@@ -27,7 +27,7 @@ class RunRecorder:
     def __init__(self, path: Path, config: TrainConfig, training: Training,
                  history: list[dict] | None = None, learning_rates: list[float] | None = None, also=(),
                  after_epoch: Callable[[dict], None] | None = None, resolved: dict | None = None,
-                 started: float | None = None, earlier_seconds: float = 0.0):
+                 started: float | None = None, earlier_seconds: float = 0.0, stop_requested: str | None = None):
         self.path = Path(path)
         self.config = config
         self.training = training
@@ -40,7 +40,8 @@ class RunRecorder:
         self.resolved = resolved  # the run's settled precision and time plan, kept in each checkpoint
         self.started = time.perf_counter() if started is None else started
         self.earlier_seconds = earlier_seconds
-        self.stop_requested: str | None = None
+        # A callback's StopTraining, once recorded in last.pt: a resumed run trains no further.
+        self.stop_requested = stop_requested
 
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
         """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
@@ -65,4 +66,7 @@ class RunRecorder:
                 self.after_epoch(row)
             except StopTraining as request:
                 self.stop_requested = str(request) or "after_epoch asked to stop"
+                # Kept in last.pt, so that a process that ends before the final test (a crash, a kill)
+                # is resumed to that test, not to more epochs the callback did not want.
+                save_checkpoint({**state, "stop_requested": self.stop_requested}, self.path / "last.pt")
                 raise

@@ -113,6 +113,7 @@ class ResumePoint:
 
     history: list[dict] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
+    stop_requested: str | None = None  # a callback's StopTraining ended training after the last epoch
 
 
 def restore_run(run_dir: str | Path, config: TrainConfig, training: Training, rank: int = 0) -> ResumePoint:
@@ -159,4 +160,8 @@ def restore_run(run_dir: str | Path, config: TrainConfig, training: Training, ra
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"{last}: cannot restore the training state ({one_line_reason(error)}); "
                               "the checkpoint is damaged") from None
-    return ResumePoint(list(state["history"]), list(state["learning_rates"]))
+    stop_requested = state.get("stop_requested")
+    if stop_requested is not None and not isinstance(stop_requested, str):
+        raise CheckpointError(f"{last}: stop_requested {stop_requested!r} should be the reason, as text; the "
+                              "checkpoint is damaged")
+    return ResumePoint(list(state["history"]), list(state["learning_rates"]), stop_requested)
