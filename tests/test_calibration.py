@@ -29,6 +29,7 @@ from fmnist.training.calibration import (
     fit_temperature,
     logits_of,
     negative_log_likelihood,
+    nll_temperature,
     scaled_probabilities,
 )
 from fmnist.training.config import TrainConfig
@@ -101,6 +102,28 @@ def test_the_fitted_temperature_undoes_a_known_sharpening():
     labels = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
     assert fit_temperature(logits * 2.5, labels) == pytest.approx(2.5, rel=0.05)
     assert fit_temperature(logits / 2, labels) == pytest.approx(0.5, rel=0.05)
+
+
+def test_the_ece_step_beats_the_nll_fit_on_its_images_and_never_raises_the_nll_above_the_raw():
+    """Probabilities mixed with the uniform, as label smoothing teaches (0.9 of the model's, 0.1 spread
+    over the classes): no single T undoes that, and the NLL's T and the ECE's differ."""
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(20000, 10, generator=generator, dtype=torch.float64) * 2
+    labels = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
+    bent = torch.log(0.9 * torch.softmax(logits, dim=1) + 0.1 / 10)
+    fitted, by_nll = fit_temperature(bent, labels), nll_temperature(bent, labels)
+    assert fitted != by_nll
+
+    def ece(temperature):
+        return expected_calibration_error(torch.softmax(bent / temperature, dim=1), labels)
+
+    def nll(temperature):
+        return negative_log_likelihood(torch.softmax(bent / temperature, dim=1), labels)
+
+    assert ece(fitted) < ece(by_nll) and nll(fitted) < nll(1.0)
+    assert 1 / 1.25 <= fitted / by_nll <= 1.25
+    calibrated = fit_temperature(logits, labels)  # already calibrated: T stays near 1
+    assert calibrated == pytest.approx(1.0, rel=0.05) and nll(1.0) > 0
 
 
 def test_scaling_probabilities_equals_scaling_logits():
