@@ -41,7 +41,8 @@ def fit_run_temperature(run_path: Path, network: torch.nn.Module, val_batches: B
         "images": len(labels),
         "validation_nll_before": calibration_metrics(probabilities, labels)["nll"],
         "validation_nll_after": calibration_metrics(scaled, labels)["nll"],
-        "method": "temperature scaling (Guo et al., ICML 2017): L-BFGS on log T minimizing the validation NLL",
+        "method": "temperature scaling (Guo et al., ICML 2017): the validation NLL's T (L-BFGS on log T), then "
+                  "the lowest validation ECE within a factor 1.25 of it",
     }
     atomic_write_json(run_path / CALIBRATION_FILE, record)
     return record
