@@ -90,6 +90,36 @@ class StopRequest:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM where nothing stops after a step (sampling a trial, loading data, evaluating): the work
+    ends as on Ctrl-C, a KeyboardInterrupt (so Optuna marks its trial failed), with a line and exit
+    code 143 at the command line, instead of the process vanishing without a word."""
+
+    signal_number = signal.SIGTERM
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within this block SIGTERM raises Terminated (Python's default would end the process at once,
+    unsaid). stop_after_step blocks put their own handler on top and this one back after. On the way
+    out the handlers of before come back, SIGINT's included, whatever the block set them to."""
+
+    def on_sigterm(signum, frame):
+        raise Terminated
+
+    try:
+        previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 @contextmanager
 def stop_after_step() -> Iterator[StopRequest]:
     """Within this block the first SIGINT or SIGTERM sets a flag instead of ending the process.

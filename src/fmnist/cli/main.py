@@ -25,7 +25,7 @@ from fmnist.cli.logs import other_libraries_in_one_line, show_library_logs, stop
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
 from fmnist.data.fashion import VAL_SIZE
 from fmnist.errors import FmnistError
-from fmnist.faults import TrainingInterrupted
+from fmnist.faults import STOP_SIGNALS, Terminated, TrainingInterrupted, sigterm_raises
 from fmnist.training.config import AMP_MODES, DEVICES, EVAL_BATCH_SIZE, FIELDS, build_config
 from fmnist.training.distributed import ProcessLost, launched_processes, process_rank
 from fmnist.version import __version__
@@ -679,44 +679,14 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     # Errors name options as this command takes them (`--batch-size 0`), not as Python does (arguments.py).
-    with only_rank_0_speaks(), other_libraries_in_one_line(), command_line_spelling(), sigterm_as_interrupt():
+    with only_rank_0_speaks(), other_libraries_in_one_line(), command_line_spelling(), sigterm_raises():
         return run_command(argv)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM outside the places that stop cleanly on it (training steps, sweeps, tune, serve): the
-    command ends as on Ctrl-C, with a line and exit code 143, instead of vanishing without a word."""
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While the command runs, SIGTERM raises Terminated (Python's default would end the process at
-    once, unsaid). Blocks that stop after a step (faults.stop_after_step) put their own handler on
-    top and this one back after. On the way out the caller's handlers come back, SIGINT's included
-    (see quiet_from_here)."""
-    def on_sigterm(signum, frame):
-        raise Terminated
-
-    try:
-        previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-        signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread: signals cannot be caught here
-        yield
-        return
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def quiet_from_here() -> None:
     """The command has ended; what is left is to say how. torchrun SIGTERMs every process once one has
     ended, and a signal now would cut that line short or end in a traceback: from here on Ctrl-C and
-    SIGTERM are ignored (sigterm_as_interrupt puts the caller's handlers back)."""
+    SIGTERM are ignored (faults.sigterm_raises puts the caller's handlers back)."""
     try:
         for number in STOP_SIGNALS:
             signal.signal(number, signal.SIG_IGN)

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from fmnist.errors import ConfigError
 from fmnist.experiment import train
-from fmnist.faults import TrainingInterrupted, kill_point
+from fmnist.faults import TrainingInterrupted, kill_point, sigterm_raises
 from fmnist.files import atomic_write_json
 from fmnist.reports import plots
 from fmnist.reports.mlflow_log import mlflow_group
@@ -390,31 +390,6 @@ def describe(params: dict) -> str:
                      for name, value in params.items())
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM outside a trial's steps. A KeyboardInterrupt, so that Optuna marks the trial failed."""
-
-    signal_number = signal.SIGTERM
-
-
-@contextmanager
-def sigterm_stops_like_ctrl_c() -> Iterator[None]:
-    """Within a trial's steps, training turns SIGTERM into a stop after the step; between them (sampling,
-    writing trial.json) SIGTERM would end the process without a word and leave its trial RUNNING."""
-
-    def on_sigterm(signum, frame):
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread: signals cannot be caught here
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 OPTUNA_TRIAL_OUTCOMES = "optuna.study._optimize"  # the logger of Optuna's "Trial N failed ..." lines
 
 
@@ -453,9 +428,10 @@ def run_tune(config_file: str | None, overrides: dict, space_path: str, trials: 
     base = check_space(space, space_path, config_file, overrides)
     study_dir = Path(base.out) / study_name
     # From the study's opening to its table, a signal stops with the command that goes on: before the
-    # first trial and after the last too, not only inside a trial's steps.
+    # first trial and after the last too, not only inside a trial's steps. Between steps (sampling,
+    # writing trial.json) SIGTERM raises, so that Optuna marks the trial failed instead of RUNNING.
     try:
-        with optuna_trial_outcomes_unlogged(), sigterm_stops_like_ctrl_c():
+        with optuna_trial_outcomes_unlogged(), sigterm_raises():
             study = open_study(optuna, open_storage(storage_url), storage_url, study_name, pruner,
                                search_record(space, base))
             study_dir.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,7 @@ def nll_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     iterations (Guo et al. fit it the same way). Where the fit would not lower the NLL (it starts at
     T = 1), T = 1 is kept.
     """
+    logits, labels = logits.detach().double(), labels.long()
     log_temperature = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_temperature], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
 
