@@ -42,7 +42,7 @@ lint: setup
 # trained fixtures are made once; conftest.py gives each worker one thread. The suite runs once: a
 # test that fails, even now and then, fails the target (nothing is rerun to hide a flaky test).
 test: data lint browser
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --max-worker-restart 1 --durations 15
 
 # docs/serve.png: the page as the browser test sees it.
 screenshot: data browser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,9 +22,14 @@ from fmnist.training.config import TrainConfig
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (`make test` runs a worker per core), one thread per worker, and for the
-    processes its tests start: two workers with two OpenMP threads each on two cores would fight for
-    them, and OpenMP threads that lose their core slow down many times over."""
+    """Ctrl-C reaches the tests' processes whatever the runner set. Under pytest-xdist (`make test` runs
+    a worker per core), one thread per worker, and for the processes its tests start: two workers with
+    two OpenMP threads each on two cores would fight for them, and OpenMP threads that lose their core
+    slow down many times over."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Started in the background by a shell without job control (as some CI runners start it):
+        # SIGINT is ignored, and every process a test starts would inherit that and never see its Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
