@@ -69,6 +69,7 @@ from fmnist.training.distributed import (
 from fmnist.training.early_stopping import EarlyStopping
 from fmnist.training.loop import EpochRecorder, EvalResult, NonFiniteLossError, evaluate, fit
 from fmnist.training.progress import TrainingProgress
+from fmnist.training.replan import BudgetPlanner, planner_for
 from fmnist.training.runtime import (
     Precision,
     check_precision,
@@ -284,8 +285,9 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
         raise ConfigError(f"--data-dir {data.directory}: {len(training.train_loader)} batches per epoch, but the run's "
                           f"time plan was made for {plan.steps_per_epoch}; resume it on the data it started on",
                           "data_dir")
+    planner = planner_for(plan, training) if plan is not None else None
     rank = group.rank if group else 0
-    point = restore_run(resume_from, config, training, rank) if resume_from is not None else ResumePoint()
+    point = restore_run(resume_from, config, training, rank, planner) if resume_from is not None else ResumePoint()
     if resume_from is not None:
         on_main(group, lambda: remove_leftovers(path))  # after every process restored: see restore_run
         on_main(group, lambda: record_resume(path, data, device, resolved))
@@ -293,7 +295,8 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
             logger.info("resuming %s: training ended after epoch %d (%s); the final test is left",
                         path, len(point.history), point.stop_requested)
         else:
-            logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1, epochs)
+            logger.info("resuming %s at epoch %d/%d", path, len(point.history) + 1,
+                        planner.epochs if planner else epochs)
     early_stopping = EarlyStopping(config.patience, config.min_delta) if config.patience is not None else None
     network, train_batches = training.model, training.train_loader
     if group is not None:  # one of several processes: see training/distributed.py
@@ -304,14 +307,15 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     if is_main(group):  # the process that writes the run folder (the only one without torchrun)
         if asked.progress:
             progress = TrainingProgress(epochs, len(train_batches), len(point.history) + 1,
-                                        plan.last_epoch_steps if plan else None)
+                                        plan.last_epoch_steps if plan else None, plan=planner)
             train_batches = progress.batches(train_batches)
         tensorboard = TensorBoardLog(path, first_step=len(point.learning_rates)) if config.tensorboard else None
         mlflow = MlflowLog(asked.mlflow, path, config, resolved, point.history) if asked.mlflow else None
         recorder = RunRecorder(path, config, training, point.history, point.learning_rates,
                                also=[log for log in (tensorboard, mlflow, progress) if log is not None],
                                after_epoch=asked.after_epoch, resolved=resolved, started=started,
-                               earlier_seconds=earlier_seconds(point.history), stop_requested=point.stop_requested)
+                               earlier_seconds=earlier_seconds(point.history), stop_requested=point.stop_requested,
+                               planner=planner)
     run_recorder = recorder
     if group is not None:
         recorder = DistributedRecorder(group, recorder, point.history, train_batches.images_per_epoch())
@@ -324,14 +328,13 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     network = torch.compile(network) if config.compile else network
     with stop_after_step() as stop, ends_with_the_run(mlflow):
         try:
-            fit_started = time.perf_counter()
             history = point.history if point.stop_requested else fit(
                 network, train_batches, training.val_loader, training.optimization, epochs, flip_tta=config.tta_flip,
                 recorder=recorder, stop=agreed_stop(stop, group),
                 last_epoch_steps=plan.last_epoch_steps if plan else None, early_stopping=early_stopping,
-                on_step=progress.step if progress else None)
-            budget = budget_record(plan, time.perf_counter() - fit_started, history,
-                                   resumed=resume_from is not None)
+                on_step=progress.step if progress else None, planner=planner)
+            budget = budget_record(planner, history)
+            epochs = planner.epochs if planner else epochs
             return on_main(group, lambda: finish(path, config, data, device, training, history, stop, tensorboard,
                                                  started - earlier_seconds(point.history),
                                                  {**budget, **stop_record(history, epochs, run_recorder,
@@ -390,19 +393,19 @@ def stop_record(history: list[dict], epochs: int, recorder: RunRecorder | None,
             "stopped_early": reason or "after_epoch asked to stop (before the run was resumed)"}
 
 
-def budget_record(plan: TimePlan | None, fit_seconds: float, history: list[dict], resumed: bool) -> dict:
-    """summary.json's account of a time budget: what was planned, and (for a run that never stopped)
-    the time it took, measuring included; the final test evaluation comes after and is not in it.
-    An overrun is also logged, with the step time that caused it."""
-    if plan is None:
+def budget_record(planner: BudgetPlanner | None, history: list[dict]) -> dict:
+    """summary.json's account of a time budget: the first plan, the steps trained, the budget used
+    (measuring included, the time a stopped run waited not: the final test evaluation comes after and
+    is not in it) and each epoch's decision. An overrun is also logged, with the step time behind it."""
+    if planner is None:
         return {}
-    used = None if resumed else plan.measure_seconds + fit_seconds
-    overrun = None if used is None else overrun_line(plan, used, sum(row["seconds"] for row in history))
+    record = planner.record()
+    used = record["budget_used_seconds"]
+    overrun = None if used is None else overrun_line(planner.plan, used, sum(row["seconds"] for row in history),
+                                                      planner.steps_done, len(history))
     if overrun:
         logger.warning("%s", overrun)
-    return {"time_budget": plan.budget, "time_budget_seconds": plan.budget_seconds,
-            "planned_steps": plan.total_steps, "planned_seconds": plan.planned_seconds(),
-            "budget_used_seconds": used}
+    return record
 
 
 def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.device, training: Training,

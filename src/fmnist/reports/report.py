@@ -244,25 +244,33 @@ def model_needs(saved: dict) -> str:
 
 
 def budget_section(saved: dict, summary: dict) -> list[str]:
-    """A time-budgeted run's plan (training/budget.py) and what it took; nothing for an epoch-count run."""
+    """A time-budgeted run's plans (training/budget.py, training/replan.py) and what it took; nothing for an
+    epoch-count run."""
     plan = (saved.get("resolved") or {}).get("time_plan")
     if not plan:
         return []
     used = summary.get("budget_used_seconds")
+    trained = summary.get("trained_steps")
+    replans = summary.get("replans") or []
     rows = [
         ["budget", f"{plan['budget']} ({plan['budget_seconds']:,.0f} s)"],
         ["measured: one training step", f"{plan['step_seconds'] * 1000:.1f} ms"],
         ["measured: validation and checkpoints after an epoch", f"{plan['epoch_end_seconds']:.2f} s"],
         ["measuring took", f"{plan['measure_seconds']:.1f} s"],
-        ["planned steps", f"{plan['total_steps']:,} = {plan['epochs']} epochs of {plan['steps_per_epoch']} "
-                          f"(the last {plan['last_epoch_steps']})"],
-        ["training and validation took", "resumed: the plan was kept, the time is not comparable" if used is None
-         else f"{used:,.1f} s"],
+        ["first plan", f"{plan['total_steps']:,} steps = {plan['epochs']} epochs of {plan['steps_per_epoch']} "
+                       f"(the last {plan['last_epoch_steps']})"],
     ]
+    if trained is not None:
+        epochs = -(-trained // plan["steps_per_epoch"])
+        rows.append(["trained", f"{trained:,} steps = {epochs} epochs, after {len(replans)} plans made again at "
+                                f"epochs' ends" if replans else f"{trained:,} steps = {epochs} epochs"])
+    rows.append(["training and validation took", "unknown: the run was resumed by an fmnist that kept no count"
+                 if used is None else f"{used:,.1f} s ({used / plan['budget_seconds']:.1%} of the budget)"])
     return ["## Time budget",
-            "The steps were planned from this machine's speed so that training and validation end within the "
-            "budget, and the learning-rate schedule ends at the last planned step. The final test evaluation "
-            "comes after and is not counted.",
+            "The steps were planned from this machine's speed, and planned again at each epoch's end from the "
+            "speed of that epoch, so that training and validation end within the budget and the learning-rate "
+            "schedule ends at the last step. The final test evaluation comes after and is not counted; the time "
+            "a stopped run waited before it was resumed is not counted either.",
             markdown_table(["", ""], rows)]
 
 

@@ -34,14 +34,16 @@ RESUME_KEYS = ("optimizer", "history", "learning_rates", "rng", "loader_rng")
 
 
 def checkpoint_state(config: TrainConfig, training: Training, history: list[dict], learning_rates: list[float],
-                     rank_rng: list[dict] | None = None, resolved: dict | None = None) -> dict:
+                     rank_rng: list[dict] | None = None, resolved: dict | None = None,
+                     time_plan_state: dict | None = None) -> dict:
     """Everything needed to use the model and to resume the run, as plain types and tensors.
 
     "model" holds the weights to use: the moving average with --ema, whose raw weights (what
     training continues from) are in "raw_model". "rng" holds this process's generators, its device's
     included; under torchrun, `rank_rng` (saved as "rank_rng") holds every rank's, each restored by its own.
     "resolved" is what the run settled at its start (precision, time plan), as config.json records it:
-    resume checks an edited config.json against it.
+    resume checks an edited config.json against it. "time_plan_state" holds a time budget's plan as it
+    stands after this epoch (training/replan.py), which a resumed run goes on from.
     """
     optimization = training.optimization
     state = {
@@ -64,6 +66,8 @@ def checkpoint_state(config: TrainConfig, training: Training, history: list[dict
         state["rank_rng"] = rank_rng
     if resolved is not None:
         state["resolved"] = resolved
+    if time_plan_state is not None:
+        state["time_plan_state"] = time_plan_state
     if optimization.ema is not None:
         state["raw_model"] = training.model.state_dict()
         state["ema_updates"] = int(optimization.ema.n_averaged)

@@ -27,7 +27,8 @@ class RunRecorder:
     def __init__(self, path: Path, config: TrainConfig, training: Training,
                  history: list[dict] | None = None, learning_rates: list[float] | None = None, also=(),
                  after_epoch: Callable[[dict], None] | None = None, resolved: dict | None = None,
-                 started: float | None = None, earlier_seconds: float = 0.0, stop_requested: str | None = None):
+                 started: float | None = None, earlier_seconds: float = 0.0, stop_requested: str | None = None,
+                 planner=None):
         self.path = Path(path)
         self.config = config
         self.training = training
@@ -42,6 +43,8 @@ class RunRecorder:
         self.earlier_seconds = earlier_seconds
         # A callback's StopTraining, once recorded in last.pt: a resumed run trains no further.
         self.stop_requested = stop_requested
+        # A time budget's planner (training/replan.py): its decisions so far go into each checkpoint.
+        self.planner = planner
 
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
         """Record the epoch's metrics, then checkpoint: best.pt when it improved, then last.pt.
@@ -57,7 +60,7 @@ class RunRecorder:
         for logger in self.also:
             logger.log_epoch(row, learning_rates)
         state = checkpoint_state(self.config, self.training, self.history, self.learning_rates, self.rank_rng,
-                                 self.resolved)
+                                 self.resolved, self.planner.state_dict() if self.planner is not None else None)
         if is_best:
             save_checkpoint(state, self.path / "best.pt")
         save_checkpoint(state, self.path / "last.pt")

@@ -25,6 +25,7 @@ from fmnist.runs.edited import MAY_CHANGE_ON_RESUME, checked_config
 from fmnist.runs.folder import read_history, read_saved_config, read_summary
 from fmnist.training.build import Training
 from fmnist.training.config import TrainConfig
+from fmnist.training.replan import BudgetPlanner
 from fmnist.training.runtime import set_rng_state
 
 RESUME = "resume"
@@ -116,10 +117,12 @@ class ResumePoint:
     stop_requested: str | None = None  # a callback's StopTraining ended training after the last epoch
 
 
-def restore_run(run_dir: str | Path, config: TrainConfig, training: Training, rank: int = 0) -> ResumePoint:
+def restore_run(run_dir: str | Path, config: TrainConfig, training: Training, rank: int = 0,
+                planner: BudgetPlanner | None = None) -> ResumePoint:
     """Load last.pt into the freshly built training objects; return what the run recorded so far.
 
-    `rank`: this process's rank under torchrun, whose own generator states it restores.
+    `rank`: this process's rank under torchrun, whose own generator states it restores. `planner`: a
+    time budget's, which goes on from the plan as it stood at the checkpoint.
     """
     path = Path(run_dir)
     last = path / "last.pt"
@@ -160,8 +163,25 @@ def restore_run(run_dir: str | Path, config: TrainConfig, training: Training, ra
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"{last}: cannot restore the training state ({one_line_reason(error)}); "
                               "the checkpoint is damaged") from None
+    if planner is not None:
+        restore_plan(planner, state, last)
     stop_requested = state.get("stop_requested")
     if stop_requested is not None and not isinstance(stop_requested, str):
         raise CheckpointError(f"{last}: stop_requested {stop_requested!r} should be the reason, as text; the "
                               "checkpoint is damaged")
     return ResumePoint(list(state["history"]), list(state["learning_rates"]), stop_requested)
+
+
+def restore_plan(planner: BudgetPlanner, state: dict, last: Path) -> None:
+    """The budget's plan as last.pt left it; a run saved before plans were made again keeps its first plan."""
+    steps = len(state["learning_rates"])
+    try:
+        if "time_plan_state" not in state:
+            planner.keep_the_first_plan(steps)
+            return
+        planner.load_state_dict(state["time_plan_state"])
+    except ValueError as error:
+        raise CheckpointError(f"{last}: {error}; the checkpoint is damaged") from None
+    if planner.steps_done != steps:
+        raise CheckpointError(f"{last}: time plan state steps_done {planner.steps_done}, but {steps} steps were "
+                              "recorded; the checkpoint is damaged")

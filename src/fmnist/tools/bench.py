@@ -25,6 +25,7 @@ from fmnist.training.budget import plan_time_budget
 from fmnist.training.build import build_training
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import Optimization, evaluate, fit, train_one_epoch
+from fmnist.training.replan import BudgetPlanner, planner_for
 from fmnist.training.runtime import resolve_amp, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -175,8 +176,10 @@ THRESHOLDS = (0.90, 0.91, 0.92, 0.93, 0.94, 0.95)
 class TestTimer:
     """A recorder for fit that evaluates the test set after each epoch, timed apart from training."""
 
-    def __init__(self, model, test_loader, flip_tta: bool, thresholds: tuple[float, ...], epochs: int):
+    def __init__(self, model, test_loader, flip_tta: bool, thresholds: tuple[float, ...], epochs: int,
+                 planner: BudgetPlanner | None = None):
         self.model, self.test_loader, self.flip_tta = model, test_loader, flip_tta
+        self.planner = planner  # a time budget's: the test evaluations are not the budget's time
         self.thresholds, self.epochs = thresholds, epochs
         self.history: list[dict] = []
         self.train_seconds = self.eval_seconds = 0.0
@@ -188,6 +191,9 @@ class TestTimer:
         self.train_seconds += row["seconds"]
         test = evaluate(self.model, self.test_loader, self.flip_tta)
         self.eval_seconds += test.seconds
+        if self.planner is not None:
+            self.planner.leave_out(test.seconds)
+            self.epochs = self.planner.epochs
         self.curve.append({"epoch": row["epoch"], "train_seconds": self.train_seconds, "test_accuracy": test.accuracy})
         for threshold in self.thresholds:
             if threshold not in self.reached and test.accuracy >= threshold:
@@ -203,7 +209,8 @@ def time_to_accuracy(config: TrainConfig, thresholds: tuple[float, ...] = THRESH
     run, and that evaluation is timed apart and not counted. Training time runs from the first
     batch and adds up the epochs' training loops; start-up, data loading and the validation after
     each epoch are not in it. The loop is `fit`, as in `fmnist train`. With a time budget
-    (config.time_budget) the steps are planned as `fmnist train` plans them.
+    (config.time_budget) the steps are planned, and planned again at each epoch's end, as `fmnist train`
+    plans them; the test evaluations are left out of the budget's time.
     """
     device = resolve_device(config.device)
     data = load_splits(config.data_dir, config.val_size, config.split_seed, verify=not config.allow_unverified_data)
@@ -213,15 +220,17 @@ def time_to_accuracy(config: TrainConfig, thresholds: tuple[float, ...] = THRESH
     seed_everything(config.seed, config.deterministic)
     training = build_training(config, *splits, total_steps=plan.total_steps if plan else None)
     epochs = plan.epochs if plan else config.epochs
-    timer = TestTimer(training.model, training.test_loader, config.tta_flip, thresholds, epochs)
+    planner = planner_for(plan, training) if plan else None
+    timer = TestTimer(training.model, training.test_loader, config.tta_flip, thresholds, epochs, planner)
     fit(training.model, training.train_loader, training.val_loader, training.optimization, epochs,
-        flip_tta=config.tta_flip, recorder=timer, last_epoch_steps=plan.last_epoch_steps if plan else None)
+        flip_tta=config.tta_flip, recorder=timer, planner=planner)
     return {
         "recipe": config.recipe,
         "model": config.model,
         "seed": config.seed,
         "device": str(device),
         "time_plan": plan.to_dict() if plan else None,
+        "budget": planner.record() if planner else None,
         "final_test_accuracy": timer.curve[-1]["test_accuracy"],
         "train_seconds": timer.train_seconds,
         "eval_seconds": timer.eval_seconds,

@@ -1,15 +1,15 @@
 """Training to a wall-clock budget (`--time-budget 5m`): measure this machine, then plan the steps.
 
 Users have minutes, not epochs, and CPUs differ by 1.5x or more: an epoch count that fits 30 minutes on
-one machine misses on the next. So a budget is planned once, at the start. A few training steps and
+one machine misses on the next. So a budget is planned at the start, and again at each epoch's end
+from the time really spent (training/replan.py: this module makes the first plan). A few training steps and
 validation batches are timed on a throwaway copy of the run (the run itself then starts from its seed
 as if nothing had happened), and the number of steps is chosen so that training, the validation pass
 after each epoch and the checkpoints end within the budget. With --compile, the copy is compiled as the
 run will be: its steps are timed at the compiled speed, and the run's own compilation is planned for.
 The schedule is built for exactly those steps, so the learning rate anneals to its end at the budget
 instead of being cut off half-way: the lesson of budgeted training (Li, Yumer and Ramanan, ICLR 2020).
-The plan is saved with the run, and a resumed run finishes the same plan, whatever the speed of the
-machine it resumes on.
+The first plan is saved in config.json; the later ones in each checkpoint.
 """
 
 from __future__ import annotations
@@ -40,9 +40,14 @@ from fmnist.training.runtime import seed_everything
 
 logger = logging.getLogger(__name__)
 
-# Measured step times ran 5-13% slower over whole runs than in the first seconds (the first epoch is
-# the fastest on this lab's VMs: BENCHMARKS.md): plan for this much less than the budget leaves.
-SAFETY_MARGIN = 0.10
+# What a plan keeps in hand: a share of the whole budget (the jitter of the epoch that ends the run) and a
+# share of the time still ahead (a machine that slows down later: the further the end, the more the
+# speed can drift). About 5% at the start; at the start of the last epoch, little more than 1%. The plan
+# is made again at each epoch's end from the speed measured in that epoch (training/replan.py), so a
+# machine slower than at the start (whole runs ran 5-13% slower than their first seconds on this
+# lab's VMs: BENCHMARKS.md) costs steps, not the budget.
+RESERVE_OF_BUDGET = 0.01
+RESERVE_OF_TIME_LEFT = 0.04
 # The first steps allocate memory and choose kernels (and compile, with --compile): not timed as steps.
 # With --compile, their time beyond that of ordinary steps is the compilation the run will pay again.
 WARMUP_STEPS = 5
@@ -162,44 +167,54 @@ def check_plan_value(name: str, value) -> None:
         raise ConfigError(f"time_plan.{name} {value!r}: {rule}", f"time_plan.{name}")
 
 
-def overrun_line(plan: TimePlan, used_seconds: float, train_seconds: float) -> str | None:
-    """One line for a run that took longer than its budget, None within it. The plan trusts the costs it
-    measured at the start; a machine that slows down later (another tenant of the VM, heat, a busy disk)
-    overruns it, and the user should hear by how much and which cost grew rather than find it in
-    summary.json. `train_seconds`: the training steps' time; the rest after measuring went to the
-    validation passes and checkpoints."""
+def overrun_line(plan: TimePlan, used_seconds: float, train_seconds: float, steps: int, epochs: int) -> str | None:
+    """One line for a run that took longer than its budget, None within it. The plan is made again at each
+    epoch's end from the speed just measured, so what overruns it is a machine that slowed down within
+    the last epochs (another tenant of the VM, heat, a busy disk); the user should hear by how much and
+    which cost grew rather than find it in summary.json. `train_seconds`: the time of the `steps`
+    training steps of the `epochs` epochs; the rest after measuring went to validation and checkpoints."""
     if used_seconds <= plan.budget_seconds:
         return None
     over = used_seconds - plan.budget_seconds
-    average_step = max(0.0, train_seconds - plan.compile_seconds) / plan.total_steps
-    average_epoch_end = (used_seconds - plan.measure_seconds - train_seconds) / plan.epochs
+    average_step = max(0.0, train_seconds - plan.compile_seconds) / max(1, steps)
+    average_epoch_end = (used_seconds - plan.measure_seconds - train_seconds) / max(1, epochs)
     return (f"time budget {plan.budget}: training and validation took {used_seconds:,.0f} s, {over:,.0f} s "
             f"({over / plan.budget_seconds:.1%}) over: a step took {average_step * 1000:.1f} ms on average against "
             f"the {plan.step_seconds * 1000:.1f} ms measured at the start, and each epoch's validation and "
-            f"checkpoints {average_epoch_end:.2f} s against {plan.epoch_end_seconds:.2f} s; the plan keeps "
-            f"{SAFETY_MARGIN:.0%} in hand for a machine that gets slower")
+            f"checkpoints {average_epoch_end:.2f} s against {plan.epoch_end_seconds:.2f} s; the machine slowed "
+            "down after the plan was last made, at an epoch's end")
+
+
+def time_in_hand(budget_seconds: float, left_seconds: float) -> float:
+    """The seconds a plan keeps unspent, when `left_seconds` of the budget are left (see RESERVE_OF_BUDGET)."""
+    return RESERVE_OF_BUDGET * budget_seconds + RESERVE_OF_TIME_LEFT * max(0.0, left_seconds)
+
+
+def steps_that_fit(seconds: float, step_seconds: float, epoch_end_seconds: float, steps_per_epoch: int) -> int:
+    """The most training steps that fit in `seconds` with a validation pass after each epoch: whole
+    epochs first; then, if time is left for a validation pass and some steps, a last epoch cut short."""
+    epoch_seconds = steps_per_epoch * step_seconds + epoch_end_seconds
+    full_epochs = max(0, math.floor(seconds / epoch_seconds))
+    left_for_last = seconds - full_epochs * epoch_seconds - epoch_end_seconds
+    extra_steps = min(steps_per_epoch - 1, math.floor(left_for_last / step_seconds)) if left_for_last > 0 else 0
+    return full_epochs * steps_per_epoch + extra_steps
 
 
 def plan_steps(budget: str, measure_seconds: float, step_seconds: float, epoch_end_seconds: float,
                steps_per_epoch: int, compile_seconds: float = 0.0) -> TimePlan:
-    """The most steps whose training and validation fit in what the budget has left after measuring.
-
-    Whole epochs first; then, if time is left for a validation pass and some steps, a last epoch
-    cut short. Refused (ConfigError) when fewer than MIN_STEPS fit.
-    """
+    """The first plan: the most steps that fit in what the budget has left after measuring, less the
+    time kept in hand. Refused (ConfigError) when fewer than MIN_STEPS fit."""
     try:
         budget_seconds = parse_time_budget(budget)
     except ValueError as error:
         raise ConfigError(f"--time-budget {budget!r}: {error}", "time_budget") from None
-    available = (budget_seconds - measure_seconds - compile_seconds) * (1 - SAFETY_MARGIN)
-    epoch_seconds = steps_per_epoch * step_seconds + epoch_end_seconds
-    full_epochs = max(0, math.floor(available / epoch_seconds))
-    left_for_last = available - full_epochs * epoch_seconds - epoch_end_seconds
-    extra_steps = min(steps_per_epoch - 1, math.floor(left_for_last / step_seconds)) if left_for_last > 0 else 0
-    total_steps = full_epochs * steps_per_epoch + extra_steps
+    left = budget_seconds - measure_seconds - compile_seconds
+    total_steps = steps_that_fit(left - time_in_hand(budget_seconds, left), step_seconds, epoch_end_seconds,
+                                 steps_per_epoch)
     if total_steps < MIN_STEPS:
-        needed = measure_seconds + compile_seconds + (MIN_STEPS * step_seconds
-                                    + math.ceil(MIN_STEPS / steps_per_epoch) * epoch_end_seconds) / (1 - SAFETY_MARGIN)
+        work = MIN_STEPS * step_seconds + math.ceil(MIN_STEPS / steps_per_epoch) * epoch_end_seconds
+        kept = 1 - RESERVE_OF_TIME_LEFT  # solves: (budget - spent) * kept - budget * RESERVE_OF_BUDGET = work
+        needed = (work + kept * (measure_seconds + compile_seconds)) / (kept - RESERVE_OF_BUDGET)
         raise ConfigError(
             f"{argument('time_budget', budget, as_typed=True)}: too short for this run on this machine: measuring took "
             f"{measure_seconds:.1f} s, a step takes {step_seconds * 1000:.0f} ms and each validation "

@@ -37,6 +37,7 @@ from fmnist.errors import ConfigError, FmnistError
 from fmnist.faults import StopRequest, StopTraining, TrainingInterrupted, kill_point
 from fmnist.training.early_stopping import EarlyStopping
 from fmnist.training.metrics import per_class_accuracy
+from fmnist.training.stretch import StretchedSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Optimization:
 
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | StretchedSchedule | None = None
     scheduler_interval: str | None = None
     clip_grad_norm: float | None = None
     ema: AveragedModel | None = None
@@ -75,7 +76,7 @@ class Optimization:
         owner = "Optimization"
         check_callable(self.loss_fn, "loss_fn", owner)
         check_type(self.optimizer, torch.optim.Optimizer, "optimizer", owner, "a torch.optim.Optimizer")
-        optional = {"scheduler": (torch.optim.lr_scheduler.LRScheduler, "a torch LRScheduler"),
+        optional = {"scheduler": ((torch.optim.lr_scheduler.LRScheduler, StretchedSchedule), "a torch LRScheduler"),
                     "ema": (AveragedModel, "a torch AveragedModel"), "autocast": (torch.dtype, "a torch.dtype"),
                     "grad_scaler": (torch.amp.GradScaler, "a torch.amp.GradScaler")}
         for name, (kind, expected) in optional.items():
@@ -285,6 +286,17 @@ def evaluate(model: nn.Module, batches: Batches, flip_tta: bool = False) -> Eval
     )
 
 
+class EpochPlanner(Protocol):
+    """What decides, epoch by epoch, how long fit trains (a time budget's: see training/replan.py)."""
+
+    epochs: int
+    last_epoch_steps: int
+
+    def start(self) -> None: ...
+
+    def epoch_ended(self, epoch: int, steps: int, train_seconds: float, validation_seconds: float) -> None: ...
+
+
 class EpochRecorder(Protocol):
     """What fit reports each epoch to (a run folder, a benchmark): see runs.folder.RunRecorder."""
 
@@ -320,6 +332,7 @@ def fit(
     last_epoch_steps: int | None = None,
     early_stopping: EarlyStopping | None = None,
     on_step: StepObserver | None = None,
+    planner: EpochPlanner | None = None,
 ) -> list[dict]:
     """Train for `epochs`, validating after each; return one metrics row per epoch.
 
@@ -333,6 +346,9 @@ def fit(
     Training ends before `epochs` when `early_stopping` says so (training/early_stopping.py), or when
     the recorder raises StopTraining (a callback asked): the epoch is recorded, and the history so
     far is returned as for a run that went all the way. `on_step`: see train_one_epoch.
+
+    With a `planner` (a time budget's: training/replan.py), the epochs and the last epoch's steps are
+    the planner's, made again after each epoch's validation and before its checkpoint.
     """
     check_fit_arguments(model, train_batches, val_batches, optimization, epochs, flip_tta, recorder, stop,
                         last_epoch_steps)
@@ -344,7 +360,12 @@ def fit(
     if early_stopping is not None and early_stopping.reason_to_stop(history):
         return history  # resumed after the epoch that stopped it: nothing is left to train
     best_accuracy = max((row["val_accuracy"] for row in history), default=-1.0)
-    for epoch in range(len(history) + 1, epochs + 1):
+    if planner is not None:
+        planner.start()
+        epochs, last_epoch_steps = planner.epochs, planner.last_epoch_steps
+    epoch = len(history)
+    while epoch < epochs:
+        epoch += 1
         try:
             max_batches = last_epoch_steps if epoch == epochs else None
             stats = train_one_epoch(model, train_batches, optimization, stop, max_batches, on_step)
@@ -360,6 +381,9 @@ def fit(
             validation = evaluate(weights_to_use(model, optimization), val_batches, flip_tta)
         except ConfigError as error:
             raise as_argument_of("fit", error, "val_batches") if error.field == "batches" else error from None
+        if planner is not None:
+            planner.epoch_ended(epoch, len(stats.learning_rates), stats.seconds, validation.seconds)
+            epochs, last_epoch_steps = planner.epochs, planner.last_epoch_steps
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,

@@ -68,10 +68,12 @@ def logging_shows(logger_name: str, level: int = logging.INFO) -> bool:
 class TrainingProgress:
     """A bar per epoch (step, images/s, running loss, time left) and, if logging does not show
     them, the epoch lines. `first_epoch` is where a resumed run starts; `last_epoch_steps` the
-    shorter last epoch of a time budget's plan."""
+    shorter last epoch of a time budget's plan. `plan`: a time budget's planner (training/replan.py),
+    whose epochs and last epoch's steps, made again at each epoch's end, replace the two given."""
 
     def __init__(self, epochs: int, steps_per_epoch: int, first_epoch: int = 1,
-                 last_epoch_steps: int | None = None, stream=None):
+                 last_epoch_steps: int | None = None, stream=None, plan=None):
+        self.plan = plan
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
         self.last_epoch_steps = last_epoch_steps
@@ -87,6 +89,8 @@ class TrainingProgress:
 
     def open_bar(self) -> None:
         self.epoch += 1
+        if self.plan is not None:
+            self.epochs, self.last_epoch_steps = self.plan.epochs, self.plan.last_epoch_steps
         self.loss_sum, self.images, self.started, self.shown_at = None, 0, time.perf_counter(), 0.0
         if not self.draw:
             return
@@ -117,6 +121,8 @@ class TrainingProgress:
 
     def log_epoch(self, row: dict, learning_rates: list[float]) -> None:
         """With the run's loggers after each epoch: its line, unless logging shows it already."""
+        if self.plan is not None:
+            self.epochs = self.plan.epochs
         if not logging_shows(EPOCH_LOGGER):
             terminal_tqdm.write(format_epoch(row, self.epochs), file=self.lines_to)
 

@@ -1,0 +1,241 @@
+"""A time budget's plan made again at each epoch's end (training/replan.py), driven by a clock that the
+test moves: a steady machine, one slower or faster than measured, one that slows down at any moment
+after the start, a run stopped and resumed mid-plan, and the schedule stretched over the new steps.
+
+The budgets and speeds are those of the recipes' budgets on this lab's 2-core machines (fast 2m, best
+5m, top 30m, top-long 60m; BENCHMARKS.md), and a short budget of few epochs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import OneCycleLR
+
+from fmnist.training.budget import plan_steps
+from fmnist.training.replan import BudgetPlanner
+from fmnist.training.stretch import StretchedSchedule
+
+# (budget, measuring, step seconds, validation and checkpoint seconds, steps per epoch)
+BUDGETS = {
+    "fast 2m": ("2m", 4.0, 0.047, 1.1, 215),
+    "best 5m": ("5m", 6.0, 0.125, 2.4, 215),
+    "top 30m": ("30m", 8.1, 0.167, 3.7, 215),
+    "top-long 60m": ("60m", 8.1, 0.167, 3.7, 215),
+    "few epochs": ("90s", 3.0, 0.05, 1.0, 300),
+}
+VALIDATION_SHARE = 0.8  # of the epoch's end: the rest is its checkpoint
+
+
+class Machine:
+    """A clock, and the speed of a machine that may change: `slowdown(t)` multiplies every cost from
+    second t of the budget on."""
+
+    def __init__(self, measured_at: float, slowdown=lambda t: 1.0):
+        self.now = measured_at  # the budget's clock: measuring is over when training starts
+        self.slowdown = slowdown
+
+    def __call__(self) -> float:
+        return self.now
+
+    def spend(self, seconds: float) -> float:
+        taken = seconds * self.slowdown(self.now)
+        self.now += taken
+        return taken
+
+
+def train_with(planner: BudgetPlanner, machine: Machine, step: float, epoch_end: float,
+               stop_after_epoch: int | None = None) -> list[int]:
+    """Drive the planner as fit does, epoch by epoch; returns each epoch's steps."""
+    planner.start()
+    epoch = planner.steps_done // planner.steps_per_epoch
+    steps_per_epoch = []
+    while epoch < planner.epochs:
+        epoch += 1
+        steps = planner.last_epoch_steps if epoch == planner.epochs else planner.steps_per_epoch
+        train_seconds = sum(machine.spend(step) for _ in range(steps))
+        validation = machine.spend(epoch_end * VALIDATION_SHARE)
+        planner.epoch_ended(epoch, steps, train_seconds, validation)
+        machine.spend(epoch_end * (1 - VALIDATION_SHARE))  # the checkpoint, after the decision
+        steps_per_epoch.append(steps)
+        if epoch == stop_after_epoch:
+            break
+    return steps_per_epoch
+
+
+def first_plan(name: str):
+    budget, measuring, step, epoch_end, steps_per_epoch = BUDGETS[name]
+    return plan_steps(budget, measuring, step, epoch_end, steps_per_epoch), step, epoch_end
+
+
+@pytest.mark.parametrize("name", BUDGETS)
+def test_on_a_steady_machine_the_run_ends_between_95_and_100_percent_of_its_budget(name):
+    plan, step, epoch_end = first_plan(name)
+    machine = Machine(plan.measure_seconds)
+    planner = BudgetPlanner(plan, clock=machine)
+    steps = train_with(planner, machine, step, epoch_end)
+    assert 0.95 * plan.budget_seconds <= machine.now <= plan.budget_seconds, machine.now / plan.budget_seconds
+    assert sum(steps) == planner.total_steps == planner.steps_done
+    assert planner.used_seconds == pytest.approx(machine.now)
+    assert len(planner.decisions) == len(steps) - 1  # one decision at each epoch's end but the last
+
+
+@pytest.mark.parametrize("name", BUDGETS)
+@pytest.mark.parametrize("speed", [0.8, 0.9, 1.13, 1.25])
+def test_a_machine_faster_or_slower_than_measured_still_fills_its_budget(name, speed):
+    plan, step, epoch_end = first_plan(name)
+    machine = Machine(plan.measure_seconds, slowdown=lambda t: speed)
+    planner = BudgetPlanner(plan, clock=machine)
+    train_with(planner, machine, step, epoch_end)
+    used = machine.now / plan.budget_seconds
+    if name == "few epochs":  # three epochs: the first one, at the wrong speed, is a third of the budget
+        assert 0.90 <= used <= 1.0 + max(0.0, speed - 1) / 3, used
+    else:
+        assert 0.95 <= used <= 1.0, used
+    assert (planner.total_steps > plan.total_steps) == (speed < 1)
+
+
+@pytest.mark.parametrize("name", [name for name in BUDGETS if name != "few epochs"])
+@pytest.mark.parametrize("from_share", [0.0, 0.1, 0.3, 0.5, 0.7, 0.85, 0.9, 0.95, 0.98])
+def test_a_machine_that_slows_by_a_fifth_at_any_moment_overruns_by_at_most_2_percent(name, from_share):
+    plan, step, epoch_end = first_plan(name)
+    machine = Machine(plan.measure_seconds, slowdown=lambda t: 1.2 if t >= from_share * plan.budget_seconds else 1.0)
+    planner = BudgetPlanner(plan, clock=machine)
+    train_with(planner, machine, step, epoch_end)
+    assert machine.now <= 1.02 * plan.budget_seconds, machine.now / plan.budget_seconds
+    assert machine.now >= 0.93 * plan.budget_seconds, machine.now / plan.budget_seconds
+
+
+def test_without_replanning_the_same_slowdown_overruns():
+    """What the planner is for: the first plan alone, on a machine a fifth slower after the start."""
+    plan, step, epoch_end = first_plan("best 5m")
+    machine = Machine(plan.measure_seconds, slowdown=lambda t: 1.2)
+    planner = BudgetPlanner(plan, clock=machine)
+    planner.replans = False
+    train_with(planner, machine, step, epoch_end)
+    assert machine.now > 1.1 * plan.budget_seconds
+
+
+@pytest.mark.parametrize("stop_after", [1, 3, 7])
+@pytest.mark.parametrize("speed_after", [1.0, 0.8, 1.2])
+def test_a_resumed_run_goes_on_from_the_plan_in_its_checkpoint(stop_after, speed_after):
+    plan, step, epoch_end = first_plan("best 5m")
+    machine = Machine(plan.measure_seconds, slowdown=lambda t: 1.1)
+    planner = BudgetPlanner(plan, clock=machine)
+    before = train_with(planner, machine, step, epoch_end, stop_after_epoch=stop_after)
+    saved = planner.state_dict()
+    # The same run, uninterrupted, on the same machine: the decisions up to the stop are these.
+    whole_machine = Machine(plan.measure_seconds, slowdown=lambda t: 1.1)
+    whole = BudgetPlanner(plan, clock=whole_machine)
+    train_with(whole, whole_machine, step, epoch_end, stop_after_epoch=stop_after)
+    assert whole.state_dict() == saved
+    # Resumed a day later on a machine of another speed: the pause does not count, the time used does.
+    later = Machine(machine.now + 86_400.0, slowdown=lambda t: speed_after)
+    resumed = BudgetPlanner(plan, clock=later)
+    resumed.load_state_dict(saved)
+    after = train_with(resumed, later, step, epoch_end)
+    assert resumed.decisions[:len(saved["decisions"])] == saved["decisions"]
+    assert resumed.steps_done == sum(before) + sum(after) == resumed.total_steps
+    used = saved["used_seconds"] + (later.now - 86_400.0 - machine.now)
+    assert resumed.used_seconds == pytest.approx(used)
+    assert 0.95 * plan.budget_seconds <= used <= 1.0 * plan.budget_seconds
+
+
+def test_a_run_saved_before_plans_were_made_again_keeps_its_first_plan():
+    plan, step, epoch_end = first_plan("best 5m")
+    machine = Machine(plan.measure_seconds, slowdown=lambda t: 0.8)
+    planner = BudgetPlanner(plan, clock=machine)
+    planner.keep_the_first_plan(steps_done=2 * plan.steps_per_epoch)
+    steps = train_with(planner, machine, step, epoch_end)
+    assert planner.total_steps == plan.total_steps == 2 * plan.steps_per_epoch + sum(steps)
+    assert planner.decisions == [] and planner.record()["budget_used_seconds"] is None
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"total_steps": -1}, "total_steps"), ({"steps_done": "3"}, "steps_done"), ({"steps_done": 10**6}, "steps_done"),
+    ({"used_seconds": math.nan}, "used_seconds"), ({"used_seconds": -1.0}, "used_seconds"),
+    ({"replans": 1}, "replans"), ({"decisions": {}}, "decisions"), ({"steps_done": 7}, "steps_done"),
+    ({"extra": 1}, "should hold"),
+])
+def test_a_damaged_plan_state_is_refused_naming_what_is_wrong(change, named):
+    plan, step, epoch_end = first_plan("best 5m")
+    machine = Machine(plan.measure_seconds)
+    planner = BudgetPlanner(plan, clock=machine)
+    train_with(planner, machine, step, epoch_end, stop_after_epoch=2)
+    with pytest.raises(ValueError, match=named):
+        BudgetPlanner(plan, clock=machine).load_state_dict({**planner.state_dict(), **change})
+
+
+def onecycle(total_steps: int) -> tuple[torch.optim.Optimizer, OneCycleLR]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    return optimizer, OneCycleLR(optimizer, max_lr=0.1, total_steps=total_steps)
+
+
+def rates(optimizer, schedule, steps: int) -> list[tuple[float, float]]:
+    seen = []
+    for _ in range(steps):
+        seen.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["momentum"]))
+        optimizer.step()
+        schedule.step()
+    return seen
+
+
+def plain_run(total_steps: int):
+    return onecycle(total_steps)
+
+
+def test_an_unstretched_schedule_is_exactly_the_one_it_wraps():
+    plain_optimizer, plain = onecycle(100)
+    optimizer, inner = onecycle(100)
+    assert rates(optimizer, StretchedSchedule(inner, 100), 100) == rates(plain_optimizer, plain, 100)
+
+
+@pytest.mark.parametrize("new_total", [60, 99, 100, 101, 180, 400])
+def test_a_stretched_or_squeezed_schedule_keeps_its_shape_and_ends_annealed(new_total):
+    optimizer, inner = onecycle(100)
+    schedule = StretchedSchedule(inner, 100)
+    seen = rates(optimizer, schedule, 30)
+    schedule.stretch_to(new_total)
+    seen += rates(optimizer, schedule, new_total - 30)
+    assert schedule.position == 100 and inner.last_epoch == 100  # the wrapped schedule's end, exactly
+    assert seen[-1][0] == pytest.approx(rates(*plain_run(100), 100)[-1][0])  # OneCycle's own last rate
+    peak = max(range(len(seen)), key=lambda index: seen[index][0])
+    assert seen[peak][0] == pytest.approx(0.1, rel=1e-3)
+    # Momentum still cycles against the rate: lowest at the peak rate, back to 0.95 at the end.
+    assert seen[peak][1] == pytest.approx(0.85, abs=0.01) and seen[-1][1] == pytest.approx(0.95, abs=0.01)
+    assert all(later[0] <= earlier[0] + 1e-12 for earlier, later in zip(seen[peak:-1], seen[peak + 1:], strict=True))
+
+
+def test_a_stretched_schedule_resumes_exactly_from_its_state():
+    optimizer, inner = onecycle(100)
+    schedule = StretchedSchedule(inner, 100)
+    rates(optimizer, schedule, 40)
+    schedule.stretch_to(137)
+    rates(optimizer, schedule, 20)
+    state, optimizer_state = schedule.state_dict(), optimizer.state_dict()
+    rest = rates(optimizer, schedule, 77)
+    optimizer_again, inner_again = onecycle(100)
+    again = StretchedSchedule(inner_again, 100)
+    optimizer_again.load_state_dict(optimizer_state)  # as resume restores both
+    again.load_state_dict(state)
+    assert rates(optimizer_again, again, 77) == rest
+    with pytest.raises(ValueError, match="schedule_steps"):
+        StretchedSchedule(onecycle(90)[1], 90).load_state_dict(state)
+    with pytest.raises(ValueError, match="taken already"):
+        again.stretch_to(10)
+
+
+def test_a_plain_schedule_state_from_an_older_checkpoint_continues_unstretched():
+    optimizer, plain = onecycle(100)
+    rates(optimizer, plain, 25)
+    state = plain.state_dict()
+    optimizer_state = optimizer.state_dict()
+    expected = rates(optimizer, plain, 75)
+    optimizer_again, inner = onecycle(100)
+    schedule = StretchedSchedule(inner, 100)
+    optimizer_again.load_state_dict(optimizer_state)
+    schedule.load_state_dict(state)
+    assert schedule.steps == 25 and schedule.position == 25.0
+    assert rates(optimizer_again, schedule, 75) == expected
