@@ -223,6 +223,7 @@ def test_sigkill_and_resume_go_on_from_the_plan_in_the_checkpoint(tiny_data, tmp
     resumed = fmnist_process(["train", "--resume", str(run)])
     assert resumed.returncode == 0, resumed.stderr
     assert "measured in" not in resumed.stdout  # the first plan is kept, not measured again
+    assert "time budget 15s: training and validation took" in resumed.stdout  # and what it used, with the figures
     summary = json.loads((run / "summary.json").read_text())
     # What was decided and trained before the kill stands; the plan went on from there.
     assert summary["replans"][:2] == plan_then["decisions"]

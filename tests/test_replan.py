@@ -239,3 +239,46 @@ def test_a_plain_schedule_state_from_an_older_checkpoint_continues_unstretched()
     schedule.load_state_dict(state)
     assert schedule.steps == 25 and schedule.position == 25.0
     assert rates(optimizer_again, schedule, 75) == expected
+
+
+class ScriptedPlanner:
+    """A planner whose plans are given in advance: after epoch k, `totals[k - 1]` steps in all."""
+
+    def __init__(self, steps_per_epoch: int, first_total: int, totals: list[int]):
+        self.steps_per_epoch, self.total_steps, self.totals = steps_per_epoch, first_total, totals
+        self.epochs_seen: list[tuple[int, int]] = []
+        self.starts = 0
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
+    def last_epoch_steps(self) -> int:
+        return self.total_steps - (self.epochs - 1) * self.steps_per_epoch
+
+    def start(self) -> None:
+        self.starts += 1
+
+    def epoch_ended(self, epoch: int, steps: int, train_seconds: float, validation_seconds: float) -> None:
+        assert train_seconds > 0 and validation_seconds > 0
+        self.epochs_seen.append((epoch, steps))
+        self.total_steps = self.totals[epoch - 1]
+
+
+@pytest.mark.parametrize(("totals", "trained"), [
+    ([11, 11, 11, 11], [(1, 3), (2, 3), (3, 3), (4, 2)]),  # more epochs, the last one cut short
+    ([3], [(1, 3)]),  # no time left after the first: training ends there
+    ([5, 5], [(1, 3), (2, 2)]),  # fewer steps: the second epoch cut short
+])
+def test_fit_trains_the_epochs_and_steps_its_planner_chooses_as_it_goes(totals, trained):
+    from fmnist import Optimization, create_model, fit
+
+    torch.manual_seed(0)
+    model = create_model("mlp")
+    optimization = Optimization(torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01))
+    batches = [(torch.randn(4, 1, 28, 28), torch.arange(4)) for _ in range(3)]
+    planner = ScriptedPlanner(steps_per_epoch=3, first_total=6, totals=totals)
+    history = fit(model, batches, batches[:1], optimization, epochs=2, planner=planner)
+    assert planner.epochs_seen == trained and planner.starts == 1
+    assert [row["epoch"] for row in history] == [epoch for epoch, _ in trained]

@@ -269,10 +269,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"path": str(result.path), "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
                     "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                    "wall_seconds": result.wall_seconds})
+                    "wall_seconds": result.wall_seconds, "budget_used": result.summary.get("budget_used")})
         return 0
     print(f"test accuracy {result.test_accuracy:.4f}  test loss {result.test_loss:.4f}  "
           f"(best epoch {result.best_epoch}, {result.wall_seconds:.1f} s)")
+    if result.summary.get("budget_used") is not None:
+        print(f"time budget {result.summary['time_budget']}: training and validation took "
+              f"{result.summary['budget_used_seconds']:,.1f} s ({result.summary['budget_used']:.1%} of it)")
     print(f"run folder: {result.path}")
     return 0
 
