@@ -20,6 +20,7 @@ from fmnist.experiment import train
 from fmnist.runs.edited import MAY_CHANGE_ON_RESUME
 from fmnist.training.budget import MIN_STEPS, plan_steps
 from fmnist.training.config import FIELDS, TrainConfig
+from fmnist.training.replan import planner_for
 
 MISSING = "<removed>"
 
@@ -27,8 +28,14 @@ MISSING = "<removed>"
 @pytest.fixture(scope="module")
 def budgeted_run(tmp_path_factory) -> Path:
     """A finished time-budgeted run, its summary.json removed so that it looks stopped. The plan is made
-    from fixed costs (no measuring): 7 epochs of 4 steps, whatever this machine's speed."""
+    from fixed costs (no measuring) and not made again: 7 epochs of 4 steps and a last one of 1, whatever
+    this machine's speed (planned again from this machine's speed, it would fill the 40 s)."""
     import fmnist.experiment as experiment
+
+    def first_plan_only(plan, training):
+        planner = planner_for(plan, training)
+        planner.replans = False
+        return planner
 
     root = tmp_path_factory.mktemp("edits")
     config = TrainConfig(model="fast-cnn-16", time_budget="40s", data_dir=str(write_dataset(root / "data")),
@@ -37,6 +44,7 @@ def budgeted_run(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(experiment, "plan_time_budget", lambda config, *splits: plan_steps(config.time_budget, 1.0, 1.0,
                                                                                           1.0, 4))
+        patch.setattr(experiment, "planner_for", first_plan_only)
         path = train(config).path
     (path / "summary.json").unlink()
     return path
@@ -186,7 +194,8 @@ def test_a_hand_edited_time_plan_says_which_key_and_the_value_to_put_back(budget
         in resume_refuses(run, saved, capsys)
     saved = copy.deepcopy(original)
     saved["resolved"]["time_plan"]["total_steps"] = 60
-    assert "resolved.time_plan.total_steps = 60 but last.pt was trained with 28; put back 28" in \
+    planned = original["resolved"]["time_plan"]["total_steps"]
+    assert f"resolved.time_plan.total_steps = 60 but last.pt was trained with {planned}; put back {planned}" in \
         resume_refuses(run, saved, capsys)
     saved = copy.deepcopy(original)
     saved["config"]["max_lr"] = "fast"
