@@ -91,7 +91,10 @@ def test_a_signal_after_the_command_has_ended_changes_nothing(signal_name, outco
         print("done")
         return 0
 
+    take_down = cli.stop_showing_library_logs
+
     def taken_down_and_signalled() -> None:
+        take_down()  # the handlers go (left up, they would write to this test's closed capture later)
         os.kill(os.getpid(), getattr(signal, signal_name))
 
     monkeypatch.setitem(cli.COMMANDS, "recipes", command)
