@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
-from fmnist.training.budget import plan_steps
+from fmnist.training.budget import epochs_of, last_epoch_steps_of, plan_steps
 from fmnist.training.replan import BudgetPlanner
 from fmnist.training.stretch import StretchedSchedule
 
@@ -251,11 +251,11 @@ class ScriptedPlanner:
 
     @property
     def epochs(self) -> int:
-        return math.ceil(self.total_steps / self.steps_per_epoch)
+        return epochs_of(self.total_steps, self.steps_per_epoch)
 
     @property
     def last_epoch_steps(self) -> int:
-        return self.total_steps - (self.epochs - 1) * self.steps_per_epoch
+        return last_epoch_steps_of(self.total_steps, self.steps_per_epoch)
 
     def start(self) -> None:
         self.starts += 1

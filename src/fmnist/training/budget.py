@@ -63,6 +63,15 @@ EVAL_PROBE_BATCHES = 4
 MIN_STEPS = 20
 
 
+def epochs_of(total_steps: int, steps_per_epoch: int) -> int:
+    """The epochs `total_steps` steps take, the last one perhaps cut short."""
+    return math.ceil(total_steps / steps_per_epoch)
+
+
+def last_epoch_steps_of(total_steps: int, steps_per_epoch: int) -> int:
+    return total_steps - (epochs_of(total_steps, steps_per_epoch) - 1) * steps_per_epoch
+
+
 @dataclass(frozen=True)
 class TimePlan:
     """How a budget is spent: measured costs, and the steps that fit. Saved in config.json."""
@@ -78,11 +87,11 @@ class TimePlan:
 
     @property
     def epochs(self) -> int:
-        return math.ceil(self.total_steps / self.steps_per_epoch)
+        return epochs_of(self.total_steps, self.steps_per_epoch)
 
     @property
     def last_epoch_steps(self) -> int:
-        return self.total_steps - (self.epochs - 1) * self.steps_per_epoch
+        return last_epoch_steps_of(self.total_steps, self.steps_per_epoch)
 
     def planned_seconds(self) -> float:
         """What the plan expects to spend: measuring, compiling, the steps, and each epoch's validation."""

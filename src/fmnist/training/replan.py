@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 
-from fmnist.training.budget import TimePlan, steps_that_fit, time_in_hand
+from fmnist.training.budget import TimePlan, epochs_of, last_epoch_steps_of, steps_that_fit, time_in_hand
 from fmnist.training.build import Training
 from fmnist.training.stretch import StretchedSchedule
 
@@ -55,11 +55,11 @@ class BudgetPlanner:
 
     @property
     def epochs(self) -> int:
-        return math.ceil(self.total_steps / self.steps_per_epoch)
+        return epochs_of(self.total_steps, self.steps_per_epoch)
 
     @property
     def last_epoch_steps(self) -> int:
-        return self.total_steps - (self.epochs - 1) * self.steps_per_epoch
+        return last_epoch_steps_of(self.total_steps, self.steps_per_epoch)
 
     def start(self) -> None:
         """Training starts (or resumes): the budget's clock runs from here, after what was used before."""
@@ -104,7 +104,7 @@ class BudgetPlanner:
             self.schedule.stretch_to(total_steps)
         self.decisions.append({"epoch": epoch, "used_seconds": round(used, 3), "step_seconds": step_seconds,
                                "epoch_end_seconds": round(epoch_end_seconds, 3), "total_steps": total_steps})
-        if self.epochs != math.ceil(before / self.steps_per_epoch):  # a few steps more or less: summary.json has it
+        if self.epochs != epochs_of(before, self.steps_per_epoch):  # a few steps more or less: summary.json has it
             logger.info("time budget %s: %.0f s used after epoch %d, a step takes %.1f ms; planned again: %s steps "
                         "= %d epochs (was %s)", self.plan.budget, used, epoch, step_seconds * 1000,
                         f"{total_steps:,}", self.epochs, f"{before:,}")
