@@ -108,6 +108,38 @@ def test_a_machine_that_slows_by_a_fifth_at_any_moment_overruns_by_at_most_2_per
     assert machine.now >= 0.93 * plan.budget_seconds, machine.now / plan.budget_seconds
 
 
+@pytest.mark.parametrize("left_after", [0.0, 1.0, 2.6, 3.5])
+def test_an_epoch_that_eats_the_next_ones_time_ends_the_run_there_and_says_its_schedule_was_cut(left_after,
+                                                                                                 caplog):
+    """More than the time in hand lost in one epoch (another tenant took the cores): the planner ends the run
+    at that epoch's end rather than overrun, and says that the learning rate stopped short."""
+    plan, step, epoch_end = first_plan("best 5m")
+    machine = Machine(plan.measure_seconds)
+    planner = BudgetPlanner(plan, clock=machine)
+    train_with(planner, machine, step, epoch_end, stop_after_epoch=plan.epochs - 2)
+    epoch, planned = plan.epochs - 1, planner.total_steps
+    assert planner.epochs == plan.epochs  # one more epoch after this one, on a steady machine
+    planner.start()
+    train_seconds = plan.budget_seconds - left_after - machine.now - epoch_end * VALIDATION_SHARE
+    machine.spend(train_seconds)
+    validation = machine.spend(epoch_end * VALIDATION_SHARE)
+    with caplog.at_level("WARNING", logger="fmnist.training.replan"):
+        planner.epoch_ended(epoch, plan.steps_per_epoch, train_seconds, validation)
+    assert planner.total_steps == planner.steps_done == epoch * plan.steps_per_epoch < planned
+    assert planner.epochs == epoch and planner.ended_short()
+    assert planner.record()["schedule_finished"] is False
+    assert f"epoch {epoch} ran slower than planned" in caplog.text
+    assert "short of the schedule's last value" in caplog.text
+
+
+def test_a_run_that_ends_as_planned_has_its_schedule_finished():
+    plan, step, epoch_end = first_plan("best 5m")
+    machine = Machine(plan.measure_seconds, slowdown=lambda t: 1.2)
+    planner = BudgetPlanner(plan, clock=machine)
+    train_with(planner, machine, step, epoch_end)
+    assert not planner.ended_short() and planner.record()["schedule_finished"] is True
+
+
 def test_without_replanning_the_same_slowdown_overruns():
     """What the planner is for: the first plan alone, on a machine a fifth slower after the start."""
     plan, step, epoch_end = first_plan("best 5m")

@@ -264,6 +264,10 @@ def budget_section(saved: dict, summary: dict) -> list[str]:
         epochs = -(-trained // plan["steps_per_epoch"])
         rows.append(["trained", f"{trained:,} steps = {epochs} epochs, after {len(replans)} plans made again at "
                                 f"epochs' ends" if replans else f"{trained:,} steps = {epochs} epochs"])
+    if summary.get("schedule_finished") is False:
+        rows.append(["schedule", f"cut short after epoch {replans[-1]['epoch']}: that epoch ran slower than the "
+                                 "time kept in hand allows for, and no further step fitted; the learning rate "
+                                 "stopped short of its last value"])
     rows.append(["training and validation took", "unknown: the run was resumed by an fmnist that kept no count"
                  if used is None else f"{used:,.1f} s ({used / plan['budget_seconds']:.1%} of the budget)"])
     return ["## Time budget",

@@ -104,7 +104,15 @@ class BudgetPlanner:
             self.schedule.stretch_to(total_steps)
         self.decisions.append({"epoch": epoch, "used_seconds": round(used, 3), "step_seconds": step_seconds,
                                "epoch_end_seconds": round(epoch_end_seconds, 3), "total_steps": total_steps})
-        if self.epochs != epochs_of(before, self.steps_per_epoch):  # a few steps more or less: summary.json has it
+        if total_steps == self.steps_done:
+            # Only a slowdown larger than the time kept in hand does this: the epoch just ended ate what the
+            # next one needed. Another step and validation would overrun; ending here keeps the budget, at the
+            # cost of a schedule that stops short of its last rates (summary.json: schedule_finished false).
+            logger.warning("time budget %s: epoch %d ran slower than planned and %.0f s are left: nothing more "
+                           "fits, so the run ends here, %s steps before its plan's end, with its learning rate "
+                           "short of the schedule's last value", self.plan.budget, epoch,
+                           self.plan.budget_seconds - used, f"{before - total_steps:,}")
+        elif self.epochs != epochs_of(before, self.steps_per_epoch):  # a few steps more or less: summary.json has it
             logger.info("time budget %s: %.0f s used after epoch %d, a step takes %.1f ms; planned again: %s steps "
                         "= %d epochs (was %s)", self.plan.budget, used, epoch, step_seconds * 1000,
                         f"{total_steps:,}", self.epochs, f"{before:,}")
@@ -133,7 +141,16 @@ class BudgetPlanner:
                 "planned_steps": self.plan.total_steps, "planned_seconds": self.plan.planned_seconds(),
                 "trained_steps": self.steps_done, "budget_used_seconds": used,
                 "budget_used": used / self.plan.budget_seconds if used is not None else None,
-                "replans": self.decisions}
+                "schedule_finished": not self.ended_short(), "replans": self.decisions}
+
+    def ended_short(self) -> bool:
+        """Whether the last decision ended the run at the epoch it was taken after (see change_to): the
+        one decision that leaves no step to plan for."""
+        if not self.decisions:
+            return False
+        last = self.decisions[-1]
+        return last["total_steps"] == self.steps_done and last["epoch"] == epochs_of(self.steps_done,
+                                                                                      self.steps_per_epoch)
 
 
 def planner_for(plan: TimePlan, training: Training) -> BudgetPlanner:
