@@ -240,7 +240,8 @@ def test_sigkill_and_resume_go_on_from_the_plan_in_the_checkpoint(tiny_data, tmp
     assert metric_rows(run)[:2] == rows_then and lr_steps(run)[:8] == rates_then
     rates = lr_steps(run)
     assert len(rates) == summary["trained_steps"] == summary["replans"][-1]["total_steps"]
-    assert rates[-1] == pytest.approx(0.002 / at_the_kill["resolved"]["time_plan"]["total_steps"])  # linear's last
+    if summary["schedule_finished"]:  # unless a busy machine made the planner cut the run short (test_replan.py)
+        assert rates[-1] == pytest.approx(0.002 / at_the_kill["resolved"]["time_plan"]["total_steps"])  # linear's
     # The time used before the kill counts; the time between the kill and the resume does not.
     assert plan_then["used_seconds"] < summary["budget_used_seconds"] <= 15 * (1 + BUDGET_TOLERANCE)
 
