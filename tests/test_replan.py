@@ -224,7 +224,7 @@ def test_an_unstretched_schedule_is_exactly_the_one_it_wraps():
     assert rates(optimizer, StretchedSchedule(inner, 100), 100) == rates(plain_optimizer, plain, 100)
 
 
-@pytest.mark.parametrize("new_total", [60, 99, 100, 101, 180, 400])
+@pytest.mark.parametrize("new_total", [31, 32, 33, 60, 99, 100, 101, 180, 400])
 def test_a_stretched_or_squeezed_schedule_keeps_its_shape_and_ends_annealed(new_total):
     optimizer, inner = onecycle(100)
     schedule = StretchedSchedule(inner, 100)
@@ -238,6 +238,23 @@ def test_a_stretched_or_squeezed_schedule_keeps_its_shape_and_ends_annealed(new_
     # Momentum still cycles against the rate: lowest at the peak rate, back to 0.95 at the end.
     assert seen[peak][1] == pytest.approx(0.85, abs=0.01) and seen[-1][1] == pytest.approx(0.95, abs=0.01)
     assert all(later[0] <= earlier[0] + 1e-12 for earlier, later in zip(seen[peak:-1], seen[peak + 1:], strict=True))
+
+
+@pytest.mark.parametrize("taken", [1, 29, 30, 70, 98, 99])
+@pytest.mark.parametrize("left", [1, 2, 3])
+@pytest.mark.parametrize("first_total", [60, 100, 150])
+def test_whatever_steps_a_plan_leaves_the_last_one_gets_the_schedules_last_rate(taken, left, first_total):
+    """A plan made again can leave one step, or two, after any step: the last still gets the last rate."""
+    if taken >= first_total:
+        pytest.skip("the first plan had ended")
+    optimizer, inner = onecycle(100)
+    schedule = StretchedSchedule(inner, 100)
+    schedule.stretch_to(first_total)
+    rates(optimizer, schedule, taken)
+    schedule.stretch_to(taken + left)
+    seen = rates(optimizer, schedule, left)
+    assert seen[-1][0] == pytest.approx(rates(*plain_run(100), 100)[-1][0])
+    assert schedule.position == 100 and inner.last_epoch == 100
 
 
 def test_a_stretched_schedule_resumes_exactly_from_its_state():

@@ -46,9 +46,7 @@ class StretchedSchedule:
             target = last_rate_at
         else:
             target = min(last_rate_at, self.position + self.rate)
-        for _ in range(math.floor(target) - math.floor(self.position)):
-            self.schedule.step()
-        self.position = target
+        self.move_to(target)
 
     def stretch_to(self, total_steps: int) -> None:
         """Lay what is left of the schedule over the training steps left until `total_steps`."""
@@ -57,6 +55,15 @@ class StretchedSchedule:
         self.total_steps = total_steps
         left = total_steps - self.steps - 1  # the steps until the one that takes the schedule's last rate
         self.rate = max(0.0, self.schedule_steps - 1 - self.position) / left if left > 0 else 0.0
+        if left == 0:  # the next step is the last: it takes the last rate, so the schedule goes there now
+            self.move_to(float(self.schedule_steps - 1))
+
+    def move_to(self, target: float) -> None:
+        """Move the wrapped schedule on to `target` (in its own steps; never back)."""
+        target = max(target, self.position)
+        for _ in range(math.floor(target) - math.floor(self.position)):
+            self.schedule.step()
+        self.position = target
 
     def get_last_lr(self) -> list[float]:
         return self.schedule.get_last_lr()
