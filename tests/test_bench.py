@@ -60,3 +60,14 @@ def test_time_to_accuracy_reports_each_threshold_per_seed(tiny_data, capsys):
         assert run["eval_seconds"] > 0 and run["train_seconds"] == run["curve"][-1]["train_seconds"]
     finals = [run["final_test_accuracy"] for run in runs]
     assert summary["final_test_accuracy"]["mean"] == sum(finals) / 2
+
+
+def test_bench_refuses_what_a_run_on_its_device_refuses(tiny_data, capsys):
+    """Both measurements take the device's settings as `fmnist train` does: fp16 and TF32 need CUDA."""
+    data = ["--data-dir", str(tiny_data), "--allow-unverified-data", "--val-size", "100", "--device", "cpu"]
+    for measurement in ([], ["--time-to-accuracy", "quick", "--epochs", "1"]):
+        for options, named in ((["--amp", "fp16"], "--amp 'fp16': fp16 needs --device cuda"),
+                               (["--no-tf32"], "--tf32 False: ignored"), (["--tf32"], "--tf32 True: ignored")):
+            assert main(["bench", *measurement, *options, *data]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and named in err, err

@@ -174,3 +174,20 @@ def test_auto_chooses_bf16_only_where_the_gpu_has_it_and_tf32_is_a_setting(data,
             assert ("TF32 matmuls on" if allowed else "TF32 off") in result.stdout
         saved = json.loads((tmp_path / option.strip("-") / "config.json").read_text())
         assert saved["config"]["tf32"] is allowed
+
+
+def test_bench_measures_with_tf32_as_training_sets_it(data):
+    """`fmnist bench` sets TF32 as a run would (on by default, --no-tf32 for full fp32) and says which."""
+    from fmnist.cli import main
+
+    native = torch.cuda.get_device_capability() >= (8, 0)
+    for flag, allowed in (("--tf32", True), ("--no-tf32", False)):
+        result = subprocess.run(
+            [sys.executable, "-m", "fmnist", "bench", "--device", "cuda", "--steps", "2", "--warmup", "0",
+             "--no-conventional", "--data-dir", str(data), "--allow-unverified-data", "--val-size", "200", flag,
+             "--json"], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["tf32"] is (allowed if native else None)
+        assert main(["bench", "--device", "cuda", "--steps", "1", "--warmup", "0", "--no-conventional",
+                     "--data-dir", str(data), "--allow-unverified-data", "--val-size", "200", flag]) == 0
+        assert torch.backends.cuda.matmul.allow_tf32 is allowed and torch.backends.cudnn.allow_tf32 is allowed

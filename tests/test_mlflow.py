@@ -256,6 +256,30 @@ def test_a_study_logs_its_trials_into_one_experiment(tiny_data, tmp_path, store)
     assert sorted(run.info.run_name for run in runs) == ["trial-0000", "trial-0001"]
 
 
+def test_a_pruned_trial_is_killed_in_mlflow_with_its_reason_and_resumes_there(tiny_data, tmp_path, store):
+    """Pruning is a search giving a trial up on purpose: KILLED (resumable), not FAILED, and the reason kept."""
+    optuna = pytest.importorskip("optuna", reason="the optional extra: pip install -e '.[tune]'")
+    from fmnist.tools.tune import Parameter, objective_for
+
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return True
+
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    overrides = {"model": "lenet", "epochs": 2, "batch_size": 50, "limit_batches": 2, "val_size": 100,
+                 "data_dir": str(tiny_data), "allow_unverified_data": True, "device": "cpu", "mlflow": store}
+    study.optimize(objective_for(optuna, tmp_path / "search", [Parameter("max_lr", 1e-3, 1e-2, log=True)], None,
+                                 overrides, {}), n_trials=1)
+    assert study.trials[0].state.name == "PRUNED"
+    run_dir = tmp_path / "search" / "trial-0000"
+    client = MlflowClient(store)
+    run = client.get_run(mlflow_record(run_dir)["run_id"])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["fmnist.abandoned"].startswith("pruned after epoch 1 (validation accuracy ")
+    resume(run_dir)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
 def test_a_run_stopped_by_ctrl_c_is_killed_in_mlflow_and_resumed_there(tiny_data, tmp_path, store):
     args = [*tiny_train_args(tiny_data, tmp_path, "interrupted"), "--mlflow", store]
     stopped = fmnist_process(args, kill_at="train-step:6:SIGINT", timeout=300)  # in epoch 2

@@ -31,7 +31,7 @@ from fmnist.data.splits import DataSplits, Split, load_splits
 from fmnist.errors import ArgumentTypeError, CheckpointError, ConfigError, DataError, FmnistError
 from fmnist.experiment import RunResult, resume, train
 from fmnist.explain import attribution_maps
-from fmnist.faults import StopTraining
+from fmnist.faults import RunAbandoned, StopTraining
 from fmnist.inference import (
     CheckpointEvaluation,
     Prediction,
@@ -70,6 +70,7 @@ __all__ = [
     "Predictions",
     "Recipe",
     "Run",
+    "RunAbandoned",
     "RunResult",
     "STD",
     "Split",

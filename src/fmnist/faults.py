@@ -19,7 +19,8 @@ outside tests) it does nothing.
 
 A stop that finishes the run: `StopTraining`, raised by an `after_epoch` callback once the epoch is
 saved, ends training there, and the run is tested and reported like any other (early stopping ends
-runs the same way).
+runs the same way). A stop that gives the run up: `RunAbandoned`, raised the same way, leaves it
+stopped and resumable (a search pruning a trial).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class StopTraining(Exception):
     """Raised by `train(..., after_epoch=...)`'s callback to end training after the epoch just saved:
     the run then finishes (the best epoch is tested, report.md says why it stopped). Its message is
     the reason recorded; any other exception leaves the run stopped and resumable instead."""
+
+
+class RunAbandoned(Exception):
+    """Raised by an `after_epoch` callback that gives the run up after the epoch just saved (a search
+    pruning a trial that is behind the others): the run is left stopped and resumable, as after Ctrl-C,
+    and recorded as stopped on purpose, not as failed (MLflow: KILLED, its message the reason)."""
 
 
 def kill_point(point: str, process_id: int | None = None) -> None:

@@ -216,6 +216,9 @@ def build_parser() -> ArgumentParser:
     bench.add_argument("--amp", choices=AMP_MODES, help="mixed precision of fmnist's loop, as in training (the "
                                                          "conventional loop runs in fp32, as the projects ran it; "
                                                          "default: the recipe's, else auto)")
+    bench.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                       help="on CUDA GPUs of compute capability 8.0 and later: float32 products in TF32, as in "
+                            "training (default: on; --no-tf32 measures full fp32)")
     bench.add_argument("--data-dir", help=DATA_DIR_HELP)
     bench.add_argument("--val-size", type=int, help=f"validation images held out, as in training (default: {VAL_SIZE})")
     bench.add_argument("--allow-unverified-data", action="store_true", default=None,
@@ -590,6 +593,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "recipe": args.time_to_accuracy or args.recipe, "model": args.model, "batch_size": args.batch_size,
         "device": args.device, "data_dir": args.data_dir, "val_size": args.val_size, "epochs": args.epochs,
         "allow_unverified_data": args.allow_unverified_data, "amp": args.amp, "time_budget": args.time_budget,
+        "tf32": args.tf32,
     }
     if args.time_to_accuracy:
         configs = [build_config(None, {**overrides, "seed": 42 + offset}) for offset in range(seeds)]

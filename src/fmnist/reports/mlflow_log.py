@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 from fmnist.data.fashion import CLASS_NAMES
 from fmnist.errors import CheckpointError, ConfigError, one_line_reason
-from fmnist.faults import TrainingInterrupted
+from fmnist.faults import RunAbandoned, TrainingInterrupted
 from fmnist.files import atomic_write_json
 from fmnist.runs.folder import read_saved_config
 from fmnist.training.config import MLFLOW_DEFAULT_STORE, TrainConfig
@@ -277,14 +277,22 @@ class MlflowLog:
     def end(self, status: str) -> None:
         self.guarded(lambda: self.client.set_terminated(self.run_id, status))
 
+    def abandoned(self, reason: str) -> None:
+        """Given up on purpose (a pruned trial): KILLED, with the reason as a tag."""
+        self.guarded(lambda: self.client.set_tag(self.run_id, "fmnist.abandoned", reason))
+        self.end("KILLED")
+
 
 @contextmanager
 def ends_with_the_run(log: MlflowLog | None) -> Iterator[None]:
-    """An MLflow run that fmnist stops without finishing is marked so: KILLED when stopped by a signal
-    (resumable), FAILED otherwise. A finished run is marked FINISHED by `finish`."""
+    """An MLflow run that fmnist stops without finishing is marked so: KILLED when stopped by a signal or
+    given up on purpose (both resumable; a pruned trial's reason is its `fmnist.abandoned` tag), FAILED
+    otherwise. A finished run is marked FINISHED by `finish`."""
     try:
         yield
     except BaseException as error:
-        if log is not None:
+        if log is not None and isinstance(error, RunAbandoned):
+            log.abandoned(str(error))
+        elif log is not None:
             log.end("KILLED" if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)) else "FAILED")
         raise

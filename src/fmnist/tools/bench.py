@@ -19,6 +19,7 @@ import torch
 from fmnist.data.loader import endless
 from fmnist.data.splits import load_splits
 from fmnist.errors import ConfigError
+from fmnist.experiment import check_device_options
 from fmnist.models import count_parameters
 from fmnist.tools.conventional import conventional_train_loader
 from fmnist.training.budget import plan_time_budget
@@ -26,7 +27,7 @@ from fmnist.training.build import build_training
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import Optimization, evaluate, fit, train_one_epoch
 from fmnist.training.replan import BudgetPlanner, planner_for
-from fmnist.training.runtime import resolve_amp, resolve_device, seed_everything
+from fmnist.training.runtime import resolve_amp, resolve_device, seed_everything, tf32_applies
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def benchmark(config: TrainConfig, warmup: int = 20, steps: int = 200, conventio
     if steps < 1 or warmup < 0:
         raise ConfigError(f"--steps {steps} and --warmup {warmup}: steps must be at least 1 and warm-up at least 0")
     device = resolve_device(config.device)
+    check_device_options(config, device)  # what a run on this device refuses or sets, as `fmnist train` does
     data = load_splits(config.data_dir, config.val_size, config.split_seed, verify=not config.allow_unverified_data)
     meter = LoadMeter().start()
     plain = config.replace(hflip=False, rotate_degrees=0.0, crop_padding=0, erase_prob=0.0)  # the loop's own speed
@@ -112,6 +114,7 @@ def benchmark(config: TrainConfig, warmup: int = 20, steps: int = 200, conventio
         "batch_size": config.batch_size,
         "device": str(device),
         "precision": resolve_amp(config.amp, device),
+        "tf32": bool(config.tf32) if tf32_applies(device) else None,
         "timed_batches": timed,
         "train_images_per_second": rate,
     }
@@ -148,7 +151,7 @@ def format_result(result: dict) -> str:
         f"model {result['model']} ({result['parameters']:,} parameters), batch {result['batch_size']}, "
         f"{result['device']}, {result['timed_batches']} timed batches",
         f"  training   {result['train_images_per_second']:>10,.0f} images/s  (fmnist fast path, "
-        f"{PRECISION_NAMES[result['precision']]})",
+        f"{PRECISION_NAMES[result['precision']]}{', TF32 on' if result.get('tf32') else ''})",
     ]
     if "conventional_train_images_per_second" in result:
         lines.append(
@@ -213,6 +216,7 @@ def time_to_accuracy(config: TrainConfig, thresholds: tuple[float, ...] = THRESH
     plans them; the test evaluations are left out of the budget's time.
     """
     device = resolve_device(config.device)
+    check_device_options(config, device)
     data = load_splits(config.data_dir, config.val_size, config.split_seed, verify=not config.allow_unverified_data)
     splits = (data.train.to(device), data.val.to(device), data.test.to(device))
     meter = LoadMeter().start()

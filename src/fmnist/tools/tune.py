@@ -52,7 +52,7 @@ from pathlib import Path
 
 from fmnist.errors import ConfigError
 from fmnist.experiment import train
-from fmnist.faults import TrainingInterrupted, kill_point, sigterm_raises
+from fmnist.faults import RunAbandoned, TrainingInterrupted, kill_point, sigterm_raises
 from fmnist.files import atomic_write_json
 from fmnist.reports import plots
 from fmnist.reports.mlflow_log import mlflow_group
@@ -355,10 +355,13 @@ def objective_for(optuna, study_dir: Path, space: list[Parameter], config_file: 
 def report_to(optuna, trial) -> Callable[[dict], None]:
     """After each saved epoch: its validation accuracy to Optuna, and a stop if the pruner says so."""
 
+    class TrialPruned(optuna.TrialPruned, RunAbandoned):
+        """Optuna's signal to prune, which also tells the run that it was given up on, not that it failed."""
+
     def after_epoch(row: dict) -> None:
         trial.report(row["val_accuracy"], row["epoch"])
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {row['epoch']} "
+            raise TrialPruned(f"pruned after epoch {row['epoch']} "
                                      f"(validation accuracy {row['val_accuracy']:.4f}, behind earlier trials)")
 
     return after_epoch
