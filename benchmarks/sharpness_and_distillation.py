@@ -26,6 +26,8 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -53,21 +55,19 @@ class LastBatch:
         self.images = inputs[0]
 
 
-def batchnorm_momentum(model: nn.Module, momentum: float | None) -> list[float | None]:
-    """Set every BatchNorm's momentum, returning the old ones: SAM's second pass must not count its batch
-    twice in the running statistics (0 freezes them)."""
-    old = []
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            old.append(module.momentum)
+@contextmanager
+def batchnorm_statistics_frozen(model: nn.Module) -> Iterator[None]:
+    """BatchNorm's running statistics left as they are (momentum 0) inside: SAM's second pass must not
+    count its batch twice."""
+    batchnorms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [module.momentum for module in batchnorms]
+    for module in batchnorms:
+        module.momentum = 0.0
+    try:
+        yield
+    finally:
+        for module, momentum in zip(batchnorms, momenta, strict=True):
             module.momentum = momentum
-    return old
-
-
-def restore_momentum(model: nn.Module, momenta: list) -> None:
-    batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for module, momentum in zip(batchnorms, momenta, strict=True):
-        module.momentum = momentum
 
 
 class SharpnessAware(torch.optim.Optimizer):
@@ -90,10 +90,9 @@ class SharpnessAware(torch.optim.Optimizer):
         for p, climb in zip(params, climbs, strict=True):
             p.add_(climb)
             p.grad = None
-        momenta = batchnorm_momentum(self.model, 0.0)
-        with torch.enable_grad(), torch.autocast("cpu", dtype=self.autocast, enabled=self.autocast is not None):
+        with batchnorm_statistics_frozen(self.model), torch.enable_grad(), \
+                torch.autocast("cpu", dtype=self.autocast, enabled=self.autocast is not None):
             self.loss_fn(self.model(self.batch.images), self.batch.labels).backward()
-        restore_momentum(self.model, momenta)
         for p, climb in zip(params, climbs, strict=True):
             p.sub_(climb)
         self.seconds_second_pass += time.perf_counter() - started

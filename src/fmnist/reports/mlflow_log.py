@@ -291,8 +291,9 @@ def ends_with_the_run(log: MlflowLog | None) -> Iterator[None]:
     try:
         yield
     except BaseException as error:
-        if log is not None and isinstance(error, RunAbandoned):
-            log.abandoned(str(error))
-        elif log is not None:
-            log.end("KILLED" if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)) else "FAILED")
+        if log is not None:
+            if isinstance(error, RunAbandoned):
+                log.abandoned(str(error))
+            else:
+                log.end("KILLED" if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)) else "FAILED")
         raise

@@ -362,7 +362,7 @@ def report_to(optuna, trial) -> Callable[[dict], None]:
         trial.report(row["val_accuracy"], row["epoch"])
         if trial.should_prune():
             raise TrialPruned(f"pruned after epoch {row['epoch']} "
-                                     f"(validation accuracy {row['val_accuracy']:.4f}, behind earlier trials)")
+                              f"(validation accuracy {row['val_accuracy']:.4f}, behind earlier trials)")
 
     return after_epoch
 
