@@ -218,7 +218,7 @@ def test_a_global_batch_that_does_not_divide_is_refused_naming_the_option(data, 
 @pytest.mark.parametrize(
     ("model", "world_size", "fragment"),
     [
-        ("lenet", "1", "--sync-bn True: ignored by these settings: only models with BatchNorm layers"),
+        ("lenet", "1", "--sync-bn: ignored by these settings: only models with BatchNorm layers"),
         ("fast-cnn", "1", "--sync-bn: synchronizes BatchNorm across the processes of a torchrun run; this is one"),
         ("fast-cnn", "2", "--sync-bn: SyncBatchNorm runs on CUDA only"),
     ],

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from fmnist.arguments import argument, command_line_spelling
 from fmnist.cli import main
+from fmnist.cli.options import add_train_options
+from fmnist.training.config import FIELDS, declared_type
 
 OUT_OF_RANGE = [
     ("--epochs", "0"), ("--batch-size", "0"), ("--eval-batch-size", "0"), ("--limit-batches", "0"),
@@ -55,3 +60,26 @@ def test_path_options_are_checked(capsys, tiny_data, tmp_path):
     assert "no best.pt or last.pt" in one_line_error(capsys, ["evaluate", str(tmp_path)])
     assert "--dir" in one_line_error(capsys, ["data", "download", "--dir", str(a_file / "data")])
     assert "--data-dir" in one_line_error(capsys, ["data", "info", "--data-dir", str(tmp_path / "no")])
+
+
+SWITCHES = [name for name in FIELDS if declared_type(name) == "bool"]
+
+
+@pytest.mark.parametrize("value", [True, False])
+@pytest.mark.parametrize("name", SWITCHES)
+def test_a_message_names_a_switch_as_the_command_takes_it(name, value):
+    """`--tf32 False` is not something `fmnist train` takes: a message names `--no-tf32`, which parses back."""
+    with command_line_spelling():
+        named = argument(name, value)
+    parser = argparse.ArgumentParser()
+    add_train_options(parser)
+    assert " " not in named and getattr(parser.parse_args([named]), name) is value
+
+
+@pytest.mark.parametrize(("switch", "named"), [("--no-tf32", "--no-tf32: ignored by these settings"),
+                                                ("--tf32", "--tf32: ignored by these settings"),
+                                                ("--no-sync-bn", "--no-sync-bn: ignored by these settings")])
+def test_a_refused_switch_is_named_as_typed(switch, named, capsys, tmp_path):
+    err = one_line_error(capsys, ["train", "--device", "cpu", "--model", "lenet", switch, "--out", str(tmp_path)])
+    assert named in err and "True" not in err and "False" not in err
+    assert not any(tmp_path.iterdir())

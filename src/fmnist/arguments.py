@@ -82,10 +82,11 @@ def flag(name: str, owner: str = CONFIG) -> str:
 def argument(name: str, value, owner: str = CONFIG, as_typed: bool = False) -> str:
     """The argument and the value it was given: `TrainConfig(batch_size=0)` or `--batch-size 0`.
     The command line shows a value as its repr (`--name 'a/b'`), a path, or with `as_typed` any value,
-    as it was typed (`--amp fp16`, `--sync-bn`)."""
+    as it was typed (`--amp fp16`); a switch of a run's config always as typed (`--sync-bn`,
+    `--no-tf32`), since `--tf32 False` is not something the command takes."""
     if not for_command_line():
         return f"{owner}({name}={shown(value)})"
-    if as_typed:
+    if as_typed or (owner == CONFIG and isinstance(value, bool)):
         return setting(name, value)
     return f"{flag(name, owner)} {value if isinstance(value, Path) else shown(value)}"
 

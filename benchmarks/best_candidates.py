@@ -1,0 +1,97 @@
+"""Issue 29: networks and settings for `best`'s 5-minute budget, each trained the way users train it.
+
+    python benchmarks/best_candidates.py --seeds 42 --out /tmp/best-candidates          # the screen
+    python benchmarks/best_candidates.py --seeds 43 44 --only best fast-vgg-24 --out /tmp/best-candidates
+    python benchmarks/best_candidates.py --seeds 1 --time-budget 20s --limit-batches 5 --out /tmp/smoke
+
+Every candidate is `fmnist train --recipe best --time-budget 5m` with a few settings changed, run through
+the public API (`fmnist.train`), so the budget's planner fits each one's schedule to the five minutes: a
+cheaper network gets more epochs, a dearer one fewer. The lever tried is the network's width and the
+precision and batch size it trains in, against the training tricks measured before (all lost). The
+candidates take turns per seed, so a machine that drifts affects them alike.
+
+Selection is on the validation split; test figures are printed beside them, not chosen on. Each run is a
+normal run folder under --out (its report included). BENCHMARKS.md (issue 29) quotes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+
+from torch import nn
+
+from fmnist import TrainConfig, train
+from fmnist.models import register_model
+from fmnist.models.fast_cnn import conv_block, conv_bn_relu, fast_vgg
+
+# Widths of fast-vgg that no recipe uses, registered here only (`best` is width 32).
+for width in (24, 40):
+    register_model(f"fast-vgg-{width}")(functools.partial(fast_vgg, width=width))
+
+
+@register_model("fast-vgg-deep")
+def fast_vgg_deep(num_classes: int = 10, width: int = 32) -> nn.Module:
+    """fast-vgg with a third conv at 7x7 (1.33x the multiply-adds): depth where the image is smallest."""
+    return nn.Sequential(
+        *conv_block(1, width),
+        *conv_bn_relu(width, 2 * width),
+        *conv_block(2 * width, 2 * width),
+        *conv_bn_relu(2 * width, 4 * width),
+        *conv_bn_relu(4 * width, 4 * width),
+        *conv_block(4 * width, 4 * width),
+        nn.Flatten(),
+        nn.Linear(4 * width * 3 * 3, num_classes),
+    )
+
+CANDIDATES = {
+    "best": {},
+    "fp32": {"amp": "none"},  # fewer epochs; one seed once did better per epoch in fp32 (BENCHMARKS.md)
+    "fast-vgg-24": {"model": "fast-vgg-24"},  # 0.56x the multiply-adds: more epochs
+    "fast-vgg-40": {"model": "fast-vgg-40"},  # 1.56x: fewer, wider
+    "fast-vgg-deep": {"model": "fast-vgg-deep"},  # 1.33x: fewer, deeper
+    "batch-128": {"batch_size": 128, "max_lr": 0.1},  # twice the steps, at the rate `quick` uses for 128
+    "crops": {"crop_padding": 1},  # `top`'s 1-pixel random crops on top of the flips
+}
+
+
+def one_run(name: str, seed: int, args) -> dict:
+    overrides = {**CANDIDATES[name], "time_budget": args.time_budget, "seed": seed,
+                 "out": args.out, "name": f"{name}-seed{seed}", "limit_batches": args.limit_batches}
+    run = train(TrainConfig.from_recipe("best", **overrides))
+    summary = run.summary
+    row = {"epochs": summary["epochs"], "used": summary["budget_used"],
+           "validation": summary["best_val_accuracy"], "test": summary["test_accuracy"]}
+    print(f"  seed {seed}  {name:<13} {row['epochs']:>2} epochs  {100 * row['used']:5.1f}% of the budget  "
+          f"validation {row['validation']:.4f}  test {row['test']:.4f}", flush=True)
+    return row
+
+
+def mean_and_spread(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {spread:.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), help="these candidates (default: all)")
+    parser.add_argument("--time-budget", default="5m")
+    parser.add_argument("--out", required=True, help="folder for the run folders (names must be free)")
+    parser.add_argument("--limit-batches", type=int, help="training batches per epoch (a smoke test)")
+    args = parser.parse_args()
+    names = args.only or list(CANDIDATES)
+    results = {name: [] for name in names}
+    for seed in args.seeds:
+        for name in names:
+            results[name].append(one_run(name, seed, args))
+    print(f"\nbest at {args.time_budget}, seeds {' '.join(map(str, args.seeds))}: mean ± std")
+    for name, rows in results.items():
+        epochs = "/".join(str(row["epochs"]) for row in rows)
+        print(f"  {name:<13} epochs {epochs:<9} validation {mean_and_spread([row['validation'] for row in rows])}  "
+              f"test {mean_and_spread([row['test'] for row in rows])}")
+
+
+if __name__ == "__main__":
+    main()
