@@ -239,10 +239,9 @@ add_recipe(Recipe(
     name="top",
     summary="0.945 in 26 min, or a 30-min budget",
     budget="30m",
-    measured_at_budget="test 0.9476 ± 0.0029 (seeds 42-44; bf16 by --amp auto), validation 0.9517 ± 0.0018, "
-    "36-41 epochs in 1,524-1,848 s of the 1,800 (seed 44's VM slowed half-way); short of issue 20's 0.950 "
-    "by 0.0024 (2-core AMD EPYC Zen 4 with AVX512_BF16, 2026-12-04); planned again at each epoch's end "
-    "(2026-12-06, seeds 42 and 43): test 0.9487 ± 0.0016, 42-45 epochs, 98.8-98.9% of the budget used",
+    measured_at_budget="test 0.9488 ± 0.0011 (seeds 42-44, bf16 by --amp auto), validation 0.9503 ± 0.0013, "
+    "42-45 epochs, 98.8-99.0% of the budget used; short of the aim of 0.950 by 0.0012 "
+    "(2-core AMD EPYC Zen 4 with AVX512_BF16, 2026-12-06)",
     source="fmnist",
     measured="test 0.9449 ± 0.0005 (seeds 42-44), validation 0.9487 ± 0.0007, after 1,542 ± 99 s of training; "
     "short of its aim by 0.005 (2-core AMD EPYC Zen 4, 2026-11-23 and 24; fp32: --amp none)",
