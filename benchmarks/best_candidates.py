@@ -53,6 +53,8 @@ CANDIDATES = {
     "fast-vgg-deep": {"model": "fast-vgg-deep"},  # 1.33x: fewer, deeper
     "batch-128": {"batch_size": 128, "max_lr": 0.1},  # twice the steps, at the rate `quick` uses for 128
     "crops": {"crop_padding": 1},  # `top`'s 1-pixel random crops on top of the flips
+    # The three that came out ahead on seed 42 by up to 0.0018 (validation), together.
+    "24-128-crops": {"model": "fast-vgg-24", "batch_size": 128, "max_lr": 0.1, "crop_padding": 1},
 }
 
 
