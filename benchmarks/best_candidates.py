@@ -6,9 +6,9 @@
 
 Every candidate is `fmnist train --recipe best --time-budget 5m` with a few settings changed, run through
 the public API (`fmnist.train`), so the budget's planner fits each one's schedule to the five minutes: a
-cheaper network gets more epochs, a dearer one fewer. The lever tried is the network's width and the
-precision and batch size it trains in, against the training tricks measured before (all lost). The
-candidates take turns per seed, so a machine that drifts affects them alike.
+cheaper network gets more epochs, a dearer one fewer. The levers tried are the network's width and depth,
+the precision and batch size it trains in, and crops, after the training tricks measured before (all
+lost). The candidates take turns per seed, so a machine that drifts affects them alike.
 
 Selection is on the validation split; test figures are printed beside them, not chosen on. Each run is a
 normal run folder under --out (its report included). BENCHMARKS.md (issue 29) quotes the figures.
@@ -44,6 +44,7 @@ def fast_vgg_deep(num_classes: int = 10, width: int = 32) -> nn.Module:
         nn.Flatten(),
         nn.Linear(4 * width * 3 * 3, num_classes),
     )
+
 
 CANDIDATES = {
     "best": {},
