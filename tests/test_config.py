@@ -199,6 +199,22 @@ def test_an_ignored_option_is_refused_in_a_config_file(option, settings, applies
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(("text", "quoted"), [
+    ('device = "cpu"\ntf32 = false\n', "tf32 = false: ignored by these settings"),
+    ('optimizer = "adam"\nnesterov = true\n', "nesterov = true: ignored by these settings"),
+    ('optimizer = "rmsprop"\n', 'optimizer = "rmsprop": '),
+    ("lr = -1.0\n", "lr = -1.0: "),
+])
+def test_a_config_files_value_is_quoted_as_the_file_spells_it(text, quoted, tmp_path, capsys):
+    """`tf32 = False` is not TOML: the line quotes what the user can type back into the file."""
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--config {path}: {quoted}" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize(("option", "settings", "applies"), IGNORED)
 def test_an_ignored_option_is_refused_by_sweep_before_anything_trains(option, settings, applies, tmp_path, capsys):
     (name, value), = option.items()

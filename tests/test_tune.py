@@ -156,7 +156,7 @@ BAD_SPACES = [
     ("[name]\nchoices = [\"a\", \"b\"]\n", "[name]: tune names and places the trials' run folders itself"),
     ("[step_size]\nlow = 1\nhigh = 3\n", "with step_size = 1: --step-size 1: ignored by these settings"),
     ("[optimizer]\nchoices = [\"sgd\", \"adamw\"]\n[nesterov]\nchoices = [true, false]\n",
-     "with optimizer = 'adamw', nesterov = True: --nesterov: ignored by these settings"),
+     'with optimizer = "adamw", nesterov = true: --nesterov: ignored by these settings'),
     ("[max_lr\n", "not valid TOML"),
     ("", "no options to search"),
 ]

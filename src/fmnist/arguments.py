@@ -21,6 +21,7 @@ batch is the loop's look at each (images, labels) pair, three isinstance calls b
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 from collections.abc import Callable, Collection, Iterator
@@ -73,6 +74,17 @@ def shown(value) -> str:
     text = " ".join(text.split())
     longest = LONGEST_PATH if isinstance(value, str) else LONGEST_SHOWN
     return text if len(text) <= longest else text[: longest - 3] + "..."
+
+
+def in_toml(value) -> str:
+    """A value as a TOML file spells it (`true`, `"cosine"`, `0.1`): a message that quotes a line of a config
+    or space file shows what the user can type back there, not Python's `True` or `'cosine'`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value)  # a TOML basic string: double quotes, the same escapes
+        return text if len(text) <= LONGEST_PATH else text[: LONGEST_PATH - 4] + '..."'
+    return shown(value)
 
 
 def flag(name: str, owner: str = CONFIG) -> str:

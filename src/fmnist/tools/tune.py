@@ -50,6 +50,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fmnist.arguments import in_toml
 from fmnist.errors import ConfigError
 from fmnist.experiment import train
 from fmnist.faults import RunAbandoned, TrainingInterrupted, kill_point, sigterm_raises
@@ -185,7 +186,7 @@ def check_space(space: list[Parameter], space_path: str | Path, config_file: str
         try:
             build_config(config_file, {**overrides, **dict(combination)})
         except ConfigError as error:
-            label = ", ".join(f"{name} = {value!r}" for name, value in combination)
+            label = ", ".join(f"{name} = {in_toml(value)}" for name, value in combination)
             raise ConfigError(f"--space {space_path}: with {label}: {error}", error.field) from None
     return base
 

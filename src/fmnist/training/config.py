@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from fmnist.arguments import CONFIG, MAX_COUNT, argument, check_names, check_number, invalid, named, setting, shown
+from fmnist.arguments import CONFIG, MAX_COUNT, argument, check_names, check_number, in_toml, invalid, named, setting
 from fmnist.arguments import MAX_SEED as MAX_SEED
 from fmnist.arguments import check_type as check_instance
 from fmnist.arguments import flag as option_flag
@@ -434,7 +434,7 @@ def in_file(path: str | Path, error: ConfigError) -> ConfigError:
     """An option's error as the config file has it: `--config run.toml: lr = -1.0: must be greater than 0`."""
     if error.rule is None:
         return ConfigError(f"--config {path}: {error}", error.field)
-    return ConfigError(f"--config {path}: {error.field} = {shown(error.value)}: {error.rule}", error.field,
+    return ConfigError(f"--config {path}: {error.field} = {in_toml(error.value)}: {error.rule}", error.field,
                        value=error.value, rule=error.rule)
 
 
