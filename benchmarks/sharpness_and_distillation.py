@@ -79,11 +79,9 @@ class SharpnessAware(torch.optim.Optimizer):
         self.base, self.model, self.loss_fn, self.batch, self.autocast, self.rho = (
             base, model, loss_fn, batch, autocast, rho)
         self.param_groups = base.param_groups
-        self.seconds_second_pass = 0.0
 
     @torch.no_grad()
     def step(self, closure=None):
-        started = time.perf_counter()
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         norm = torch.norm(torch.stack([p.grad.norm() for p in params]))
         climbs = [p.grad * (self.rho / (norm + 1e-12)) for p in params]
@@ -95,7 +93,6 @@ class SharpnessAware(torch.optim.Optimizer):
             self.loss_fn(self.model(self.batch.images), self.batch.labels).backward()
         for p, climb in zip(params, climbs, strict=True):
             p.sub_(climb)
-        self.seconds_second_pass += time.perf_counter() - started
         return self.base.step()
 
 
