@@ -25,6 +25,10 @@ def test_the_walkthrough_runs_top_to_bottom(real_data, tmp_path):
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
+    # Every cell that draws shows its figure: fmnist, imported after pyplot, leaves the notebook's backend alone.
+    drawing = [cell for cell in notebook.cells if cell.cell_type == "code" and "plt.subplots(" in cell.source]
+    assert len(drawing) >= 4 and all(
+        any("image/png" in output.get("data", {}) for output in cell.outputs) for cell in drawing)
     outputs = "".join(output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", []))
     assert "test accuracy" in outputs and "same as by hand: True" in outputs
     # The run as data: predict's arrays give the accuracy evaluate() reports.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import matplotlib.image
 import pytest
@@ -178,3 +180,25 @@ def test_every_bar_carries_its_value(figure, monkeypatch, tmp_path):
     bars = drawn["figure"].axes[-1]
     assert [text.get_text() for text in bars.texts] == [
         "0.953", "0.040", "0.005", "<0.001", "<0.001", "0.001", "0.001", "<0.001", "<0.001", "<0.001"]
+
+
+def test_fmnist_imports_matplotlib_only_to_draw_and_leaves_its_backend_alone(tmp_path):
+    """A command that draws nothing skips matplotlib's import (about half a second of every `fmnist
+    predict` or refused option), and a notebook that draws a report keeps its own backend, with no
+    figure left open in pyplot."""
+    code = f"""
+import sys
+import fmnist.cli.main
+print("matplotlib" in sys.modules)
+import matplotlib
+matplotlib.use("svg")
+from fmnist.reports import plots
+history = [{{"epoch": 1, "train_loss": 0.5, "val_loss": 0.4}}, {{"epoch": 2, "train_loss": 0.3, "val_loss": 0.35}}]
+plots.epoch_curves(history, "loss", "loss", __import__("pathlib").Path({str(tmp_path / "loss.png")!r}))
+import matplotlib.pyplot
+print(matplotlib.get_backend(), matplotlib.pyplot.get_fignums())
+"""
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split("\n")[:2] == ["False", "svg []"], shown.stdout
+    assert_valid_png(tmp_path / "loss.png")

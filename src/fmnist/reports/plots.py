@@ -1,4 +1,4 @@
-"""The figures of a run and of a comparison, as PNG files (matplotlib's Agg backend: no display needed).
+"""The figures of a run and of a comparison, as PNG files, drawn off screen (no display needed).
 
 Each function draws one figure from plain data (lists, tensors) and saves it atomically; none of
 them trains or evaluates anything, so the report code decides what is shown.
@@ -9,28 +9,34 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # render to files; must come before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from fmnist.files import atomic_write_bytes  # noqa: E402
+from fmnist.files import atomic_write_bytes
 
 DPI = 100  # small files, fast to write; enough to read every label
 
 
+def new_figure(**options):
+    """A matplotlib Figure of its own (`options` as for Figure: figsize, layout), not one of pyplot's.
+
+    Not pyplot's: drawing a report leaves the user's backend alone (a notebook's inline one stays),
+    and nothing is kept open once the figure is saved. matplotlib is imported by the first figure:
+    about half a second that the commands drawing nothing (predict, evaluate, a refused option) skip.
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
 def save(figure, path: Path) -> Path:
-    """Render to PNG in memory, write atomically, and free the figure (pyplot keeps them otherwise).
+    """Render to PNG in memory and write it atomically.
 
     Figures use layout="constrained" (labels do not overlap colorbars or neighbours) and are cropped
     with bbox_inches="tight" (nothing cut at the edges).
     """
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
@@ -38,7 +44,8 @@ def save(figure, path: Path) -> Path:
 def epoch_curves(history: list[dict], metric: str, ylabel: str, path: Path) -> Path:
     """Train and validation `metric` ("loss" or "accuracy") per epoch."""
     epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+    figure = new_figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
     axes.plot(epochs, [row[f"train_{metric}"] for row in history], marker="o", label="train (running, in the epoch)")
     axes.plot(epochs, [row[f"val_{metric}"] for row in history], marker="o", label="validation (end of epoch)")
     axes.set_xlabel("epoch")
@@ -51,7 +58,8 @@ def epoch_curves(history: list[dict], metric: str, ylabel: str, path: Path) -> P
 
 def learning_rate_steps(learning_rates: list[float], steps_per_epoch: int | None, path: Path) -> Path:
     """The learning rate used at every training step, with epoch boundaries marked."""
-    figure, axes = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    figure = new_figure(figsize=(6, 3.5), layout="constrained")
+    axes = figure.subplots()
     axes.plot(range(1, len(learning_rates) + 1), learning_rates)
     if steps_per_epoch:
         for boundary in range(steps_per_epoch, len(learning_rates), steps_per_epoch):
@@ -86,7 +94,8 @@ def confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path) -
     """Counts beside row-normalized rates (each row: where the images of one true class went)."""
     counts = matrix.to(torch.float64)
     rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    figure, panels = plt.subplots(1, 2, figsize=(15, 6.5), layout="constrained")
+    figure = new_figure(figsize=(15, 6.5), layout="constrained")
+    panels = figure.subplots(1, 2)
     draw_matrix(panels[0], figure, counts, class_names, "counts", lambda v: f"{int(v)}")
     draw_matrix(panels[1], figure, rates, class_names, "row-normalized (recall on the diagonal)", lambda v: f"{v:.2f}")
     return save(figure, path)
@@ -103,7 +112,8 @@ def label_bars(axes, values: list[float]) -> None:
 
 def per_class_bars(values: list[float], class_names: list[str], xlabel: str, path: Path) -> Path:
     """One horizontal bar per class, value written at its end."""
-    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+    figure = new_figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
     positions = range(len(class_names))
     axes.barh(positions, values, color="tab:blue")
     label_bars(axes, values)
@@ -126,7 +136,8 @@ def image_grid(images: torch.Tensor, titles: list[str], path: Path, columns: int
     height, width = rows * (size + title_room), columns * (size + gap) - gap
     mosaic = np.full((height, width), np.nan)
     overlay = np.full((height, width), np.nan)
-    figure, axes = plt.subplots(figsize=(columns * 1.5, rows * 1.75))
+    figure = new_figure(figsize=(columns * 1.5, rows * 1.75))
+    axes = figure.subplots()
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99)
     axes.axis("off")
     for index in range(count):
@@ -152,8 +163,8 @@ def reliability_diagram(calibration: dict, path: Path) -> Path:
     panels = [("raw probabilities", calibration["before"])]
     if calibration.get("after"):
         panels.append((f"after temperature scaling (T = {calibration['temperature']:.2f})", calibration["after"]))
-    figure, grid = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False,
-                                layout="constrained")
+    figure = new_figure(figsize=(5.5 * len(panels), 4.5), layout="constrained")
+    grid = figure.subplots(1, len(panels), squeeze=False)
     for axes, (title, measured) in zip(grid[0], panels, strict=True):
         filled = [row for row in measured["bins"] if row["count"]]
         axes.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
@@ -178,8 +189,8 @@ def reliability_diagram(calibration: dict, path: Path) -> Path:
 def probability_bars(image: torch.Tensor, probabilities: list[float], class_names: list[str], title: str,
                      path: Path) -> Path:
     """One test image beside the model's probability for every class."""
-    figure, (picture, bars) = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [1, 2]},
-                                           layout="constrained")
+    figure = new_figure(figsize=(9, 3.5), layout="constrained")
+    picture, bars = figure.subplots(1, 2, width_ratios=[1, 2])
     picture.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
     picture.axis("off")
     picture.set_title(title, fontsize=9)
@@ -198,7 +209,8 @@ def overlaid_curves(curves: dict[str, list[dict]], path: Path) -> Path:
     `curves` maps a label to rows with "epoch", "val_accuracy", "val_loss" and optionally
     "val_accuracy_std" / "val_loss_std", drawn as a band (mean ± std over seeds).
     """
-    figure, panels = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    figure = new_figure(figsize=(12, 4.5), layout="constrained")
+    panels = figure.subplots(1, 2)
     banded = False
     for label, rows in curves.items():
         epochs = [row["epoch"] for row in rows]
@@ -211,7 +223,7 @@ def overlaid_curves(curves: dict[str, list[dict]], path: Path) -> Path:
                 axes.fill_between(epochs, [m - s for m, s in zip(means, stds, strict=True)],
                                   [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2)
     for axes, ylabel in zip(panels, ("validation accuracy", "validation loss"), strict=True):
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.locator_params(axis="x", integer=True)
         axes.set_xlabel("epoch (bands: ± one std over seeds)" if banded else "epoch")
         axes.set_ylabel(ylabel)
         axes.grid(alpha=0.3)
@@ -222,7 +234,8 @@ def overlaid_curves(curves: dict[str, list[dict]], path: Path) -> Path:
 def lr_find_curve(learning_rates: list[float], losses: list[float], suggestion: float | None, path: Path) -> Path:
     """The learning-rate range test: smoothed loss against the learning rate (log scale), the
     suggested rate marked."""
-    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+    figure = new_figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
     axes.plot(learning_rates, losses)
     if suggestion is not None:
         axes.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.2g}")

@@ -53,10 +53,9 @@ class TensorBoardLog:
 
     def log_confusion_matrix(self, test: EvalResult, epoch: int) -> None:
         """The test confusion matrix of the best weights, as a figure."""
-        import matplotlib.pyplot as plt
-
         matrix = confusion_matrix(test.labels, test.predictions).to(torch.float64)
-        figure, axes = plt.subplots(figsize=(7, 6), layout="constrained")
+        figure = plots.new_figure(figsize=(7, 6), layout="constrained")
+        axes = figure.subplots()
         plots.draw_matrix(axes, figure, matrix, list(CLASS_NAMES), "test confusion matrix (counts)",
                           lambda value: f"{int(value)}")
         self.writer.add_figure("test/confusion_matrix", figure, epoch)  # add_figure closes the figure

@@ -502,6 +502,9 @@ def show_study(storage_url: str, study_name: str, out: str | Path, top: int = 10
         raise ConfigError(f"--study {study_name}: no such study in {storage_url}; "
                           f"studies there: {', '.join(names) or 'none'}") from None
     import matplotlib
+
+    matplotlib.use("Agg")  # Optuna draws with pyplot: files only, no window (before pyplot is imported)
+    import matplotlib.pyplot as pyplot
     from optuna.visualization import matplotlib as optuna_plots
 
     folder = Path(out) / study_name
@@ -515,8 +518,10 @@ def show_study(storage_url: str, study_name: str, out: str | Path, top: int = 10
         if complete:
             axes = optuna_plots.plot_optimization_history(study, target_name="best validation accuracy")
             written.append(plots.save(axes.figure, folder / "optimization_history.png"))
+            pyplot.close(axes.figure)  # pyplot keeps every figure it made until it is closed
         if len(complete) >= 2 and any(trial.params for trial in complete):
             axes = optuna_plots.plot_param_importances(study, target_name="best validation accuracy")
             written.append(plots.save(axes.figure, folder / "param_importances.png"))
+            pyplot.close(axes.figure)
     return best_trials_table(optuna, study, top), written
 
