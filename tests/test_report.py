@@ -188,13 +188,14 @@ def test_fmnist_imports_matplotlib_only_to_draw_and_leaves_its_backend_alone(tmp
     figure left open in pyplot."""
     code = f"""
 import sys
+from pathlib import Path
 import fmnist.cli.main
 print("matplotlib" in sys.modules)
 import matplotlib
 matplotlib.use("svg")
 from fmnist.reports import plots
 history = [{{"epoch": 1, "train_loss": 0.5, "val_loss": 0.4}}, {{"epoch": 2, "train_loss": 0.3, "val_loss": 0.35}}]
-plots.epoch_curves(history, "loss", "loss", __import__("pathlib").Path({str(tmp_path / "loss.png")!r}))
+plots.epoch_curves(history, "loss", "loss", Path({str(tmp_path / "loss.png")!r}))
 import matplotlib.pyplot
 print(matplotlib.get_backend(), matplotlib.pyplot.get_fignums())
 """

@@ -43,6 +43,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -503,7 +504,8 @@ def show_study(storage_url: str, study_name: str, out: str | Path, top: int = 10
                           f"studies there: {', '.join(names) or 'none'}") from None
     import matplotlib
 
-    matplotlib.use("Agg")  # Optuna draws with pyplot: files only, no window (before pyplot is imported)
+    if "matplotlib.pyplot" not in sys.modules:  # Optuna draws with pyplot: here, files only, no window;
+        matplotlib.use("Agg")  # where pyplot is in use (a notebook) its backend stays
     import matplotlib.pyplot as pyplot
     from optuna.visualization import matplotlib as optuna_plots
 
