@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import faulthandler
 import gzip
+import io
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 import torch
 from hypothesis import settings
 
+from fmnist.cli.main import main
 from fmnist.data.fashion import FILES
 from fmnist.data.idx import IMAGES_MAGIC, LABELS_MAGIC
 from fmnist.data.locate import find_data_dir
@@ -171,6 +174,22 @@ def fmnist_process(args: list[str], kill_at: str | None = None, env: dict | None
         child_env["FMNIST_KILL_AT"] = kill_at
     return subprocess.run([sys.executable, "-m", "fmnist", *args], capture_output=True, text=True,
                           env=child_env, timeout=timeout)
+
+
+def fmnist_here(args: list[str]) -> subprocess.CompletedProcess:
+    """`fmnist ARGS` run by the test's own process (the CLI's `main`), its output and exit code as a child's.
+
+    For the checks of what a command says and what it leaves on disk: a child process spends about 1.5 s
+    of CPU importing torch before it reads its first argument, and the refusal checks run hundreds of
+    commands. What only a process shows (signals, FMNIST_KILL_AT, exit under torchrun, the environment,
+    resource limits) runs in a child: fmnist_process."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            code = main(args)
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 2
+    return subprocess.CompletedProcess(["fmnist", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def one_line(result: subprocess.CompletedProcess, code: int = 2) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 import fmnist
 import fmnist.experiment
-from conftest import fmnist_process, one_line, tiny_train_args
+from conftest import fmnist_here, one_line, tiny_train_args
 from fmnist import EarlyStopping, StopTraining, TrainConfig, resume, train
 from fmnist.runs.folder import read_summary
 from fmnist.training.budget import plan_steps
@@ -162,7 +162,7 @@ def test_a_stop_at_the_last_epoch_is_no_early_stop(tiny_data, tmp_path):
 ])
 def test_bad_early_stopping_options_are_one_line_and_write_nothing(tiny_data, tmp_path, options, message):
     args = tiny_train_args(tiny_data, tmp_path / "runs", "bad")
-    result = fmnist_process([*args, *options], timeout=120)
+    result = fmnist_here([*args, *options])
     assert message in one_line(result)
     assert not (tmp_path / "runs").exists()
 

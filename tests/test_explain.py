@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchmetrics.functional import spearman_corrcoef
 
-from conftest import fmnist_process, one_line, write_dataset
+from conftest import fmnist_here, one_line, write_dataset
 from fmnist.cli import main
 from fmnist.data.splits import load_splits
 from fmnist.experiment import train
@@ -112,17 +112,17 @@ def test_explain_into_a_file_an_unwritable_folder_or_over_a_map_is_one_line_and_
     [image] = write_images(tmp_path / "in", images[:1])
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep me\n")
-    line = one_line(fmnist_process(["predict", str(run), str(image), "--explain", str(a_file)], timeout=120))
+    line = one_line(fmnist_here(["predict", str(run), str(image), "--explain", str(a_file)]))
     assert "a file, not a folder" in line and a_file.read_text() == "keep me\n"
 
     (tmp_path / "locked").mkdir()
     locked = make_read_only(tmp_path / "locked")
-    line = one_line(fmnist_process(["predict", str(run), str(image), "--explain", str(locked)], timeout=120))
+    line = one_line(fmnist_here(["predict", str(run), str(image), "--explain", str(locked)]))
     assert "--explain" in line and not any(locked.iterdir())
 
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "0001-item-0.png").write_bytes(b"an earlier map")
-    line = one_line(fmnist_process(["predict", str(run), str(image), "--explain", str(taken)], timeout=120))
+    line = one_line(fmnist_here(["predict", str(run), str(image), "--explain", str(taken)]))
     assert "already holds 0001-item-0.png" in line
     assert (taken / "0001-item-0.png").read_bytes() == b"an earlier map" and len(list(taken.iterdir())) == 1

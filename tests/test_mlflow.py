@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fmnist_process, one_line, tiny_train_args
+from conftest import fmnist_here, fmnist_process, one_line, tiny_train_args
 from fmnist import StopTraining, TrainConfig, resume, train
 from fmnist.cli import main
 from fmnist.runs.folder import read_summary
@@ -202,7 +202,7 @@ def test_a_server_lost_mid_run_is_one_warning_and_the_run_goes_on(tiny_data, tmp
 
 def test_a_store_that_cannot_be_reached_at_the_start_is_one_line_and_nothing_trained(tiny_data, tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"  # nobody listens there
-    result = fmnist_process([*tiny_train_args(tiny_data, tmp_path / "runs", "nowhere"), "--mlflow", uri], timeout=120)
+    result = fmnist_here([*tiny_train_args(tiny_data, tmp_path / "runs", "nowhere"), "--mlflow", uri])
     line = one_line(result)
     assert line.startswith(f"fmnist: error: --mlflow {uri}: cannot log there (") and "nothing was trained" in line
     assert not (tmp_path / "runs").exists()
@@ -221,7 +221,7 @@ def test_a_store_that_cannot_be_reached_at_the_start_is_one_line_and_nothing_tra
     (["--mlflow", "nosuchscheme://somewhere"], "--mlflow nosuchscheme://somewhere: cannot log there ("),
 ])
 def test_bad_mlflow_options_are_one_line_and_write_nothing(tiny_data, tmp_path, options, message):
-    result = fmnist_process([*tiny_train_args(tiny_data, tmp_path / "runs", "bad"), *options], timeout=120)
+    result = fmnist_here([*tiny_train_args(tiny_data, tmp_path / "runs", "bad"), *options])
     assert message in one_line(result)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "x.db").exists()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fmnist_process, one_line, snapshot, tiny_train_args, write_dataset
+from conftest import fmnist_here, fmnist_process, one_line, snapshot, tiny_train_args, write_dataset
 from fmnist.cli.main import main
 from fmnist.data.augment import Mixing
 from fmnist.data.loader import TensorLoader, normalize
@@ -94,12 +94,12 @@ def test_cutmix_mixes_labels_by_the_pasted_area(data):
 
 
 def test_a_run_with_ema_keeps_the_average_in_best_pt_and_the_raw_weights_for_resume(data, tmp_path):
-    result = fmnist_process([*tiny_train_args(data, tmp_path, "ema", epochs=2), "--ema", "0.9"])
+    result = fmnist_here([*tiny_train_args(data, tmp_path, "ema", epochs=2), "--ema", "0.9"])
     assert result.returncode == 0, result.stderr
     best, last = load_checkpoint(tmp_path / "ema" / "best.pt"), load_checkpoint(tmp_path / "ema" / "last.pt")
     assert "raw_model" in last and last["ema_updates"] == 8
     assert not torch.equal(last["model"]["0.weight"], last["raw_model"]["0.weight"])
-    evaluated = fmnist_process(["evaluate", str(tmp_path / "ema"), "--allow-unverified-data", "--json"])
+    evaluated = fmnist_here(["evaluate", str(tmp_path / "ema"), "--allow-unverified-data", "--json"])
     summary = json.loads((tmp_path / "ema" / "summary.json").read_text())
     assert json.loads(evaluated.stdout)["test_accuracy"] == summary["test_accuracy"]  # evaluate uses the average
     assert best["epoch"] in (1, 2)
@@ -137,7 +137,7 @@ def test_bf16_autocast_runs_the_forward_pass_in_bf16(data):
 
 
 def test_fp16_is_refused_off_cuda(tmp_path):
-    error = one_line(fmnist_process(["train", "--amp", "fp16", "--device", "cpu", "--out", str(tmp_path)]))
+    error = one_line(fmnist_here(["train", "--amp", "fp16", "--device", "cpu", "--out", str(tmp_path)]))
     assert "--amp" in error and "cuda" in error
 
 
@@ -165,7 +165,7 @@ def test_compile_trains_the_same_network(data, tmp_path):
 def finished_run(data, tmp_path_factory) -> Path:
     """A finished one-epoch run that tests only read (each checks that it stays unchanged)."""
     out = tmp_path_factory.mktemp("runs")
-    assert fmnist_process(tiny_train_args(data, out, "run", epochs=1)).returncode == 0
+    assert fmnist_here(tiny_train_args(data, out, "run", epochs=1)).returncode == 0
     return out / "run"
 
 
@@ -173,15 +173,15 @@ def test_lr_find_writes_its_plot_and_leaves_the_run_untouched(finished_run, tmp_
     run = finished_run
     before = snapshot(run)
     plot = tmp_path / "curve.png"
-    result = fmnist_process(["lr-find", str(run), "--steps", "30", "--plot", str(plot), "--json"])
+    result = fmnist_here(["lr-find", str(run), "--steps", "30", "--plot", str(plot), "--json"])
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     assert plot.read_bytes().startswith(b"\x89PNG") and len(found["learning_rates"]) >= 10
     assert found["learning_rates"] == sorted(found["learning_rates"])  # growing exponentially
     assert 0 < found["suggested_lr"] < found["learning_rates"][-1]
     assert snapshot(run) == before
-    assert "pass --force" in one_line(fmnist_process(["lr-find", str(run), "--steps", "30", "--plot", str(plot)]))
-    assert "--epochs" in one_line(fmnist_process(["lr-find", "quick", "--epochs", "3"]))
+    assert "pass --force" in one_line(fmnist_here(["lr-find", str(run), "--steps", "30", "--plot", str(plot)]))
+    assert "--epochs" in one_line(fmnist_here(["lr-find", "quick", "--epochs", "3"]))
 
 
 def test_lr_find_refuses_a_run_that_another_process_is_training(finished_run, tmp_path):

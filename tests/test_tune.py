@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fmnist_process, one_line, snapshot, write_dataset
+from conftest import fmnist_here, fmnist_process, one_line, snapshot, write_dataset
 from fmnist.cli import main
 
 optuna = pytest.importorskip("optuna", reason="the optional extra: pip install -e '.[tune]'")
@@ -220,7 +220,7 @@ def test_a_read_only_storage_or_out_folder_is_one_line(search, tmp_path, make_re
     for storage, out in [(f"journal:{locked / 'j.log'}", tmp_path / "runs"),
                          (f"sqlite:///{locked / 'j.db'}", tmp_path / "runs"),
                          (f"journal:{tmp_path / 'j.log'}", locked)]:
-        error = one_line(fmnist_process(tune_args(data, out, space, storage, trials=1)))
+        error = one_line(fmnist_here(tune_args(data, out, space, storage, trials=1)))
         assert str(locked) in error, error
     assert list(locked.iterdir()) == [] and not (tmp_path / "runs").exists()
 
@@ -259,7 +259,7 @@ def test_a_signal_mid_trial_is_fmnists_two_lines_and_the_same_command_goes_on(si
     trial_0 = tmp_path / "runs" / "search" / "trial-0000"
     kept = snapshot(trial_0)
 
-    again = fmnist_process(args)
+    again = fmnist_here(args)
     assert again.returncode == 0 and again.stderr == "", again.stderr
     assert [(trial.number, trial.state.name) for trial in load_study(url).trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert snapshot(trial_0) == kept  # the stopped trial's saved epoch is kept as it was
@@ -282,7 +282,7 @@ def test_a_signal_outside_a_trials_steps_also_prints_the_command_that_goes_on(po
     assert stopped.returncode == code and stopped.stderr.count("\n") == 2, stopped.stderr
     assert "Traceback" not in stopped.stderr
     assert stopped.stderr.splitlines()[1] == "continue with: " + " ".join(["fmnist", *args])
-    assert fmnist_process(args).returncode == 0
+    assert fmnist_here(args).returncode == 0
     assert [trial.state.name for trial in load_study(url).trials] == trials_in_the_end
 
 
