@@ -8,7 +8,9 @@ Every candidate is `fmnist train --recipe best --time-budget 5m` with a few sett
 the public API (`fmnist.train`), so the budget's planner fits each one's schedule to the five minutes: a
 cheaper network gets more epochs, a dearer one fewer. The levers tried are the network's width and depth,
 the precision and batch size it trains in, and crops, after the training tricks measured before (all
-lost). The candidates take turns per seed, so a machine that drifts affects them alike.
+lost); then four settings of airbench's short CIFAR-10 runs (GELU, label smoothing 0.2) and of the
+schedule (a higher peak, more weight decay). The candidates take turns per seed, so a machine that drifts
+affects them alike.
 
 Selection is on the validation split; test figures are printed beside them, not chosen on. Each run is a
 normal run folder under --out (its report included). BENCHMARKS.md (issue 29) quotes the figures.
@@ -46,6 +48,13 @@ def fast_vgg_deep(num_classes: int = 10, width: int = 32) -> nn.Module:
     )
 
 
+@register_model("fast-vgg-gelu")
+def fast_vgg_gelu(num_classes: int = 10, width: int = 32) -> nn.Module:
+    """fast-vgg with GELU in place of ReLU (airbench's activation for its short CIFAR-10 runs)."""
+    network = fast_vgg(num_classes, width)
+    return nn.Sequential(*(nn.GELU() if isinstance(layer, nn.ReLU) else layer for layer in network))
+
+
 CANDIDATES = {
     "best": {},
     "fp32": {"amp": "none"},  # fewer epochs; one seed once did better per epoch in fp32 (BENCHMARKS.md)
@@ -56,6 +65,11 @@ CANDIDATES = {
     "crops": {"crop_padding": 1},  # `top`'s 1-pixel random crops on top of the flips
     # The three that came out ahead on seed 42 by up to 0.0018 (validation), together.
     "24-128-crops": {"model": "fast-vgg-24", "batch_size": 128, "max_lr": 0.1, "crop_padding": 1},
+    # One at a time: two settings of airbench (Keller Jordan's fast CIFAR-10 training), then the peak and the decay.
+    "gelu": {"model": "fast-vgg-gelu"},  # a smoother activation, a little dearer per image
+    "smoothing-0.2": {"label_smoothing": 0.2},  # airbench's smoothing; `best` has 0.1
+    "peak-0.4": {"max_lr": 0.4},  # twice `best`'s OneCycle peak
+    "decay-1e-3": {"weight_decay": 1e-3},  # twice `best`'s weight decay
 }
 
 
