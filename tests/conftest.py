@@ -179,10 +179,10 @@ def fmnist_process(args: list[str], kill_at: str | None = None, env: dict | None
 def fmnist_here(args: list[str]) -> subprocess.CompletedProcess:
     """`fmnist ARGS` run by the test's own process (the CLI's `main`), its output and exit code as a child's.
 
-    For the checks of what a command says and what it leaves on disk: a child process spends about 1.5 s
-    of CPU importing torch before it reads its first argument, and the refusal checks run hundreds of
-    commands. What only a process shows (signals, FMNIST_KILL_AT, exit under torchrun, the environment,
-    resource limits) runs in a child: fmnist_process."""
+    For the checks of what a command says and what it leaves on disk: a child process spends about 1.4 s
+    of CPU importing torch before it reads its first argument, and these checks run dozens of commands.
+    What only a process shows (signals, FMNIST_KILL_AT, a lock held by another process, exit under
+    torchrun, the environment, resource limits) runs in a child: fmnist_process."""
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):
         try:
