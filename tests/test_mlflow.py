@@ -287,7 +287,7 @@ def test_a_run_stopped_by_ctrl_c_is_killed_in_mlflow_and_resumed_there(tiny_data
     record = mlflow_record(tmp_path / "interrupted")
     client = MlflowClient(store)
     assert client.get_run(record["run_id"]).info.status == "KILLED"
-    resumed = fmnist_process(["train", "--resume", str(tmp_path / "interrupted")], timeout=300)
+    resumed = fmnist_here(["train", "--resume", str(tmp_path / "interrupted")])
     assert resumed.returncode == 0, resumed.stderr
     assert client.get_run(record["run_id"]).info.status == "FINISHED"
     assert_histories_equal_metrics_csv(client, record["run_id"], tmp_path / "interrupted")
