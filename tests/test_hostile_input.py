@@ -221,7 +221,7 @@ def test_a_diverging_first_epoch_says_there_is_no_checkpoint(data, tmp_path):
 
 def test_bench_without_warm_up_and_with_more_steps_than_an_epoch(data):
     result = fmnist_here(["bench", "--data-dir", str(data), "--allow-unverified-data", "--val-size", "100",
-                             "--batch-size", "100", "--warmup", "0", "--steps", "12", "--no-conventional", "--json"])
+                          "--batch-size", "100", "--warmup", "0", "--steps", "12", "--no-conventional", "--json"])
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["timed_batches"] == 12  # 5 batches an epoch: the steps ran on into epoch 3
 
