@@ -187,8 +187,8 @@ def fmnist_here(args: list[str]) -> subprocess.CompletedProcess:
     with redirect_stdout(stdout), redirect_stderr(stderr):
         try:
             code = main(args)
-        except SystemExit as exit_:  # argparse's usage errors
-            code = exit_.code if isinstance(exit_.code, int) else 2
+        except SystemExit as exit_:  # argparse's usage errors; the status a process would exit with
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     return subprocess.CompletedProcess(["fmnist", *args], code, stdout.getvalue(), stderr.getvalue())
 
 

@@ -58,7 +58,7 @@ class TensorBoardLog:
         axes = figure.subplots()
         plots.draw_matrix(axes, figure, matrix, list(CLASS_NAMES), "test confusion matrix (counts)",
                           lambda value: f"{int(value)}")
-        self.writer.add_figure("test/confusion_matrix", figure, epoch)  # add_figure closes the figure
+        self.writer.add_figure("test/confusion_matrix", figure, epoch)  # a Figure of its own: none left in pyplot
 
     def close(self) -> None:
         self.writer.close()
