@@ -11,7 +11,7 @@ import matplotlib.image
 import pytest
 import torch
 
-from conftest import write_dataset
+from conftest import fmnist_here, write_dataset
 from fmnist.cli.main import build_parser, main
 from fmnist.cli.options import overrides_from, rerun_command
 from fmnist.data.splits import read_split
@@ -144,6 +144,29 @@ def test_fmnist_report_rewrites_an_existing_run(trained, tmp_path, capsys):
     again = json.loads((copy / "summary.json").read_text())
     assert again["test_accuracy"] == original["test_accuracy"]
     assert again["test_precision_recall_f1"] == original["test_precision_recall_f1"]
+
+
+def test_no_report_leaves_report_md_and_the_figures_out_and_fmnist_report_writes_them_later(trained, tmp_path):
+    run_path, data_dir = trained
+    data = ["--data-dir", str(data_dir), "--allow-unverified-data"]
+    trained_again = fmnist_here(["train", "--epochs", "2", "--batch-size", "50", "--val-size", "100",
+                                 "--limit-batches", "4", *data, "--out", str(tmp_path), "--name", "quiet",
+                                 "--no-report"])
+    assert trained_again.returncode == 0, trained_again.stderr
+    quiet = tmp_path / "quiet"
+    assert f"no report (--no-report): `fmnist report {quiet}` writes it" in trained_again.stdout
+    assert not (quiet / "report.md").exists() and not list(quiet.glob("*.png"))
+    assert json.loads((quiet / "config.json").read_text())["config"]["report"] is False
+    summary = json.loads((quiet / "summary.json").read_text())
+    assert summary["finished"] is True
+    assert summary["test_accuracy"] == json.loads((run_path / "summary.json").read_text())["test_accuracy"]
+
+    reported = fmnist_here(["report", str(quiet), *data])
+    assert reported.returncode == 0, reported.stderr
+    assert sorted(path.name for path in quiet.glob("*.png")) == sorted(path.name for path in run_path.glob("*.png"))
+    for name in FIGURES:
+        assert_valid_png(quiet / name)
+        assert f"]({name})" in (quiet / "report.md").read_text()
 
 
 def test_fmnist_report_on_a_missing_folder_is_one_line(tmp_path, capsys):

@@ -7,7 +7,9 @@ alone; a job that fails). FMNIST_KILL_AT puts each signal at an exact point (see
 `sweep-run-start:N` just before the N-th run starts, `sweep-run-end:N` just after the N-th run
 ended, `sweep-job-started:N` kills the N-th job as it starts. Each sweep runs under a timeout (the
 bug this guards against was a sweep that never exited), then its `continue with:` command runs
-to the end: every run finished, the comparison written.
+to the end (in the test's own process, as nothing is sent to it): every run finished, the comparison
+written, and no run's report, as the sweep was told (`--no-report`: a report is two seconds of
+drawing per run, and what these tests check is the sweep).
 
 The signal kinds and targets are spread over the states so that each state meets SIGINT and
 SIGTERM, the group and the process, a first and a second signal, and each pair of those meets too.
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_dataset
+from conftest import fmnist_here, write_dataset
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 SEEDS = ("seed=5", "seed=6", "seed=7")  # --jobs 2 needs three runs for one to wait while two run; in turn, two do
@@ -37,12 +39,12 @@ def runs_of(jobs: int) -> tuple[str, ...]:
 
 
 def sweep_args(data: Path, out: Path, jobs: int) -> list[str]:
-    """Tiny two-epoch runs (one step an epoch), `jobs` at a time: three, or two in turn."""
+    """Tiny two-epoch runs (one step an epoch) without reports, `jobs` at a time: three, or two in turn."""
     return [
         "sweep", "--seeds", str(len(runs_of(jobs))), "--epochs", "2", "--model", "lenet", "--batch-size", "50",
         "--limit-batches", "1", "--val-size", "100", "--data-dir", str(data), "--allow-unverified-data",
         "--device", "cpu", "--seed", "5", "--out", str(out), "--name", "s", "--jobs", str(jobs),
-        "--threads-per-job", "1",
+        "--threads-per-job", "1", "--no-report",
     ]
 
 
@@ -73,11 +75,12 @@ def stopped_then_continued(args: list[str], kill_at: str, code: int, sweep: Path
     assert lines[-1] == "continue with: " + shlex.join(["fmnist", *args]), stopped.stderr
     assert not (sweep / "comparison.csv").exists()
     look(sweep)
-    continued = fmnist(shlex.split(lines[-1].removeprefix("continue with: "))[1:])
+    continued = fmnist_here(shlex.split(lines[-1].removeprefix("continue with: "))[1:])
     assert continued.returncode == 0, continued.stderr
     for seed in seeds:
         summary = json.loads((sweep / seed / "summary.json").read_text())
         assert summary["finished"] is True and summary["epochs"] == 2
+        assert not (sweep / seed / "report.md").exists() and not list((sweep / seed).glob("*.png"))
     assert (sweep / "comparison.csv").is_file() and (sweep / "runs.csv").is_file()
     return lines
 

@@ -437,9 +437,12 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
         "device": str(device),
         **more,
     })
-    report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std,
-                               {"directory": str(data.directory), "verified": data.verified}, calibration)
-    logger.info("report: %s", report_path)
+    if config.report:
+        report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std,
+                                   {"directory": str(data.directory), "verified": data.verified}, calibration)
+        logger.info("report: %s", report_path)
+    else:
+        logger.info("no report (%s): `fmnist report %s` writes it", setting("report", False), path)
     if tensorboard is not None:
         tensorboard.log_confusion_matrix(test, best_epoch)
         tensorboard.close()

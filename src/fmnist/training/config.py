@@ -173,11 +173,15 @@ class TrainConfig:
                                                 "(generated or modified data); the run records it")
     out: str = option("runs", "folder for run folders")
     name: str | None = option(None, "run folder name (default: time and model)")
+    report: bool = option(True, "after the test, write report.md and its figures into the run folder (about two "
+                                "seconds); --no-report leaves them out, for sweeps and searches of many short runs: "
+                                "`fmnist report RUN_DIR` writes them later")
     tensorboard: bool = option(False, "also write TensorBoard event files into RUN_DIR/tensorboard "
                                       "(pip install -e '.[tensorboard]')")
     mlflow: str | None = option(None, "also log to MLflow: the config, every epoch's metrics, the test figures, "
-                                      "report.md and the figures; a tracking URI (http://HOST:PORT, file:PATH, "
-                                      "sqlite:///FILE) or, bare, the store MLflow itself would use "
+                                      "report.md and the figures (unless --no-report); a tracking URI "
+                                      "(http://HOST:PORT, file:PATH, sqlite:///FILE) or, bare, the store MLflow "
+                                      "itself would use "
                                       "(MLFLOW_TRACKING_URI, else its local store) (pip install -e '.[mlflow]')",
                                 metavar="URI")
     mlflow_experiment: str | None = option(None, "the MLflow experiment (--mlflow); none given: "
