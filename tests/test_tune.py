@@ -29,11 +29,14 @@ choices = ["adamw", "sgd"]
 """
 
 
-def tune_args(data: Path, out: Path, space: Path, storage: str, trials: int) -> list[str]:
+def tune_args(data: Path, out: Path, space: Path, storage: str, trials: int, report: bool = False) -> list[str]:
+    """Tiny trials; without their reports unless `report` (two seconds of drawing each, and what these tests
+    check is the study)."""
     return [
         "tune", "--space", str(space), "--trials", str(trials), "--storage", storage, "--study", "search",
         "--model", "lenet", "--epochs", "2", "--batch-size", "50", "--limit-batches", "2", "--val-size", "100",
         "--data-dir", str(data), "--allow-unverified-data", "--device", "cpu", "--out", str(out),
+        *([] if report else ["--no-report"]),
     ]
 
 
@@ -74,7 +77,8 @@ def search(tmp_path) -> tuple[Path, Path]:
 def test_two_workers_share_one_study_and_no_trial_is_lost_or_run_twice(kind, search, tmp_path, capsys):
     data, space = search
     url = storage_url(kind, tmp_path)
-    args = tune_args(data, tmp_path / "runs", space, url, trials=2)
+    report = kind == "journal"  # the trials' reports are written by default, and left out with --no-report
+    args = tune_args(data, tmp_path / "runs", space, url, trials=2, report=report)
     outcomes = [finished(process) for process in [worker(args), worker(args)]]
     for code, _, err in outcomes:
         assert code == 0, err
@@ -98,6 +102,7 @@ def test_two_workers_share_one_study_and_no_trial_is_lost_or_run_twice(kind, sea
         assert trial.value == max(validation) == json.loads((run / "summary.json").read_text())["best_val_accuracy"]
         assert json.loads((run / "trial.json").read_text())["state"] == "complete"
         assert trial.user_attrs["run_dir"] == str(run)
+        assert (run / "report.md").is_file() == report and (run / "misclassified.png").is_file() == report
 
     if kind == "journal":
         capsys.readouterr()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -442,13 +443,23 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
                                    {"directory": str(data.directory), "verified": data.verified}, calibration)
         logger.info("report: %s", report_path)
     else:
-        logger.info("no report (%s): `fmnist report %s` writes it", setting("report", False), path)
+        logger.info("no report (%s): `%s` writes it", setting("report", False), report_command(path, config, data))
     if tensorboard is not None:
         tensorboard.log_confusion_matrix(test, best_epoch)
         tensorboard.close()
     if mlflow is not None:
         mlflow.finish(test, best_epoch, more.get("stopped_early"))
     return read_run(path)
+
+
+def report_command(path: Path, config: TrainConfig, data: DataSplits) -> str:
+    """The `fmnist report` command that writes a run's report later, on the data it was tested on."""
+    command = ["fmnist", "report", str(path)]
+    if config.data_dir is not None:
+        command += ["--data-dir", str(data.directory)]
+    if not data.verified:
+        command.append("--allow-unverified-data")
+    return shlex.join(command)
 
 
 def test_best_weights(path: Path, config: TrainConfig, training: Training):
