@@ -156,6 +156,9 @@ def test_resume_errors_are_one_line(stopped_run, tmp_path, capsys):
     run = stopped_run
     assert "started with --model affine-cnn" in error_of(["train", "--resume", str(run), "--model", "resnet18"])
     assert "--epochs 9" in error_of(["train", "--resume", str(run), "--epochs", "9"])
+    for switch, started_with in (("--no-report", "--report"), ("--tta-flip", "--no-tta-flip")):  # as typed
+        assert error_of(["train", "--resume", str(run), switch]).startswith(
+            f"fmnist: error: {switch}: the run in {run} was started with {started_with}; "), switch
     # A last.pt whose weights do not fit the run's model names the mismatch.
     state = load_checkpoint(run / "last.pt")
     state["model"]["8.weight"] = torch.zeros(64, 3136)

@@ -94,12 +94,12 @@ def flag(name: str, owner: str = CONFIG) -> str:
 def argument(name: str, value, owner: str = CONFIG, as_typed: bool = False) -> str:
     """The argument and the value it was given: `TrainConfig(batch_size=0)` or `--batch-size 0`.
     The command line shows a value as its repr (`--name 'a/b'`), a path, or with `as_typed` any value,
-    as it was typed (`--amp fp16`); a switch of a run's config always as typed (`--sync-bn`,
-    `--no-tf32`), since `--tf32 False` is not something the command takes."""
+    as it was typed (`--amp fp16`); a switch always as typed (`--sync-bn`, `--no-tf32`), since
+    `--tf32 False` is not something a command takes."""
     if not for_command_line():
         return f"{owner}({name}={shown(value)})"
-    if as_typed or (owner == CONFIG and isinstance(value, bool)):
-        return setting(name, value)
+    if as_typed or isinstance(value, bool):
+        return setting(name, value, owner)
     return f"{flag(name, owner)} {value if isinstance(value, Path) else shown(value)}"
 
 
@@ -108,13 +108,13 @@ def named(name: str, owner: str = CONFIG) -> str:
     return flag(name, owner) if for_command_line() else name
 
 
-def setting(name: str, value) -> str:
+def setting(name: str, value, owner: str = CONFIG) -> str:
     """An option with the value it takes: `scheduler='onecycle'` or `--scheduler onecycle`."""
     if not for_command_line():
         return f"{name}={value!r}"
     if isinstance(value, bool):
-        return flag(name) if value else "--no-" + name.replace("_", "-")
-    return f"{flag(name)} {value}"
+        return flag(name, owner) if value else "--no-" + flag(name, owner).removeprefix("--")
+    return f"{flag(name, owner)} {value}"
 
 
 def invalid(name: str, value, rule: str, owner: str = CONFIG, as_typed: bool = False) -> ConfigError:
