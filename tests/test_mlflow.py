@@ -160,12 +160,15 @@ def test_a_callback_that_stops_the_run_leaves_a_finished_mlflow_run(tiny_data, t
 def test_a_sweep_logs_one_mlflow_run_per_run_in_one_experiment(tiny_data, tmp_path, store):
     args = tiny_train_args(tiny_data, tmp_path, "grid", epochs=1)
     args[0] = "sweep"
-    assert main([*args, "--set", "lr=0.001,0.002", "--scheduler", "cosine", "--mlflow", store]) == 0
+    assert main([*args, "--set", "lr=0.001,0.002", "--scheduler", "cosine", "--mlflow", store, "--no-report"]) == 0
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("sweep grid")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(run.info.run_name for run in runs) == ["lr=0.001,seed=5", "lr=0.002,seed=5"]
     assert {run.info.status for run in runs} == {"FINISHED"}
+    for run in runs:  # without a report, the run folder's files and no figure
+        artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+        assert artifacts == {"config.json", "summary.json", "metrics.csv", "lr_steps.csv"}, artifacts
 
 
 def test_a_real_tracking_server_over_http(tiny_data, tmp_path, server):
@@ -249,7 +252,8 @@ def test_a_study_logs_its_trials_into_one_experiment(tiny_data, tmp_path, store)
     args = tiny_train_args(tiny_data, tmp_path / "runs", "unused", epochs=1)
     args = [arg for index, arg in enumerate(args) if arg != "--name" and args[index - 1] != "--name"]
     status = main(["tune", *args[1:], "--space", str(tmp_path / "space.toml"), "--trials", "2",
-                   "--storage", f"journal:{tmp_path / 'search.log'}", "--study", "search", "--mlflow", store])
+                   "--storage", f"journal:{tmp_path / 'search.log'}", "--study", "search", "--mlflow", store,
+                   "--no-report"])
     assert status == 0
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("tune search").experiment_id])
