@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import faulthandler
+import fcntl
 import gzip
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,15 +134,33 @@ README = Path(__file__).parents[1] / "README.md"
 def readme_quick_start(tmp_path_factory) -> tuple[list[str], Path]:
     """The README's Python quick start, exactly as written, run once on the real data: what it printed and its run.
 
-    It trains the quick recipe (two epochs of the real data); test_api checks what it prints and
-    test_recipes the recipe's accuracy, so the suite trains it once, not twice.
+    It trains the quick recipe (two epochs of the real data, about 25 s); test_api checks what it prints
+    and test_recipes the recipe's accuracy. The two files may run in different pytest workers, so the
+    first worker to need it trains it in the folder the workers share, under a lock, and the others
+    read what it left: the suite trains it once, not once per worker.
     """
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "readme-quick-start"
+    printed = shared / "printed.txt"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        if not printed.exists():
+            shutil.rmtree(shared, ignore_errors=True)  # what a worker that failed here left
+            lines = run_readme_quick_start(shared)
+            written = shared / "printed.tmp"  # renamed when whole: a worker never reads half of it
+            written.write_text("".join(line + "\n" for line in lines))
+            written.replace(printed)
+    [run] = (shared / "runs").iterdir()
+    return printed.read_text().splitlines(), run
+
+
+def run_readme_quick_start(folder: Path) -> list[str]:
+    """Run the README's Python quick start in `folder`, as a user would, and return the lines it printed."""
     import contextlib
-    import io
     import re
 
     snippet = re.search(r"## Python quick start.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
-    folder = tmp_path_factory.mktemp("readme")
+    folder.mkdir(parents=True)
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.chdir(folder)
@@ -151,8 +171,7 @@ def readme_quick_start(tmp_path_factory) -> tuple[list[str], Path]:
         except Exception:
             pytest.fail("the real Fashion-MNIST is needed: run `make test`, or `fmnist data ensure` first")
         exec(compile(snippet, "README.md", "exec"), {})
-    [run] = (folder / "runs").iterdir()
-    return printed.getvalue().splitlines(), run
+    return printed.getvalue().splitlines()
 
 
 def tiny_train_args(data: Path, out: Path, name: str, epochs: int = 3) -> list[str]:

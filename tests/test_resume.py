@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_dataset
+from conftest import fmnist_process, write_dataset
 from fmnist.cli import main
 from fmnist.data.splits import load_splits
 from fmnist.faults import StopRequest, TrainingInterrupted
@@ -40,15 +40,6 @@ def train_args(data: Path, out: Path, name: str) -> list[str]:
         "--seed", "5", "--device", "cpu",  # bit-for-bit equality is promised on the CPU
         "--allow-unverified-data",  # generated data
     ]
-
-
-def fmnist_process(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "FMNIST_KILL_AT"}
-    if kill_at:
-        env["FMNIST_KILL_AT"] = kill_at
-    return subprocess.run(
-        [sys.executable, "-m", "fmnist", *args], capture_output=True, text=True, env=env, timeout=300,
-    )
 
 
 def metric_rows(run: Path) -> list[dict]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_dataset
+from conftest import fmnist_here, write_dataset
 from fmnist.cli import main
 from fmnist.files import exclusive_lock
 
@@ -36,11 +36,6 @@ def environment(kill_at: str | None = None) -> dict:
     if kill_at:
         child["FMNIST_KILL_AT"] = kill_at
     return child
-
-
-def fmnist(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmnist", *args], capture_output=True, text=True,
-                          env=environment(kill_at), timeout=300)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -77,7 +72,7 @@ def test_parallel_sweep_stops_continues_and_gives_the_tables_of_one_in_turn(tmp_
     assert len(read_csv(long / "metrics.csv")) == 2
 
     # The printed command continues: the finished run is not touched, the stopped one resumes.
-    continued = fmnist(shlex.split(continue_line.removeprefix("continue with: "))[1:])
+    continued = fmnist_here(shlex.split(continue_line.removeprefix("continue with: "))[1:])
     assert continued.returncode == 0, continued.stderr
     assert "epochs=1,seed=5 (finished earlier)" in continued.stdout
     assert files_of(short) == finished_files
