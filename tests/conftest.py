@@ -90,10 +90,11 @@ def write_dataset(directory: Path, train_count: int = 600, test_count: int = 200
 
 
 def train_tiny_run(root: Path, name: str, limit_batches: int) -> Path:
-    """A finished one-epoch run on generated data under `root`, for tests that need a run folder to read."""
+    """A finished one-epoch run on generated data under `root`, for tests that need a run folder to read:
+    its checkpoints, config and summary (no report: test_report.py has those)."""
     config = TrainConfig(epochs=1, batch_size=50, limit_batches=limit_batches, val_size=100, device="cpu",
                          data_dir=str(write_dataset(root / "data")), allow_unverified_data=True,
-                         out=str(root / "runs"), name=name)
+                         out=str(root / "runs"), name=name, report=False)
     return train(config).path
 
 

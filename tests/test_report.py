@@ -159,9 +159,12 @@ def test_no_report_leaves_report_md_and_the_figures_out_and_fmnist_report_writes
     assert f"no report (--no-report): `{shlex.join(['fmnist', *later])}` writes it" in trained_again.stdout
     assert not (quiet / "report.md").exists() and not list(quiet.glob("*.png"))
     assert json.loads((quiet / "config.json").read_text())["config"]["report"] is False
-    summary = json.loads((quiet / "summary.json").read_text())
-    assert summary["finished"] is True
-    assert summary["test_accuracy"] == json.loads((run_path / "summary.json").read_text())["test_accuracy"]
+    # summary.json's test fields, which serve's model card and compare read, are there all the same.
+    summary, reported_run = (json.loads((path / "summary.json").read_text()) for path in (quiet, run_path))
+    tested = [key for key in reported_run if key.startswith("test_") or key in ("calibration", "temperature")]
+    assert {"test_confusion_matrix", "test_precision_recall_f1", "test_ece", "calibration"} <= set(tested)
+    assert summary["finished"] is True and summary["test_data"] == {"directory": str(data_dir), "verified": False}
+    assert {key: summary[key] for key in tested} == {key: reported_run[key] for key in tested}
 
     reported = fmnist_here(later)  # the command it printed
     assert reported.returncode == 0, reported.stderr

@@ -37,7 +37,7 @@ from fmnist.files import atomic_write_json, check_writable, exclusive_lock
 from fmnist.models import count_parameters, create_model
 from fmnist.models.registry import model_origin
 from fmnist.reports.mlflow_log import MlflowLog, MlflowTarget, connect, ends_with_the_run, require_mlflow
-from fmnist.reports.report import write_report
+from fmnist.reports.report import write_report, write_test_summary
 from fmnist.reports.tensorboard_log import TensorBoardLog, require_tensorboard
 from fmnist.results import Run, read_run
 from fmnist.runs.calibration import fit_run_temperature
@@ -438,11 +438,13 @@ def finish(path: Path, config: TrainConfig, data: DataSplits, device: torch.devi
         "device": str(device),
         **more,
     })
+    test_data = {"directory": str(data.directory), "verified": data.verified}
     if config.report:
-        report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std,
-                                   {"directory": str(data.directory), "verified": data.verified}, calibration)
+        report_path = write_report(path, training.model, data.test.images, test, config.mean, config.std, test_data,
+                                   calibration)
         logger.info("report: %s", report_path)
     else:
+        write_test_summary(path, test, test_data, calibration)
         logger.info("no report (%s): `%s` writes it", setting("report", False), report_command(path, config, data))
     if tensorboard is not None:
         tensorboard.log_confusion_matrix(test, best_epoch)

@@ -362,19 +362,12 @@ def flat_calibration(calibration: dict | None) -> dict:
     return flat
 
 
-def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, test: EvalResult,
-                 mean: float, std: float, test_data: dict | None = None, calibration: dict | None = None) -> Path:
-    """Figures, per-class metrics into summary.json, and report.md, all in the run folder.
-
-    `test_data` says which data the test result came from (directory, verified); summary.json keeps it.
-    `calibration`: the test calibration before and after the run's temperature (training/calibration.py's
-    calibration_record); without it, the test probabilities are measured as they are.
-    """
-    run_path = Path(run_path)
-    history = read_history(run_path)
-    if not history:
-        raise CheckpointError(f"{run_path}: metrics.csv has no epochs yet; nothing to report")
-    saved = read_saved_config(run_path)
+def summarize_test(run_path: Path, test: EvalResult, test_data: dict | None = None,
+                   calibration: dict | None = None) -> tuple[dict, torch.Tensor, dict, dict | None]:
+    """summary.json's test fields: loss, accuracy, per-class metrics, the confusion matrix, calibration and
+    the data tested on. Every finished run has them, with its report or without (`--no-report`): `fmnist
+    serve`'s model card and `fmnist compare` read them. Returns the summary (not yet written), the matrix,
+    the metrics and the calibration record as measured."""
     summary = read_summary(run_path)
     matrix = confusion_matrix(test.labels, test.predictions)
     metrics = classification_metrics(matrix)
@@ -394,6 +387,30 @@ def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, te
             summary.pop(key, None)
     if test_data is not None:
         summary["test_data"] = test_data
+    return summary, matrix, metrics, calibration
+
+
+def write_test_summary(run_path: Path, test: EvalResult, test_data: dict | None = None,
+                       calibration: dict | None = None) -> None:
+    """summary.json's test fields without the report (`--no-report`)."""
+    summary, *_ = summarize_test(Path(run_path), test, test_data, calibration)
+    write_summary(Path(run_path), summary)
+
+
+def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, test: EvalResult,
+                 mean: float, std: float, test_data: dict | None = None, calibration: dict | None = None) -> Path:
+    """Figures, per-class metrics into summary.json, and report.md, all in the run folder.
+
+    `test_data` says which data the test result came from (directory, verified); summary.json keeps it.
+    `calibration`: the test calibration before and after the run's temperature (training/calibration.py's
+    calibration_record); without it, the test probabilities are measured as they are.
+    """
+    run_path = Path(run_path)
+    history = read_history(run_path)
+    if not history:
+        raise CheckpointError(f"{run_path}: metrics.csv has no epochs yet; nothing to report")
+    saved = read_saved_config(run_path)
+    summary, matrix, metrics, calibration = summarize_test(run_path, test, test_data, calibration)
     network = model.network if isinstance(model, TrainedModel) else model
     explained = TrainedModel(network, mean, std, bool(saved["config"].get("tta_flip")), {},
                              (calibration or {}).get("temperature"))
