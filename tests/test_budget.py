@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fmnist_here, fmnist_process
 from fmnist.arguments import command_line_spelling
 from fmnist.cli import main
 from fmnist.errors import ConfigError
@@ -21,7 +22,7 @@ from fmnist.training.config import TrainConfig, build_config
 from fmnist.training.duration import format_duration, parse_duration
 from fmnist.training.optim import build_scheduler
 from fmnist.training.replan import BudgetPlanner
-from test_resume import fmnist_process, metric_rows
+from test_resume import metric_rows
 
 # A budgeted run may overrun its budget by this much: its plan is made again at each epoch's end, but the
 # tiny runs here have epochs of a fraction of a second, where the test runner's other worker makes one
@@ -230,7 +231,7 @@ def test_sigkill_and_resume_go_on_from_the_plan_in_the_checkpoint(tiny_data, tmp
     at_the_kill = torch.load(run / "last.pt", weights_only=True)
     plan_then, rows_then, rates_then = at_the_kill["time_plan_state"], metric_rows(run), lr_steps(run)
     assert plan_then["steps_done"] == len(rates_then) == 8 and len(plan_then["decisions"]) == 2
-    resumed = fmnist_process(["train", "--resume", str(run)])
+    resumed = fmnist_here(["train", "--resume", str(run)])
     assert resumed.returncode == 0, resumed.stderr
     assert "measured in" not in resumed.stdout  # the first plan is kept, not measured again
     assert "time budget 15s: training and validation took" in resumed.stdout  # and what it used, with the figures

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from conftest import fmnist_process, one_line, tiny_train_args, train_tiny_run
+from conftest import fmnist_here, fmnist_process, one_line, tiny_train_args, train_tiny_run
 from fmnist.cli.main import main
 from fmnist.data.augment import build_augmentation, build_mixing
 from fmnist.data.loader import TensorLoader
@@ -147,7 +147,7 @@ def test_each_torchrun_rank_resumes_from_its_own_generators():
 
 
 def test_a_run_stopped_by_an_older_fmnist_resumes_exactly(tiny_data, tmp_path):
-    reference = fmnist_process(tiny_train_args(tiny_data, tmp_path, "reference"))
+    reference = fmnist_here(tiny_train_args(tiny_data, tmp_path, "reference"))
     killed = fmnist_process(tiny_train_args(tiny_data, tmp_path, "old"), kill_at="write-metrics.csv:2")
     assert reference.returncode == 0 and killed.returncode == -signal.SIGKILL, killed.stderr
     last = tmp_path / "old" / "last.pt"
@@ -155,7 +155,7 @@ def test_a_run_stopped_by_an_older_fmnist_resumes_exactly(tiny_data, tmp_path):
     del state["rng"]["device"]
     state["rng"]["cuda"] = []  # the rng format of fmnist before issue 31, as a CPU run wrote it
     save_checkpoint(state, last)
-    resumed = fmnist_process(["train", "--resume", str(tmp_path / "old")])
+    resumed = fmnist_here(["train", "--resume", str(tmp_path / "old")])
     assert resumed.returncode == 0, resumed.stderr
     for name in ("metrics.csv", "lr_steps.csv"):
         rows = [(tmp_path / run / name).read_text().splitlines() for run in ("old", "reference")]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fmnist_process, write_dataset
+from conftest import fmnist_here, fmnist_process, write_dataset
 from fmnist.cli import main
 from fmnist.data.splits import load_splits
 from fmnist.faults import StopRequest, TrainingInterrupted
@@ -69,7 +69,7 @@ def stopped_run(run_killed_in_epoch_3, tmp_path) -> Path:
 
 def test_killed_at_every_stage_and_resumed_equals_an_uninterrupted_run(tiny_data, tmp_path):
     runs = tmp_path / "runs"
-    reference = fmnist_process(train_args(tiny_data, runs, "reference"))
+    reference = fmnist_here(train_args(tiny_data, runs, "reference"))
     assert reference.returncode == 0, reference.stderr
 
     # One run, killed four times; each resume is killed again further on. Per process, counts start at 0.
@@ -84,7 +84,7 @@ def test_killed_at_every_stage_and_resumed_equals_an_uninterrupted_run(tiny_data
         args = train_args(tiny_data, runs, "killed") if how == "start" else ["train", "--resume", str(killed)]
         result = fmnist_process(args, kill_at)
         assert result.returncode == -signal.SIGKILL, f"{kill_at}: {result.returncode} {result.stderr}"
-    finished = fmnist_process(["train", "--resume", str(killed)])
+    finished = fmnist_here(["train", "--resume", str(killed)])
     assert finished.returncode == 0, finished.stderr
     assert "resuming" in finished.stdout
 
@@ -99,7 +99,7 @@ def test_killed_at_every_stage_and_resumed_equals_an_uninterrupted_run(tiny_data
     assert summaries[0]["test_loss"] == summaries[1]["test_loss"]
     assert not list(killed.glob(".*.tmp"))  # the leftover of the killed write was cleaned up
 
-    again = fmnist_process(["train", "--resume", str(killed)])
+    again = fmnist_here(["train", "--resume", str(killed)])
     assert again.returncode == 2 and "already finished" in again.stderr
     assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
 
@@ -198,11 +198,11 @@ def test_ctrl_c_during_evaluation_stops_once_that_epoch_is_saved(tiny_data, tmp_
 @pytest.mark.parametrize("kill_at", ["write-best.pt:1", "write-last.pt:1"])
 def test_killed_while_saving_the_first_epoch_resumes_and_equals_an_uninterrupted_run(tiny_data, tmp_path, kill_at):
     runs = tmp_path / "runs"
-    reference = fmnist_process(train_args(tiny_data, runs, "reference"))
+    reference = fmnist_here(train_args(tiny_data, runs, "reference"))
     killed = fmnist_process(train_args(tiny_data, runs, "killed"), kill_at)
     assert reference.returncode == 0 and killed.returncode == -signal.SIGKILL, killed.stderr
     assert len(metric_rows(runs / "killed")) == 1 and not (runs / "killed" / "last.pt").exists()
-    finished = fmnist_process(["train", "--resume", str(runs / "killed")])
+    finished = fmnist_here(["train", "--resume", str(runs / "killed")])
     assert finished.returncode == 0, finished.stderr
     assert metric_rows(runs / "killed") == metric_rows(runs / "reference")
     for name in ("last.pt", "best.pt"):

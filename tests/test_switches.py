@@ -108,11 +108,12 @@ def test_a_run_with_ema_keeps_the_average_in_best_pt_and_the_raw_weights_for_res
 @pytest.mark.parametrize("switches", [["--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0", "--hflip"],
                                       ["--clip-grad-norm", "0.5", "--amp", "bf16"]])
 def test_sigkill_and_resume_stay_bit_identical_with_the_switches_on(data, tmp_path, switches):
-    reference = fmnist_process([*tiny_train_args(data, tmp_path, "reference"), *switches])
+    reference = fmnist_here([*tiny_train_args(data, tmp_path, "reference"), *switches, "--no-report"])
     assert reference.returncode == 0, reference.stderr
-    killed = fmnist_process([*tiny_train_args(data, tmp_path, "killed"), *switches], kill_at="train-step:6")
+    killed = fmnist_process([*tiny_train_args(data, tmp_path, "killed"), *switches, "--no-report"],
+                            kill_at="train-step:6")
     assert killed.returncode == -9
-    assert fmnist_process(["train", "--resume", str(tmp_path / "killed")]).returncode == 0
+    assert fmnist_here(["train", "--resume", str(tmp_path / "killed")]).returncode == 0
     for name in ("best.pt", "last.pt"):
         resumed, uninterrupted = load_checkpoint(tmp_path / "killed" / name), load_checkpoint(
             tmp_path / "reference" / name)
@@ -239,5 +240,5 @@ def test_the_switches_are_recorded_and_kept_through_resume(data, tmp_path):
     saved = json.loads((tmp_path / "switches" / "config.json").read_text())["config"]
     assert (saved["ema"], saved["mixup"], saved["clip_grad_norm"], saved["deterministic"]) == (0.95, 0.3, 2.0, False)
     shutil.copy(tmp_path / "switches" / "config.json", tmp_path / "before.json")
-    assert fmnist_process(["train", "--resume", str(tmp_path / "switches")]).returncode == 0
+    assert fmnist_here(["train", "--resume", str(tmp_path / "switches")]).returncode == 0
     assert json.loads((tmp_path / "switches" / "config.json").read_text())["config"] == saved
