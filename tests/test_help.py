@@ -160,12 +160,16 @@ def test_every_option_in_help_is_accepted_in_some_combination(command, option, s
     pytest.fail(f"`fmnist {command} --help` lists {option}, but the command refused it:\n" + "\n".join(refusals))
 
 
-@pytest.mark.parametrize("option", ["--out", "--name", "--epochs", "--tensorboard", "--lr", "--scheduler"])
+SWITCHES = ("--tensorboard", "--report", "--no-report", "--no-calibrate", "--tta-flip")
+
+
+@pytest.mark.parametrize("option", ["--out", "--name", "--epochs", "--lr", "--scheduler", *SWITCHES])
 def test_lr_find_refuses_what_its_help_leaves_out_in_one_line(option, stubbed_work, capsys):
-    value = [] if option == "--tensorboard" else ["1"]
+    value = [] if option in SWITCHES else ["1"]
     assert option not in " ".join(o for a in listed_options(COMMANDS[("lr-find",)]) for o in a.option_strings)
     assert main(["lr-find", "quick", option, *value]) == 2
-    assert f"{option}: lr-find sweeps the learning rate itself" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"fmnist: error: {option}: lr-find sweeps the learning rate itself") and err.count("\n") == 1
 
 
 DEFAULT = re.compile(r"\(default: ([^;)]*)")

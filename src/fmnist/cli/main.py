@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from fmnist.arguments import command_line_spelling
+from fmnist.arguments import command_line_spelling, setting
 from fmnist.cli.logs import other_libraries_in_one_line, show_library_logs, stop_showing_library_logs
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
 from fmnist.data.fashion import VAL_SIZE
@@ -54,7 +54,7 @@ class ArgumentParser(argparse.ArgumentParser):
 # --help leaves them out, and given, they are refused in one line that says why.
 LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema",
                    "calibrate", "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches",
-                   "patience", "min_delta", "mlflow", "mlflow_experiment")
+                   "patience", "min_delta", "mlflow", "mlflow_experiment", "report")
 
 
 # tune names and places its trials' run folders itself (trial-NNNN in OUT/STUDY).
@@ -470,8 +470,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     overrides = overrides_from(args)
     ignored = [name for name in LR_FIND_IGNORES if overrides[name] is not None]
     if ignored:
-        raise UsageError(f"{flag(ignored[0])}: lr-find sweeps the learning rate itself over --steps batches and "
-                         "trains no run; drop it")
+        value = overrides[ignored[0]]
+        typed = setting(ignored[0], value) if isinstance(value, bool) else flag(ignored[0])  # --no-report as typed
+        raise UsageError(f"{typed}: lr-find sweeps the learning rate itself over --steps batches and trains no run; "
+                         "drop it")
     given = {name: value for name, value in overrides.items() if value is not None}
     start = Path(args.start)
     weights = None
