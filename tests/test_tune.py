@@ -192,6 +192,8 @@ TRIAL = ["--study", "s", "--space", "{tmp}/space.toml", "--trials", "1"]
         # An option that the chosen mode ignores is refused, not dropped.
         (["--storage", "journal:{tmp}/j.log", *TRIAL, "--top", "3"], "--top applies to --show only"),
         (["--storage", "journal:{tmp}/j.log", "--study", "s", "--show", "--pruner", "none"], "drop --pruner"),
+        (["--storage", "journal:{tmp}/j.log", "--study", "s", "--show", "--no-report"], "drop --no-report"),
+        (["--storage", "journal:{tmp}/j.log", "--study", "s", "--show", "--hflip"], "drop --hflip"),
         (["--storage", "journal:", "--study", "s", "--show"], "give the journal file's path"),
         (["--storage", "journal:{tmp}", "--study", "s", "--show"], "is a folder; give a file in it"),
         (["--storage", "journal:{tmp}", *TRIAL], "is a folder; give a file in it"),

@@ -378,13 +378,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def as_typed(name: str, value) -> str:
+    """A train option as the command line took it: `--lr`, or a switch as given (`--no-report`)."""
+    return setting(name, value) if isinstance(value, bool) else "--" + name.replace("_", "-")
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from fmnist.tools.tune import run_tune, show_study
 
     overrides = overrides_from(args)
     if args.show:
-        given = ["--" + name.replace("_", "-") for name, value in overrides.items()
-                 if value is not None and name != "out"]
+        given = [as_typed(name, value) for name, value in overrides.items() if value is not None and name != "out"]
         given += [option for option in ("--space", "--trials", "--pruner") if getattr(args, option[2:]) is not None]
         if given or args.config:
             raise UsageError(f"--show reads the study and trains nothing; drop {(given or ['--config'])[0]}")
@@ -464,16 +468,14 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from fmnist.runs.checkpoint import load_checkpoint
     from fmnist.runs.folder import check_output_file, is_run_folder, read_saved_config
     from fmnist.tools.lr_find import find_lr, plot
-    from fmnist.training.config import TrainConfig, flag
+    from fmnist.training.config import TrainConfig
     from fmnist.training.recipes import RECIPES
 
     overrides = overrides_from(args)
     ignored = [name for name in LR_FIND_IGNORES if overrides[name] is not None]
     if ignored:
-        value = overrides[ignored[0]]
-        typed = setting(ignored[0], value) if isinstance(value, bool) else flag(ignored[0])  # --no-report as typed
-        raise UsageError(f"{typed}: lr-find sweeps the learning rate itself over --steps batches and trains no run; "
-                         "drop it")
+        raise UsageError(f"{as_typed(ignored[0], overrides[ignored[0]])}: lr-find sweeps the learning rate itself "
+                         "over --steps batches and trains no run; drop it")
     given = {name: value for name, value in overrides.items() if value is not None}
     start = Path(args.start)
     weights = None
