@@ -155,7 +155,7 @@ def test_no_report_leaves_report_md_and_the_figures_out_and_fmnist_report_writes
                                  "--no-report"])
     assert trained_again.returncode == 0, trained_again.stderr
     quiet = tmp_path / "quiet"
-    later = ["report", str(quiet), "--data-dir", str(data_dir), "--allow-unverified-data"]
+    later = ["report", str(quiet), *data]
     assert f"no report (--no-report): `{shlex.join(['fmnist', *later])}` writes it" in trained_again.stdout
     assert not (quiet / "report.md").exists() and not list(quiet.glob("*.png"))
     assert json.loads((quiet / "config.json").read_text())["config"]["report"] is False

@@ -117,6 +117,11 @@ def setting(name: str, value, owner: str = CONFIG) -> str:
     return f"{flag(name, owner)} {value}"
 
 
+def given_as(name: str, value, owner: str = CONFIG) -> str:
+    """An option named as it was given, without its value: `--lr` (`lr`), a switch with its sign (`--no-report`)."""
+    return setting(name, value, owner) if isinstance(value, bool) else named(name, owner)
+
+
 def invalid(name: str, value, rule: str, owner: str = CONFIG, as_typed: bool = False) -> ConfigError:
     """The error for a value out of range or unknown: `<argument>: <rule>`."""
     return ConfigError(f"{argument(name, value, owner, as_typed)}: {rule}", name, value=value, rule=rule)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from fmnist.arguments import command_line_spelling, setting
+from fmnist.arguments import command_line_spelling, given_as
 from fmnist.cli.logs import other_libraries_in_one_line, show_library_logs, stop_showing_library_logs
 from fmnist.cli.options import add_train_options, check_positive, overrides_from, rerun_command
 from fmnist.data.fashion import VAL_SIZE
@@ -378,17 +378,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def as_typed(name: str, value) -> str:
-    """A train option as the command line took it: `--lr`, or a switch as given (`--no-report`)."""
-    return setting(name, value) if isinstance(value, bool) else "--" + name.replace("_", "-")
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
     from fmnist.tools.tune import run_tune, show_study
 
     overrides = overrides_from(args)
     if args.show:
-        given = [as_typed(name, value) for name, value in overrides.items() if value is not None and name != "out"]
+        given = [given_as(name, value) for name, value in overrides.items() if value is not None and name != "out"]
         given += [option for option in ("--space", "--trials", "--pruner") if getattr(args, option[2:]) is not None]
         if given or args.config:
             raise UsageError(f"--show reads the study and trains nothing; drop {(given or ['--config'])[0]}")
@@ -474,7 +469,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     overrides = overrides_from(args)
     ignored = [name for name in LR_FIND_IGNORES if overrides[name] is not None]
     if ignored:
-        raise UsageError(f"{as_typed(ignored[0], overrides[ignored[0]])}: lr-find sweeps the learning rate itself "
+        raise UsageError(f"{given_as(ignored[0], overrides[ignored[0]])}: lr-find sweeps the learning rate itself "
                          "over --steps batches and trains no run; drop it")
     given = {name: value for name, value in overrides.items() if value is not None}
     start = Path(args.start)

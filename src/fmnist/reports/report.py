@@ -393,8 +393,9 @@ def summarize_test(run_path: Path, test: EvalResult, test_data: dict | None = No
 def write_test_summary(run_path: Path, test: EvalResult, test_data: dict | None = None,
                        calibration: dict | None = None) -> None:
     """summary.json's test fields without the report (`--no-report`)."""
-    summary, *_ = summarize_test(Path(run_path), test, test_data, calibration)
-    write_summary(Path(run_path), summary)
+    run_path = Path(run_path)
+    summary, *_ = summarize_test(run_path, test, test_data, calibration)
+    write_summary(run_path, summary)
 
 
 def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, test: EvalResult,
