@@ -1,6 +1,6 @@
 """Issue 29: how much more test-time views buy a trained run than the mirror image alone.
 
-    python benchmarks/best_candidates.py --seeds 42 43 44 --only best crops --out RUNS   # the runs to score
+    python benchmarks/budget_candidates.py --seeds 42 43 44 --only as-is crops --out RUNS   # the runs to score
     python benchmarks/tta_views.py RUNS/best-seed42 RUNS/best-seed43 RUNS/best-seed44
     python benchmarks/tta_views.py RUNS/crops-seed42 RUNS/crops-seed43 RUNS/crops-seed44
 
