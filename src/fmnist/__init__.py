@@ -43,7 +43,12 @@ from fmnist.inference import (
 )
 from fmnist.models import count_parameters, create_model, list_models, register_model
 from fmnist.models.layers import LearnedAffine
+from fmnist.reports.compare import compare_runs
+from fmnist.reports.report import report_run
 from fmnist.results import History, Run, load_run, load_runs
+from fmnist.tools.calibrate import calibrate_run
+from fmnist.tools.export import export_onnx
+from fmnist.tools.lr_find import LrFindResult, find_lr
 from fmnist.training.build import Training, build_training
 from fmnist.training.config import TrainConfig
 from fmnist.training.early_stopping import EarlyStopping
@@ -64,6 +69,7 @@ __all__ = [
     "FmnistError",
     "History",
     "LearnedAffine",
+    "LrFindResult",
     "MEAN",
     "Optimization",
     "Prediction",
@@ -82,10 +88,14 @@ __all__ = [
     "__version__",
     "attribution_maps",
     "build_training",
+    "calibrate_run",
+    "compare_runs",
     "count_parameters",
     "create_model",
     "evaluate",
     "evaluate_checkpoint",
+    "export_onnx",
+    "find_lr",
     "fit",
     "list_models",
     "list_recipes",
@@ -96,6 +106,7 @@ __all__ = [
     "normalize",
     "predict",
     "register_model",
+    "report_run",
     "resume",
     "train",
     "train_one_epoch",

@@ -37,7 +37,10 @@ PYTHON, COMMAND_LINE = "python", "command line"
 _spelling: ContextVar[str] = ContextVar("fmnist_argument_spelling", default=PYTHON)
 
 # Where a Python argument has a command-line option of another name (the rest are --the-name).
-COMMAND_LINE_NAMES = {("resume", "run_dir"): "--resume", ("create_model", "name"): "--model"}
+# A positional argument is named by its metavar (`RUN_DIR ''`).
+COMMAND_LINE_NAMES = {("resume", "run_dir"): "--resume", ("create_model", "name"): "--model",
+                      ("compare_runs", "out_dir"): "--out", ("compare_runs", "sort_by"): "--sort",
+                      ("report_run", "run_dir"): "RUN_DIR", ("calibrate_run", "run_dir"): "RUN_DIR"}
 CONFIG = "TrainConfig"
 # torch stores counts and seeds as 64-bit integers: a larger int would fail deep inside it.
 MAX_COUNT = 2**63 - 1
@@ -113,8 +116,13 @@ def setting(name: str, value, owner: str = CONFIG) -> str:
     if not for_command_line():
         return f"{name}={value!r}"
     if isinstance(value, bool):
-        return flag(name, owner) if value else "--no-" + flag(name, owner).removeprefix("--")
+        return switch(name, value, owner)
     return f"{flag(name, owner)} {value}"
+
+
+def switch(name: str, on: bool, owner: str = CONFIG) -> str:
+    """A boolean option as the command line takes it: `--tta-flip` or `--no-tta-flip`."""
+    return flag(name, owner) if on else "--no-" + flag(name, owner).removeprefix("--")
 
 
 def given_as(name: str, value, owner: str = CONFIG) -> str:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fmnist.arguments import check_bool, shown
+from fmnist.arguments import check_bool, check_path, shown
 from fmnist.data.fashion import CLASS_NAMES, IMAGE_SIZE, MEAN, NUM_CLASSES, STD
 from fmnist.data.images import IMAGE_SUFFIXES, display_path, image_batch, image_files, read_image, to_fashion_mnist
 from fmnist.data.loader import TensorLoader
@@ -92,6 +92,25 @@ def checkpoint_argument(source, function: str, argument: str) -> Path:
         raise CheckpointError(f"{function}({argument}={shown(source)}): not a path; give a run folder or a "
                               "checkpoint file (a str or a Path)")
     return checkpoint_path(source)
+
+
+def run_folder_argument(run_dir, function: str) -> Path:
+    """A run folder given to `function`: a path (else ArgumentTypeError) to a folder (else CheckpointError)."""
+    path = check_path(run_dir, "run_dir", function)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such run folder; give the folder that `fmnist train` printed")
+    return path
+
+
+def evaluation_arguments(function: str, data_dir, device, batch_size, **switches) -> None:
+    """The arguments a function that evaluates a run takes beside it, checked before anything is loaded."""
+    if data_dir is not None and (isinstance(data_dir, bool) or not isinstance(data_dir, (str, os.PathLike))):
+        raise DataError(f"{function}(data_dir={shown(data_dir)}): give the data folder (a str or a Path), "
+                        "or None to find it")
+    check_batch_size(batch_size, function)
+    for name, value in switches.items():
+        check_bool(value, name, function)
+    device_argument(device, function)
 
 
 def device_argument(device, function: str) -> torch.device:
@@ -450,15 +469,8 @@ def evaluate_checkpoint(
     the temperature-scaled ones when the run has a temperature and `calibrate` (see load_model).
     """
     path = checkpoint_argument(checkpoint, "evaluate_checkpoint", "checkpoint")
-    if data_dir is not None and (isinstance(data_dir, bool) or not isinstance(data_dir, (str, os.PathLike))):
-        raise DataError(f"evaluate_checkpoint(data_dir={shown(data_dir)}): give the data folder (a str or a Path), "
-                        "or None to find it")
-    check_batch_size(batch_size, "evaluate_checkpoint")
-    if not isinstance(allow_unverified_data, bool):
-        raise ConfigError(f"evaluate_checkpoint(allow_unverified_data={shown(allow_unverified_data)}): "
-                          "give True or False", "allow_unverified_data")
-    check_bool(calibrate, "calibrate", "evaluate_checkpoint")
-    device_argument(device, "evaluate_checkpoint")
+    evaluation_arguments("evaluate_checkpoint", data_dir, device, batch_size,
+                         allow_unverified_data=allow_unverified_data, calibrate=calibrate)
     state = load_checkpoint(path)
     model = load_model(path, device, calibrate)
     directory = find_data_dir(data_dir or state["config"].get("data_dir"))

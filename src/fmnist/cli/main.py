@@ -353,8 +353,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fmnist.reports.compare import compare_runs
 
-    if args.descending and args.sort is None:
-        raise UsageError("--descending: orders --sort's column; give --sort COLUMN too")
     print(compare_runs(args.run_dirs, args.out, args.sort, args.descending))
     print(f"written: {args.out}/comparison.md, comparison.csv, comparison.png")
     return 0
@@ -490,7 +488,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         name = args.start
     out = Path(args.plot) if args.plot else Path(f"lr-find-{name}.png")
     check_output_file(out, reads=list(start.glob("*.pt")) if start.is_dir() else [], force=args.force,
-                      option="--plot")
+                      owner="lr-find", name="plot", example="lr-find.png")
     result = find_lr(config, args.start_lr, args.end_lr, args.steps, weights)
     plot(result, out)
     if args.json:

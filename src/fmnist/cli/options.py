@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from fmnist.arguments import switch
 from fmnist.errors import ConfigError
 from fmnist.models.resnet import FROM_TORCHVISION_CACHE
 from fmnist.training.config import FIELDS, MLFLOW_DEFAULT_STORE, TrainConfig, declared_type, flag, parse_text
@@ -80,7 +81,7 @@ def rerun_command(config: TrainConfig) -> str:
         if name in NOT_REPEATED or name == "recipe" or value is None or value == baseline_value(baseline, config, name):
             continue
         if isinstance(value, bool):
-            arguments.append(flag(name) if value else "--no-" + name.replace("_", "-"))
+            arguments.append(switch(name, value))
         else:
             arguments += [flag(name), repr(value) if isinstance(value, float) else str(value)]
     return shlex.join(arguments)

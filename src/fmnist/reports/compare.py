@@ -14,7 +14,8 @@ import math
 import statistics
 from pathlib import Path
 
-from fmnist.errors import CheckpointError, ConfigError
+from fmnist.arguments import argument, check_bool, check_path, check_type, for_command_line, invalid, named, setting
+from fmnist.errors import CheckpointError
 from fmnist.files import atomic_write_text
 from fmnist.reports import plots
 from fmnist.reports.report import markdown_table
@@ -22,6 +23,7 @@ from fmnist.results import CALIBRATION_COLUMNS, FIXED_COLUMNS, Run, find_runs, n
 from fmnist.runs.folder import is_run_folder
 from fmnist.training.config import TrainConfig
 
+OWNER = "compare_runs"  # how errors name the arguments in Python (the CLI: --out, --sort, --descending)
 # comparison.csv: snake_case names, plain numbers, empty cells where a run has no value (pandas reads
 # it as numbers). The printed and markdown table: the same runs formatted for reading.
 SHOWN = {  # CSV column -> (printed header, digits; None: as it is)
@@ -46,7 +48,7 @@ MEASURES.update({header: (column, digits) for column, (header, digits) in CALIBR
 
 def expand_run_dirs(paths: list[str | Path]) -> list[tuple[str, Run]]:
     """(label, run) for every run folder given or beneath a folder given (runs/, sweeps inside it too)."""
-    return find_runs(paths, said_as="compare {}")
+    return find_runs(paths, said_as="compare {}" if for_command_line() else f"{OWNER}(paths={{}})")
 
 
 def formatted(value, digits: int | None) -> str:
@@ -91,7 +93,7 @@ def sort_rows(columns: list[str], rows: list[dict], sort_by: str | None, descend
     if sort_by is None:
         return rows
     if sort_by not in columns:
-        raise ConfigError(f"--sort {sort_by}: no such column; choose one of: {', '.join(columns)}", "sort")
+        raise invalid("sort_by", sort_by, f"no such column; choose one of: {', '.join(columns)}", OWNER, as_typed=True)
     present = [row for row in rows if row[sort_by] is not None]
     missing = [row for row in rows if row[sort_by] is None]
     return sorted(present, key=lambda row: sort_key(row[sort_by]), reverse=descending) + missing
@@ -101,28 +103,35 @@ def sort_key(value) -> tuple:
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
-def make_out_dir(out_dir: str | Path) -> Path:
+def make_out_dir(out_dir: Path) -> Path:
     """The output folder, created if need be; never a run or sweep folder, whose own tables no
     command could regenerate."""
-    out_dir = Path(out_dir)
+    given = argument("out_dir", out_dir, OWNER)
     if is_run_folder(out_dir) or (out_dir / "sweep.json").is_file():
         kind = "a run folder" if is_run_folder(out_dir) else "a sweep folder"
-        raise CheckpointError(f"--out {out_dir}: {kind}; comparisons are written elsewhere so that its own "
-                              "files stay as they are (e.g. --out comparison)")
+        raise CheckpointError(f"{given}: {kind}; comparisons are written elsewhere so that its own "
+                              f"files stay as they are (e.g. {setting('out_dir', 'comparison', OWNER)})")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise CheckpointError(f"--out {out_dir}: cannot create the folder ({error.strerror}); choose another") from None
+        raise CheckpointError(f"{given}: cannot create the folder ({error.strerror}); choose another") from None
     return out_dir
 
 
-def compare_runs(paths: list[str | Path], out_dir: str | Path, sort_by: str | None = None,
+def compare_runs(paths: str | Path | list[str | Path], out_dir: str | Path, sort_by: str | None = None,
                  descending: bool = False) -> str:
-    """comparison.md, comparison.csv and comparison.png in out_dir; returns the table.
+    """comparison.md, comparison.csv and comparison.png in out_dir; returns the table (markdown).
 
-    The runs are every run folder given or beneath a folder given; the table has a column for each
-    setting that differs between them, and notes on runs cut by --limit-batches, stopped or resumed.
+    The runs are every run folder given or beneath a folder given (one path or a list); the table has a
+    column for each setting that differs between them, and notes on runs cut by --limit-batches, stopped
+    or resumed. `sort_by` orders the rows by one of comparison.csv's columns (`descending` reverses it).
     """
+    out_dir = check_path(out_dir, "out_dir", OWNER)
+    if sort_by is not None:
+        check_type(sort_by, str, "sort_by", OWNER, "a column name (str) or None")
+    if check_bool(descending, "descending", OWNER) and sort_by is None:
+        raise invalid("descending", descending, f"orders the rows by {named('sort_by', OWNER)}'s column; give "
+                      f"{named('sort_by', OWNER)} too", OWNER)
     found = expand_run_dirs(paths)
     columns, rows = run_table(found)
     rows = sort_rows(columns, rows, sort_by, descending)

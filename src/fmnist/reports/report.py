@@ -20,7 +20,7 @@ from fmnist.data.loader import normalize
 from fmnist.errors import CheckpointError
 from fmnist.explain import attribution_maps, captum_available
 from fmnist.files import atomic_write_text, exclusive_lock
-from fmnist.inference import TrainedModel, evaluate_checkpoint
+from fmnist.inference import TrainedModel, evaluate_checkpoint, evaluation_arguments, run_folder_argument
 from fmnist.models import count_parameters
 from fmnist.models.registry import how_to_make_known, is_builtin
 from fmnist.reports import plots
@@ -427,13 +427,15 @@ def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, te
 def report_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
                batch_size: int = EVAL_BATCH_SIZE, allow_unverified_data: bool = False,
                calibrate: bool = True) -> Path:
-    """`fmnist report RUN_DIR`: evaluate the run's best checkpoint on the test split, then write the report.
+    """`fmnist report RUN_DIR`: evaluate the run's best checkpoint on the test split, then write the report
+    (report.md and its figures; summary.json's test fields); returns report.md's path.
 
-    It never changes whether the run can be resumed: a stopped run stays a stopped run.
+    What a run trained with `report=False` writes later. It never changes whether the run can be
+    resumed: a stopped run stays a stopped run.
     """
-    run_path = Path(run_dir)
-    if not run_path.is_dir():
-        raise CheckpointError(f"{run_path}: no such run folder; give the folder that `fmnist train` printed")
+    run_path = run_folder_argument(run_dir, "report_run")
+    evaluation_arguments("report_run", data_dir, device, batch_size, allow_unverified_data=allow_unverified_data,
+                         calibrate=calibrate)
     read_saved_config(run_path)
     with exclusive_lock(run_path, "run folder"):  # not while the run is training or being resumed
         return write_run_report(run_path, data_dir, device, batch_size, allow_unverified_data, calibrate)

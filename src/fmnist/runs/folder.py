@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fmnist.arguments import argument, named
+from fmnist.arguments import argument, named, setting
 from fmnist.errors import CheckpointError
 from fmnist.files import atomic_write_json, atomic_write_text
 from fmnist.training.config import TrainConfig
@@ -243,18 +243,22 @@ def find_run_folders(root: Path, seen: set[Path] | None = None) -> list[Path]:
 RUN_FILES = ("config.json", "metrics.csv", "lr_steps.csv", "summary.json", "report.md", "best.pt", "last.pt", ".lock")
 
 
-def check_output_file(out: Path, *, reads: list[Path], force: bool, option: str = "--out") -> None:
+def check_output_file(out: Path, *, reads: list[Path], force: bool, owner: str, name: str = "out",
+                      example: str = "model.onnx") -> None:
     """Refuse an output path that would destroy something: a file this command reads, a checkpoint
-    or any file of a run folder (never, even with --force), or an existing file (only with --force)."""
+    or any file of a run folder (never, even with force), or an existing file (only with force).
+    `owner` and `name` name the argument as its front door does: `--out x` or `export_onnx(out='x')`."""
     out = Path(out)
+    given = argument(name, out, owner)
     if out.is_dir():
-        raise CheckpointError(f"{option} {out}: a folder; give a file name such as {out / 'model.onnx'}")
+        raise CheckpointError(f"{given}: a folder; give a file name such as {out / example}")
     resolved = out.resolve()
     if any(resolved == Path(path).resolve() for path in reads):
-        raise CheckpointError(f"{option} {out}: that is the file this command reads; choose another name")
+        raise CheckpointError(f"{given}: that is the file this command reads; choose another name")
     if out.suffix == ".pt" or (is_run_folder(out.parent) and (out.name in RUN_FILES or out.suffix == ".png")):
-        raise CheckpointError(f"{option} {out}: would overwrite a checkpoint or a run's own file; choose another name")
+        raise CheckpointError(f"{given}: would overwrite a checkpoint or a run's own file; choose another name")
     if out.exists() and not force:
-        raise CheckpointError(f"{option} {out}: already exists; pass --force to replace it, or choose another name")
+        raise CheckpointError(f"{given}: already exists; pass {setting('force', True, owner)} to replace it, "
+                              "or choose another name")
     if not out.parent.is_dir():
-        raise CheckpointError(f"{option} {out}: the folder {out.parent} does not exist; create it or choose another")
+        raise CheckpointError(f"{given}: the folder {out.parent} does not exist; create it or choose another")

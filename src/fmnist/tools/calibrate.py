@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fmnist.arguments import setting
 from fmnist.data.loader import TensorLoader
 from fmnist.data.splits import load_splits
 from fmnist.errors import CheckpointError
 from fmnist.files import check_writable, exclusive_lock
-from fmnist.inference import load_model
+from fmnist.inference import evaluation_arguments, load_model, run_folder_argument
 from fmnist.runs.calibration import CALIBRATION_FILE, fit_run_temperature
 from fmnist.runs.folder import read_saved_config
 from fmnist.training.config import EVAL_BATCH_SIZE, TrainConfig
+
+OWNER = "calibrate_run"  # how errors name the arguments in Python (the CLI: --force, --batch-size)
 
 
 def calibrate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
@@ -24,14 +27,14 @@ def calibrate_run(run_dir: str | Path, data_dir: str | None = None, device: str 
 
     An existing calibration.json is replaced only with `force` (nothing is lost by accident).
     """
-    run_path = Path(run_dir)
-    if not run_path.is_dir():
-        raise CheckpointError(f"{run_path}: no such run folder; give the folder that `fmnist train` printed")
+    run_path = run_folder_argument(run_dir, OWNER)
+    evaluation_arguments(OWNER, data_dir, device, batch_size, force=force)
     saved = read_saved_config(run_path)
     if not (run_path / "best.pt").is_file():
         raise CheckpointError(f"{run_path}: no best.pt yet (no epoch finished); nothing to calibrate")
     if (run_path / CALIBRATION_FILE).exists() and not force:
-        raise CheckpointError(f"{run_path / CALIBRATION_FILE}: already there; pass --force to fit it again")
+        raise CheckpointError(f"{run_path / CALIBRATION_FILE}: already there; pass {setting('force', True, OWNER)} "
+                              "to fit it again")
     check_writable(run_path, "calibrate:")
     config = TrainConfig.from_saved(saved["config"])
     with exclusive_lock(run_path, "run folder"):  # not while the run is training or being resumed

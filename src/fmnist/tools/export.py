@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
+from fmnist.arguments import check_bool, check_path, named
 from fmnist.data.fashion import CLASS_NAMES, IMAGE_SIZE
 from fmnist.errors import ConfigError
 from fmnist.files import atomic_write_bytes, check_writable
-from fmnist.inference import load_model
-from fmnist.runs.checkpoint import checkpoint_path
+from fmnist.inference import checkpoint_argument, load_model
 from fmnist.runs.folder import check_output_file
 
 FORMATS = ("onnx",)
+OWNER = "export_onnx"  # how errors name the arguments in Python (the CLI: --out, --force)
 INSTALL_EXTRA = "pip install -e '.[onnx]' in the fmnist checkout (onnx, onnxscript, onnxruntime)"
 
 
@@ -32,7 +33,7 @@ def require_onnx_exporter() -> None:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as error:
-        raise ConfigError(f"fmnist export --format onnx: {error.name} is not installed; {INSTALL_EXTRA}") from None
+        raise ConfigError(f"export to ONNX: {error.name} is not installed; {INSTALL_EXTRA}") from None
 
 
 def default_onnx_path(source: Path, checkpoint: Path) -> Path:
@@ -62,11 +63,12 @@ def export_onnx(source: str | Path, out: str | Path | None = None, force: bool =
     or a run's own files; another existing file only with `force`. With the run's temperature (and
     `calibrate`), the exported logits are divided by it, so their softmax is the calibrated probabilities.
     """
-    source = Path(source)
-    checkpoint = checkpoint_path(source)
-    out = Path(out) if out is not None else default_onnx_path(source, checkpoint)
-    check_output_file(out, reads=[checkpoint], force=force)
-    check_writable(out.parent, "--out")
+    checkpoint = checkpoint_argument(source, OWNER, "source")
+    out = check_path(out, "out", OWNER) if out is not None else default_onnx_path(Path(source), checkpoint)
+    check_bool(force, "force", OWNER)
+    check_bool(calibrate, "calibrate", OWNER)
+    check_output_file(out, reads=[checkpoint], force=force, owner=OWNER)
+    check_writable(out.parent, named("out", OWNER))
     require_onnx_exporter()
     model = load_model(checkpoint, calibrate=calibrate).to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from torch.optim.lr_scheduler import LambdaLR
 
+from fmnist.arguments import check_int, check_number, check_type, invalid, setting
 from fmnist.data.loader import endless
 from fmnist.data.splits import load_splits
-from fmnist.errors import ConfigError
 from fmnist.experiment import check_device_options
 from fmnist.reports import plots
 from fmnist.training.build import build_training
@@ -30,6 +30,7 @@ from fmnist.training.loop import NonFiniteLossError, Optimization, train_one_epo
 from fmnist.training.runtime import resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
+OWNER = "find_lr"  # how errors name the arguments in Python (the CLI: --start-lr, --end-lr, --steps)
 SMOOTHING = 0.98  # exponential smoothing of the per-batch loss, with bias correction (as fastai does)
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
 
@@ -46,12 +47,17 @@ def find_lr(config: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, s
             initial_weights: dict | None = None) -> LrFindResult:
     """Run the range test on `config`'s model, data, batch size, optimizer, loss and augmentation.
 
-    `initial_weights` (a state_dict) starts from a trained model instead of a fresh one.
+    `initial_weights` (a state_dict) starts from a trained model instead of a fresh one. The config's
+    settings of a whole run (epochs, schedule, evaluation, reporting) play no part: the rate grows from
+    `start_lr` to `end_lr` over `steps` batches, and the test stops early once the loss has diverged.
     """
-    if not 0 < start_lr < end_lr or not math.isfinite(end_lr):
-        raise ConfigError(f"--start-lr {start_lr} and --end-lr {end_lr}: need 0 < start < end")
-    if steps < 10:
-        raise ConfigError(f"--steps {steps}: the range test needs at least 10 batches")
+    check_type(config, TrainConfig, "config", OWNER, "a TrainConfig")
+    check_number(start_lr, "start_lr", OWNER, above=0)
+    if check_number(end_lr, "end_lr", OWNER, above=0) <= start_lr:
+        raise invalid("end_lr", end_lr, f"must be greater than {setting('start_lr', start_lr, OWNER)}", OWNER)
+    check_int(steps, "steps", OWNER, minimum=10)
+    if initial_weights is not None:
+        check_type(initial_weights, dict, "initial_weights", OWNER, "a state_dict (a dict of tensors) or None")
     device = resolve_device(config.device)
     check_device_options(config, device)  # --amp fp16 on a CPU: one line, as `fmnist train` says it
     data = load_splits(config.data_dir, config.val_size, config.split_seed, verify=not config.allow_unverified_data)
