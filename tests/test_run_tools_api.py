@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import fmnist
 from conftest import fmnist_here, one_line, snapshot, train_tiny_run
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")
@@ -167,18 +167,23 @@ def anything(runs: Path):
 @SETTINGS
 @given(data=st.data())
 def test_each_argument_of_any_kind_is_taken_or_refused_in_one_line(runs, tmp_path_factory, monkeypatch, data):
-    """Any value in any argument: the call works, or it is refused in one line and the runs are as they were.
+    """Any value in any argument of the five: the call works, or it is refused in one line and the runs are as
+    they were.
     Each example has its own copy of the runs and its own working directory, where a path taken is written."""
     scratch = tmp_path_factory.mktemp("example")
     monkeypatch.chdir(scratch)
     copy = Path(shutil.copytree(runs, scratch / "runs"))
-    function = data.draw(st.sampled_from(["report_run", "calibrate_run", "compare_runs"]))
+    function = data.draw(st.sampled_from(["report_run", "calibrate_run", "compare_runs", "export_onnx", "find_lr"]))
+    config = fmnist.TrainConfig(data_dir=str(runs.parent / "data"), allow_unverified_data=True, device="cpu",
+                                batch_size=50, val_size=100)
     arguments = {
         "report_run": {"run_dir": copy / "first", "device": "cpu", "batch_size": 64, "calibrate": False,
                        "allow_unverified_data": True, "data_dir": None},
         "calibrate_run": {"run_dir": copy / "first", "device": "cpu", "batch_size": 64, "force": True,
                           "data_dir": None},
         "compare_runs": {"paths": copy, "out_dir": "cmp", "sort_by": None, "descending": False},
+        "export_onnx": {"source": copy / "first", "out": "model.onnx", "force": False, "calibrate": True},
+        "find_lr": {"config": config, "start_lr": 1e-4, "end_lr": 1.0, "steps": 10, "initial_weights": None},
     }[function]
     name = data.draw(st.sampled_from(sorted(arguments)))
     arguments[name] = data.draw(anything(copy))
@@ -188,6 +193,9 @@ def test_each_argument_of_any_kind_is_taken_or_refused_in_one_line(runs, tmp_pat
     except fmnist.FmnistError as error:
         assert "\n" not in str(error) and str(error)
         assert snapshot(copy) == before
+        event(f"{function}: refused")
+    else:
+        event(f"{function}: taken")
 
 
 def test_find_lr_runs_the_range_test_and_names_its_arguments(tiny_data, tmp_path):
