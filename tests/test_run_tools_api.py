@@ -225,3 +225,26 @@ def test_find_lr_runs_the_range_test_and_names_its_arguments(tiny_data, tmp_path
 @pytest.mark.parametrize("command", ["report", "calibrate"])
 def test_the_commands_name_an_empty_run_folder_by_its_metavar(command):
     assert "RUN_DIR '': must be a non-empty path" in one_line(fmnist_here([command, ""]))
+
+
+def test_a_read_only_folder_is_one_line_before_any_work(runs, tmp_path, make_read_only):
+    """From Python as from the command: the folder to write in is tried first, so nothing is evaluated in
+    vain, and the error is an FmnistError of one line."""
+    run = Path(shutil.copytree(runs / "first", tmp_path / "copy" / "first"))
+    (run / "calibration.json").unlink(missing_ok=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    make_read_only(out)
+    make_read_only(run)
+    before = snapshot(tmp_path)
+    said = {
+        "report: ": lambda: fmnist.report_run(run, device="cpu", allow_unverified_data=True),
+        "calibrate: ": lambda: fmnist.calibrate_run(run, device="cpu"),
+        "out_dir ": lambda: fmnist.compare_runs(run, out),
+        "out ": lambda: fmnist.export_onnx(run),
+    }
+    for prefix, call in said.items():
+        message = refuses(call, "cannot write there")
+        assert message.startswith(prefix), message
+    assert snapshot(tmp_path) == before
+    assert one_line(fmnist_here(["compare", str(run), "--out", str(out)])).startswith(f"fmnist: error: --out {out}: ")

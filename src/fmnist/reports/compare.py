@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fmnist.arguments import argument, check_bool, check_path, check_type, for_command_line, invalid, named, setting
 from fmnist.errors import CheckpointError
-from fmnist.files import atomic_write_text
+from fmnist.files import atomic_write_text, check_writable
 from fmnist.reports import plots
 from fmnist.reports.report import markdown_table
 from fmnist.results import CALIBRATION_COLUMNS, FIXED_COLUMNS, Run, find_runs, number, run_table
@@ -115,6 +115,7 @@ def make_out_dir(out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CheckpointError(f"{given}: cannot create the folder ({error.strerror}); choose another") from None
+    check_writable(out_dir, named("out_dir", OWNER))
     return out_dir
 
 

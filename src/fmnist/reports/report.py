@@ -19,7 +19,7 @@ from fmnist.data.fashion import CLASS_NAMES
 from fmnist.data.loader import normalize
 from fmnist.errors import CheckpointError
 from fmnist.explain import attribution_maps, captum_available
-from fmnist.files import atomic_write_text, exclusive_lock
+from fmnist.files import atomic_write_text, check_writable, exclusive_lock
 from fmnist.inference import TrainedModel, evaluate_checkpoint, evaluation_arguments, run_folder_argument
 from fmnist.models import count_parameters
 from fmnist.models.registry import how_to_make_known, is_builtin
@@ -437,6 +437,7 @@ def report_run(run_dir: str | Path, data_dir: str | None = None, device: str = "
     evaluation_arguments("report_run", data_dir, device, batch_size, allow_unverified_data=allow_unverified_data,
                          calibrate=calibrate)
     read_saved_config(run_path)
+    check_writable(run_path, "report:")  # before the evaluation, not after it
     with exclusive_lock(run_path, "run folder"):  # not while the run is training or being resumed
         return write_run_report(run_path, data_dir, device, batch_size, allow_unverified_data, calibrate)
 
