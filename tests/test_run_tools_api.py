@@ -1,7 +1,7 @@
-"""report_run, calibrate_run, compare_runs and export_onnx: what `fmnist report`, `calibrate`, `compare`
-and `export` do, from `from fmnist import ...`. Each takes its arguments or refuses them in one line that
-names the argument as Python spells it (`report_run(batch_size=0)`), while the command names the same
-mistake by its option (`--sort nope`); a refused call leaves the runs as they were."""
+"""report_run, calibrate_run, compare_runs, export_onnx and find_lr: what `fmnist report`, `calibrate`,
+`compare`, `export` and `lr-find` do, from `from fmnist import ...`. Each takes its arguments or refuses them
+in one line that names the argument as Python spells it (`report_run(batch_size=0)`), while the command
+names the same mistake by its option (`--sort nope`); a refused call leaves the runs as they were."""
 
 from __future__ import annotations
 
