@@ -84,6 +84,7 @@ CANDIDATES = {
     "res-7x7": {"model": "res-cnn-7x7"},
     # For `top` (30 minutes): random erasing at the published setting (Zhong et al.), twice `top`'s 0.25.
     "erase-0.5": {"erase_prob": 0.5},
+    "erase-0": {"erase_prob": 0.0},  # the other way: flips and crops only, if 30 minutes underfit
 }
 
 
