@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -147,8 +148,6 @@ def test_export_onnx_from_python_writes_the_model(runs, tmp_path):
     model = fmnist.load_model(runs / "first")
     images = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
     logits = onnxruntime.InferenceSession(str(written)).run(None, {"images": images})[0]
-    import torch
-
     with torch.inference_mode():
         expected = model(torch.from_numpy(images)).numpy() / (model.temperature or 1.0)
     assert np.allclose(logits, expected, atol=1e-4)
