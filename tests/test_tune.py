@@ -232,6 +232,42 @@ def test_a_read_only_storage_or_out_folder_is_one_line(search, tmp_path, make_re
     assert list(locked.iterdir()) == [] and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("race", [
+    ("IntegrityError", "(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num"),
+    ("OperationalError", "(sqlite3.OperationalError) table study_user_attributes already exists"),
+    ("OperationalError", "(sqlite3.OperationalError) database is locked"),
+])
+def test_storage_another_worker_is_creating_is_tried_again_and_other_failures_are_said_at_once(race, tmp_path,
+                                                                                              monkeypatch):
+    """Two workers that create a new SQLite study's tables at once collide (a unique row or a table the other
+    just added, or its lock; the errors above are the ones two processes hit here): the second tries again.
+    A file that is not a database fails the same way every time: one line, without waiting."""
+    import sqlalchemy.exc
+
+    from fmnist.tools import tune
+
+    waits: list[float] = []
+    monkeypatch.setattr(tune.time, "sleep", waits.append)
+    corrupt = tmp_path / "junk.db"
+    corrupt.write_text("not a database")
+    with pytest.raises(tune.ConfigError, match=r"cannot open it \(\(sqlite3.DatabaseError\) file is not a database"):
+        tune.open_storage(f"sqlite:///{corrupt}")
+    assert waits == []
+
+    kind, text = race
+    real, attempts = optuna.storages.RDBStorage, []
+
+    def collides_once(*args, **kwargs):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise getattr(sqlalchemy.exc, kind)(text, None, Exception(text))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", collides_once)
+    storage = tune.open_storage(f"sqlite:///{tmp_path / 'search.db'}")
+    assert isinstance(storage, real) and len(attempts) == 2 and waits == [0.5]
+
+
 def test_a_second_worker_with_another_space_is_refused():
     from fmnist.tools.tune import open_study
 

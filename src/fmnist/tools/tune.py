@@ -263,11 +263,19 @@ def open_storage(url: str):
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS)
         except ImportError as error:
             raise ConfigError(f"--storage {url}: its database driver is not installed ({error})") from None
-        except Exception as error:  # SQLAlchemy raises many types; two workers creating the tables may race
-            if attempt == 4:
+        except Exception as error:  # SQLAlchemy raises many types
+            if attempt == 4 or not another_worker_meanwhile(error):
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise ConfigError(f"--storage {url}: cannot open it ({reason})") from None
             time.sleep(0.5 + attempt)
+
+
+def another_worker_meanwhile(error: Exception) -> bool:
+    """Whether opening the storage failed because another worker was creating its tables at the same time
+    (a row or table it had just added, or its lock): worth trying again. A file that is not a database,
+    or a folder this user cannot write, fails the same way every time, and is said at once."""
+    integrity = any(kind.__name__ == "IntegrityError" for kind in type(error).__mro__)  # a unique row, twice
+    return integrity or any(sign in str(error) for sign in ("already exists", "database is locked"))
 
 
 def search_record(space: list[Parameter], base) -> dict:
