@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import fmnist_here, write_dataset
 from fmnist.cli import main
@@ -171,3 +172,22 @@ def test_a_sweep_stopped_before_it_wrote_sweep_json_starts_again_and_a_run_folde
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds no sweep.json; choose another --name" in err, err
     assert sorted(path.name for path in run.iterdir()) == ["config.json", "x"]
+
+
+@pytest.mark.parametrize("threads_before", [1, 2])
+def test_runs_in_turn_keep_this_process_threads_unless_threads_per_job_is_given(threads_before, tmp_path, capsys):
+    """A sweep in turn trains as `fmnist train` would, with the threads this process has (what
+    OMP_NUM_THREADS or torch.set_num_threads chose); --threads-per-job sets them for the sweep only."""
+    data = write_dataset(tmp_path / "data")
+    in_turn = sweep_args(data, tmp_path, jobs=1)[:-2]  # without its --threads-per-job 1
+    threads_here = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads_before)
+        for name, options, threads in [("kept", [], threads_before),
+                                       ("given", ["--threads-per-job", str(3 - threads_before)], 3 - threads_before)]:
+            assert main([*in_turn, "--name", name, *options]) == 0, capsys.readouterr().err
+            run = tmp_path / name / "seed=5"
+            assert json.loads((run / "config.json").read_text())["environment"]["threads"] == threads
+            assert torch.get_num_threads() == threads_before  # the process's own again after the sweep
+    finally:
+        torch.set_num_threads(threads_here)

@@ -134,7 +134,8 @@ def build_parser() -> ArgumentParser:
     sweep.add_argument("--jobs", type=int, default=1,
                        help="runs trained at once, each in its own process (default: 1, in turn, in this process)")
     sweep.add_argument("--threads-per-job", type=int, metavar="T",
-                       help="torch threads of each job (default: the cores here divided by --jobs)")
+                       help="torch threads of each job (default: the cores here divided by --jobs; runs in turn keep "
+                            "this process's threads, as fmnist train does)")
 
     tune = command("tune", "search options with Optuna; any number of processes and machines share one study "
                            "(pip install -e '.[tune]')")

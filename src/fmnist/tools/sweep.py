@@ -12,7 +12,8 @@ stopped is resumed from its last completed epoch, and the rest are started. A di
 (another grid, seeds or options) in the same folder is refused.
 
 `--jobs N` trains N runs at once, each in a process of its own (tools/sweep_job.py) with
-`--threads-per-job` torch threads (default: the cores divided among the jobs). The sweep folder's
+`--threads-per-job` torch threads (default: the cores divided among the jobs; runs in turn keep this
+process's threads, as `fmnist train` does, unless `--threads-per-job` is given). The sweep folder's
 lock keeps a second sweep out, and each run folder's lock (held by its job) keeps two processes
 from ever training one run. Each job's output goes to SWEEP_DIR/logs/RUN_NAME.log.
 """
@@ -153,7 +154,8 @@ def run_sweep(config_file: str | None, overrides: dict, set_arguments: list[str]
     """Train the planned runs, `jobs` at a time, then write the comparison; returns (folder, table).
 
     With `jobs` > 1 each run is a process of its own with `threads_per_job` torch threads (default:
-    the cores divided among the jobs). Stopped (Ctrl-C, SIGTERM, at any point), it raises
+    the cores divided among the jobs); runs in turn train with this process's threads unless
+    `threads_per_job` is given. Stopped (Ctrl-C, SIGTERM, at any point), it raises
     TrainingInterrupted; a failed job raises SweepJobFailed; the same call continues either.
     """
     sweep_dir, grid, planned = plan_sweep(config_file, overrides, set_arguments, seeds)
@@ -201,8 +203,10 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def threads_for(jobs: int, threads_per_job: int | None, runs: int) -> int:
-    """Torch threads per job: --threads-per-job, else the cores divided among the jobs."""
+def threads_for(jobs: int, threads_per_job: int | None, runs: int) -> int | None:
+    """Torch threads per job: --threads-per-job, else the cores divided among the jobs; None for runs in turn
+    without --threads-per-job, which train with this process's threads as `fmnist train` would (what
+    OMP_NUM_THREADS or torch.set_num_threads chose stays chosen)."""
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be at least 1 (the number of runs trained at once)")
     if jobs > runs:
@@ -212,6 +216,8 @@ def threads_for(jobs: int, threads_per_job: int | None, runs: int) -> int:
         if threads_per_job < 1:
             raise ConfigError(f"--threads-per-job {threads_per_job}: must be at least 1")
         return threads_per_job
+    if jobs == 1:
+        return None
     cores = available_cores()
     if jobs > cores:
         raise ConfigError(f"--jobs {jobs}: more jobs than the {cores} core{'s' if cores > 1 else ''} here would "
@@ -233,10 +239,11 @@ def runs_to_do(sweep_dir: Path, planned: list[PlannedRun]) -> list[tuple[int, Pl
 
 
 def run_in_turn(sweep_dir: Path, to_do: list[tuple[int, PlannedRun]], total: int, details: dict | None,
-                progress: bool, threads: int, stop: StopRequest) -> None:
-    """One run after another in this process; each run's training shares the sweep's stop request."""
+                progress: bool, threads: int | None, stop: StopRequest) -> None:
+    """One run after another in this process, with `threads` torch threads (None: as they are); each run's
+    training shares the sweep's stop request."""
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or threads_before)
     try:
         for position, (index, run) in enumerate(to_do):
             later = len(to_do) - position - 1
