@@ -39,10 +39,11 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 # One pytest worker per core (pytest-xdist), each test module whole on one worker so that its
-# trained fixtures are made once; conftest.py gives each worker one thread. The suite runs once: a
-# test that fails, even now and then, fails the target (nothing is rerun to hide a flaky test).
+# trained fixtures are made once, the longest modules handed out first (conftest.py's LONGEST_FILES);
+# conftest.py gives each worker one thread. The suite runs once: a test that fails, even now and
+# then, fails the target (nothing is rerun to hide a flaky test).
 test: data lint browser
-	$(BIN)/python -m pytest -n auto --dist loadfile --max-worker-restart 1 --durations 15
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --max-worker-restart 1 --durations 15
 
 # docs/serve.png: the page as the browser test sees it.
 screenshot: data browser

@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from conftest import idx_bytes, snapshot, write_dataset
 from fmnist.cli import main
@@ -78,6 +77,10 @@ def test_the_measures_equal_an_independent_computation(sharpness):
 
 def test_the_ece_agrees_with_torchmetrics_where_no_confidence_is_exactly_1():
     """torchmetrics puts a confidence of exactly 1.0 in a bin of its own (a 16th); elsewhere the same."""
+    # Imported here: torchmetrics loads torchvision's models (seconds), which every pytest worker would
+    # otherwise pay while it collects this file.
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     probabilities, labels = sample(2000, 0.3, seed=7)
     assert probabilities.max() < 1.0
     theirs = multiclass_calibration_error(probabilities, labels, num_classes=10, n_bins=15, norm="l1").item()

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchmetrics.functional import spearman_corrcoef
 
 from conftest import fmnist_here, one_line, write_dataset
 from fmnist.cli import main
@@ -44,6 +43,10 @@ def learned(tmp_path_factory):
 
 
 def mean_rank_correlation(maps: np.ndarray, others: np.ndarray) -> float:
+    # Imported where it is used: torchmetrics loads torchvision's models (seconds), which every pytest
+    # worker would otherwise pay while it collects this file.
+    from torchmetrics.functional import spearman_corrcoef
+
     flat, other_flat = torch.from_numpy(maps).flatten(1), torch.from_numpy(others).flatten(1)
     return float(np.mean([spearman_corrcoef(a, b).item() for a, b in zip(flat, other_flat, strict=True)]))
 

@@ -171,8 +171,10 @@ def test_a_sweep_logs_one_mlflow_run_per_run_in_one_experiment(tiny_data, tmp_pa
         assert artifacts == {"config.json", "summary.json", "metrics.csv", "lr_steps.csv"}, artifacts
 
 
-def test_a_real_tracking_server_over_http(tiny_data, tmp_path, server):
-    uri, _, _ = server
+def test_a_real_tracking_server_over_http_then_lost_mid_run(tiny_data, tmp_path, server, caplog):
+    """One server for both halves (starting one takes seconds): a run logs everything to it over HTTP; then
+    the server goes away during another run, which says so once and goes on."""
+    uri, process, backend = server
     trained = fmnist_process([*tiny_train_args(tiny_data, tmp_path, "http", epochs=2), "--mlflow", uri], timeout=300)
     assert trained.returncode == 0, trained.stderr
     record = mlflow_record(tmp_path / "http")
@@ -182,10 +184,6 @@ def test_a_real_tracking_server_over_http(tiny_data, tmp_path, server):
     assert_histories_equal_metrics_csv(client, record["run_id"], tmp_path / "http")
     artifacts = {artifact.path for artifact in client.list_artifacts(record["run_id"])}
     assert {"report.md", "metrics.csv", "accuracy.png"} <= artifacts
-
-
-def test_a_server_lost_mid_run_is_one_warning_and_the_run_goes_on(tiny_data, tmp_path, server, caplog):
-    uri, process, backend = server
 
     def kill_the_server(row: dict) -> None:
         if row["epoch"] == 1:

@@ -36,7 +36,7 @@ def test_train_plot_tabulate_and_predict_as_a_practitioner_would(real_data, tmp_
 
     # 3. A sweep inside runs/, then every run as one table with the setting the sweep varied.
     assert main(["sweep", "--recipe", "quick", "--epochs", "1", "--limit-batches", "15", "--device", "cpu",
-                 "--set", "max-lr=0.05,0.2", "--name", "peak"]) == 0
+                 "--set", "max-lr=0.05,0.2", "--name", "peak", "--no-report"]) == 0
     table = fmnist.load_runs("runs")
     assert sorted(table["run"]) == ["first", "peak/max_lr=0.05,seed=42", "peak/max_lr=0.2,seed=42"]
     assert table["test_accuracy"].dtype == np.float64 and table["max_lr"].notna().all()
