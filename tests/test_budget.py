@@ -222,7 +222,8 @@ def test_a_budgeted_run_ends_within_its_budget_with_its_schedule_finished(tiny_d
 def test_sigkill_and_resume_go_on_from_the_plan_in_the_checkpoint(tiny_data, tmp_path):
     args = ["train", "--data-dir", str(tiny_data), "--allow-unverified-data", "--out", str(tmp_path),
             "--val-size", "100", "--batch-size", "50", "--eval-batch-size", "40", "--limit-batches", "4",
-            "--seed", "5", "--device", "cpu", "--scheduler", "linear", "--lr", "0.002", "--time-budget", "8s"]
+            "--seed", "5", "--device", "cpu", "--scheduler", "linear", "--lr", "0.002", "--time-budget", "8s",
+            "--no-report"]  # two seconds of drawing; what this test follows is the plan
     # Killed in epoch 3, after its training and validation, before its metrics were written.
     killed = fmnist_process([*args, "--name", "killed"], kill_at="write-metrics.csv:3")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -267,7 +268,7 @@ def test_bench_time_to_accuracy_and_sweeps_take_a_budget(tiny_data, tmp_path, ca
     # The test evaluations after each epoch are the benchmark's, not the budget's time.
     assert run["budget"]["budget_used_seconds"] <= 6 * (1 + BUDGET_TOLERANCE)
     assert main(["sweep", "--set", "time_budget=4s,5s", "--limit-batches", "4", "--batch-size", "50", *data,
-                 "--out", str(tmp_path), "--name", "budgets"]) == 0
+                 "--out", str(tmp_path), "--name", "budgets", "--no-report"]) == 0
     budgets = sorted(json.loads(path.read_text())["resolved"]["time_plan"]["budget"]
                      for path in (tmp_path / "budgets").glob("*/config.json"))
     assert budgets == ["4s", "5s"]

@@ -239,9 +239,10 @@ def test_a_read_only_storage_or_out_folder_is_one_line(search, tmp_path, make_re
 ])
 def test_storage_another_worker_is_creating_is_tried_again_and_other_failures_are_said_at_once(race, tmp_path,
                                                                                               monkeypatch):
-    """Two workers that create a new SQLite study's tables at once collide (a unique row or a table the other
-    just added, or its lock; the errors above are the ones two processes hit here): the second tries again.
-    A file that is not a database fails the same way every time: one line, without waiting."""
+    """Two workers that create a new SQLite study's tables at once collide: a unique row or a table that the
+    other has just added (the first two errors: what two processes started together hit here), or its lock
+    held past SQLite's wait. The second worker tries again. A file that is not a database fails the same
+    way every time: one line, without waiting."""
     import sqlalchemy.exc
 
     from fmnist.tools import tune
