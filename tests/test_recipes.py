@@ -22,7 +22,8 @@ ISSUE_RECIPES = [
 
 # The smoke test below writes a run's report for the first recipe of each model: the report draws
 # attribution maps through the model, so each architecture is drawn once. The other recipes differ in
-# settings that the report only prints (test_report.py covers those) and skip two seconds of drawing.
+# settings that the report only puts into words (the sentences are checked in test_runs_as_data.py),
+# and skip two seconds of drawing.
 FIRST_OF_EACH_MODEL = {
     get_recipe(name).overrides.get("model", "affine-cnn"): name for name in sorted(RECIPES, reverse=True)}
 
