@@ -274,8 +274,10 @@ def another_worker_meanwhile(error: Exception) -> bool:
     """Whether opening the storage failed because another worker was creating its tables at the same time
     (a row or table it had just added, or its lock): worth trying again. A file that is not a database,
     or a folder this user cannot write, fails the same way every time, and is said at once."""
-    integrity = any(kind.__name__ == "IntegrityError" for kind in type(error).__mro__)  # a unique row, twice
-    return integrity or any(sign in str(error) for sign in ("already exists", "database is locked"))
+    from sqlalchemy.exc import IntegrityError  # there whenever an SQL storage is opened (require_optuna)
+
+    return isinstance(error, IntegrityError) or any(sign in str(error) for sign in ("already exists",
+                                                                                    "database is locked"))
 
 
 def search_record(space: list[Parameter], base) -> dict:
