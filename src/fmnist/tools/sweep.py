@@ -243,7 +243,8 @@ def run_in_turn(sweep_dir: Path, to_do: list[tuple[int, PlannedRun]], total: int
     """One run after another in this process, with `threads` torch threads (None: as they are); each run's
     training shares the sweep's stop request."""
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads or threads_before)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         for position, (index, run) in enumerate(to_do):
             later = len(to_do) - position - 1
