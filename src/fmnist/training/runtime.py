@@ -136,6 +136,12 @@ def cpu_has_bf16_matrix_instructions() -> bool:
     return any(check() for check in checks if check is not None)
 
 
+def emulated_bf16(amp: str, device: torch.device) -> bool:
+    """Whether a run trains in bf16 on a CPU that only emulates it: it works, but many times slower than
+    fp32 (12x for fast-vgg on a 2-core Zen 3; BENCHMARKS.md), which whoever chose bf16 for speed should hear."""
+    return amp == "bf16" and device.type == "cpu" and not cpu_has_bf16_matrix_instructions()
+
+
 def choose_precision(mode: str, device: torch.device) -> Precision:
     """The precision `--amp mode` means on `device`: "auto" becomes bf16 where the hardware multiplies
     bf16 itself (then it is faster than fp32), else fp32."""
