@@ -66,15 +66,19 @@ def test_the_plan_fits_whole_epochs_then_cuts_the_last_one_short():
 def test_a_run_that_overran_its_budget_says_by_how_much_and_why(caplog):
     # The case measured on a VM that slowed down mid-run: 167.4 ms a step at the start, 1,847 s of 1,800 used.
     plan = TimePlan("30m", 1800.0, 8.1, 0.1674, 3.69, 215, 8729)
-    assert overrun_line(plan, 1800.0, 1500.0, 8729, 41) is None and overrun_line(plan, 1620.7, 1500.0, 8729, 41) is None
-    line = overrun_line(plan, 1847.5, 1637.9, 8729, 41)
-    assert line.startswith("time budget 30m: training and validation took 1,848 s, 48 s (2.6%) over")
-    assert "187.6 ms on average against the 167.4 ms measured" in line and "\n" not in line
-    assert "validation and checkpoints 4.91 s against 3.69 s" in line  # (1847.5 - 8.1 - 1637.9) / 41 epochs
-    # The run records it and says it once.
-    history = [{"seconds": 1637.9 / 41}] * 41
+    # That run was planned once, at the start: the speed since is the whole run's.
     planner = BudgetPlanner(plan)
     planner.steps_done, planner.used_seconds = 8729, 1847.5
+    history = [{"seconds": 1637.9 / 41}] * 41
+    since = planner.speed_since_last_plan([row["seconds"] for row in history])
+    assert (since.after_epoch, since.epochs) == (0, 41)
+    assert overrun_line(plan, 1800.0, since) is None and overrun_line(plan, 1620.7, since) is None
+    line = overrun_line(plan, 1847.5, since)
+    assert line == ("time budget 30m: training and validation took 1,847.5 s, 47.5 s (2.6%) over: the plan made at "
+                    "the start counted 167.4 ms a step and 3.69 s for each epoch's validation and checkpoints; the "
+                    "41 epochs after it took 187.6 ms and 4.91 s; the machine slowed down after that plan was made")
+    # (187.6 ms: 1637.9 s / 8729 steps; 4.91 s: (1847.5 - 8.1 - 1637.9) / 41 epochs.) The run records it and
+    # says it once.
     record = budget_record(planner, history)
     assert record["budget_used_seconds"] == pytest.approx(1847.5) and record["trained_steps"] == 8729
     assert record["budget_used"] == pytest.approx(1847.5 / 1800)

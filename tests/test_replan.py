@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
-from fmnist.training.budget import epochs_of, last_epoch_steps_of, plan_steps
+from fmnist.training.budget import epochs_of, last_epoch_steps_of, overrun_line, plan_steps
 from fmnist.training.replan import BudgetPlanner
 from fmnist.training.stretch import StretchedSchedule
 
@@ -36,6 +36,7 @@ class Machine:
     def __init__(self, measured_at: float, slowdown=lambda t: 1.0):
         self.now = measured_at  # the budget's clock: measuring is over when training starts
         self.slowdown = slowdown
+        self.epoch_train_seconds: list[float] = []  # as history.csv's `seconds` would hold them
 
     def __call__(self) -> float:
         return self.now
@@ -56,6 +57,7 @@ def train_with(planner: BudgetPlanner, machine: Machine, step: float, epoch_end:
         epoch += 1
         steps = planner.last_epoch_steps if epoch == planner.epochs else planner.steps_per_epoch
         train_seconds = sum(machine.spend(step) for _ in range(steps))
+        machine.epoch_train_seconds.append(train_seconds)
         validation = machine.spend(epoch_end * VALIDATION_SHARE)
         planner.epoch_ended(epoch, steps, train_seconds, validation)
         machine.spend(epoch_end * (1 - VALIDATION_SHARE))  # the checkpoint, after the decision
@@ -108,6 +110,39 @@ def test_a_machine_that_slows_by_a_fifth_at_any_moment_overruns_by_at_most_2_per
     assert machine.now >= 0.93 * plan.budget_seconds, machine.now / plan.budget_seconds
 
 
+@pytest.mark.parametrize("start_measured", [1.0, 1.6], ids=["fair-start", "slow-start"])
+@pytest.mark.parametrize("last_epoch", [1.0, 3.0], ids=["steady-end", "last-epoch-3x-slower"])
+@pytest.mark.parametrize("name", ["best 5m", "top 30m"])
+def test_an_overrun_is_explained_by_the_speed_the_last_plan_counted_on(name, last_epoch, start_measured):
+    """The line compares the epochs after the last plan with the speed that plan counted on, not with the
+    start's measure: a run measured while another process held a core (1.6x slower), then steady, had been
+    told that its machine slowed down beside a step faster than the start's."""
+    plan, step, epoch_end = first_plan(name)
+    slow_start = plan_steps(plan.budget, plan.measure_seconds, step * start_measured, epoch_end,
+                            plan.steps_per_epoch)
+    run = {}
+    machine = Machine(plan.measure_seconds, slowdown=lambda t: last_epoch if run["planner"].steps_done >= (
+        run["planner"].epochs - 1) * plan.steps_per_epoch else 1.0)
+    planner = run["planner"] = BudgetPlanner(slow_start, clock=machine)
+    train_with(planner, machine, step, epoch_end)
+    since = planner.speed_since_last_plan(machine.epoch_train_seconds)
+    epochs = len(machine.epoch_train_seconds)
+    assert (since.after_epoch, since.epochs) == (epochs - 1, 1) == (planner.decisions[-1]["epoch"], 1)
+    assert since.planned_step_seconds == pytest.approx(step)  # what the epoch before the last took
+    assert since.step_seconds == pytest.approx(step * last_epoch)
+    line = overrun_line(planner.plan, planner.used_seconds, since)
+    if last_epoch == 1.0:
+        assert line is None and planner.used_seconds <= plan.budget_seconds
+        return
+    over = planner.used_seconds - plan.budget_seconds
+    assert line == (f"time budget {plan.budget}: training and validation took {planner.used_seconds:,.1f} s, "
+                    f"{over:,.1f} s ({over / plan.budget_seconds:.1%}) over: the last plan, made after epoch "
+                    f"{epochs - 1}, counted {step * 1000:.1f} ms a step and {since.planned_epoch_end_seconds:.2f} s "
+                    "for each epoch's validation and checkpoints; the epoch after it took "
+                    f"{step * last_epoch * 1000:.1f} ms and {since.epoch_end_seconds:.2f} s; the machine slowed "
+                    "down after that plan was made")
+
+
 @pytest.mark.parametrize("left_after", [0.0, 1.0, 2.6, 3.5])
 def test_an_epoch_that_eats_the_next_ones_time_ends_the_run_there_and_says_its_schedule_was_cut(left_after,
                                                                                                  caplog):
@@ -126,6 +161,9 @@ def test_an_epoch_that_eats_the_next_ones_time_ends_the_run_there_and_says_its_s
     with caplog.at_level("WARNING", logger="fmnist.training.replan"):
         planner.epoch_ended(epoch, plan.steps_per_epoch, train_seconds, validation)
     assert planner.total_steps == planner.steps_done == epoch * plan.steps_per_epoch < planned
+    since = planner.speed_since_last_plan([*machine.epoch_train_seconds, train_seconds])
+    assert (since.after_epoch, since.epochs) == (epoch - 1, 1)  # the plan that had an epoch after it
+    assert since.step_seconds == pytest.approx(train_seconds / plan.steps_per_epoch)
     assert planner.epochs == epoch and planner.ended_short()
     assert planner.record()["schedule_finished"] is False
     assert f"epoch {epoch} ran slower than planned" in caplog.text

@@ -416,8 +416,8 @@ def budget_record(planner: BudgetPlanner | None, history: list[dict]) -> dict:
         return {}
     record = planner.record()
     used = record["budget_used_seconds"]
-    overrun = None if used is None else overrun_line(planner.plan, used, sum(row["seconds"] for row in history),
-                                                      planner.steps_done, len(history))
+    overrun = None if used is None else overrun_line(
+        planner.plan, used, planner.speed_since_last_plan([row["seconds"] for row in history]))
     if overrun:
         logger.warning("%s", overrun)
     return record

@@ -176,22 +176,37 @@ def check_plan_value(name: str, value) -> None:
         raise ConfigError(f"time_plan.{name} {value!r}: {rule}", f"time_plan.{name}")
 
 
-def overrun_line(plan: TimePlan, used_seconds: float, train_seconds: float, steps: int, epochs: int) -> str | None:
+@dataclass(frozen=True)
+class SpeedSince:
+    """The speed a plan counted on, and the speed of the epochs trained after it: what an overrun is
+    explained by. `after_epoch` 0 is the plan made at the start."""
+
+    after_epoch: int
+    epochs: int  # trained after the plan
+    planned_step_seconds: float
+    planned_epoch_end_seconds: float
+    step_seconds: float  # on average, over those epochs
+    epoch_end_seconds: float  # each epoch's validation and checkpoints, on average
+
+
+def overrun_line(plan: TimePlan, used_seconds: float, since: SpeedSince) -> str | None:
     """One line for a run that took longer than its budget, None within it. The plan is made again at each
-    epoch's end from the speed just measured, so what overruns it is a machine that slowed down within
-    the last epochs (another tenant of the VM, heat, a busy disk); the user should hear by how much and
-    which cost grew rather than find it in summary.json. `train_seconds`: the time of the `steps`
-    training steps of the `epochs` epochs; the rest after measuring went to validation and checkpoints."""
+    epoch's end from the speed just measured, so what overruns it is a machine that slowed down after the
+    last plan (another tenant of the VM, heat, a busy disk); the user should hear by how much, and the speed
+    that plan counted on against the speed it got, rather than find it in summary.json."""
     if used_seconds <= plan.budget_seconds:
         return None
     over = used_seconds - plan.budget_seconds
-    average_step = max(0.0, train_seconds - plan.compile_seconds) / max(1, steps)
-    average_epoch_end = (used_seconds - plan.measure_seconds - train_seconds) / max(1, epochs)
-    return (f"time budget {plan.budget}: training and validation took {used_seconds:,.0f} s, {over:,.0f} s "
-            f"({over / plan.budget_seconds:.1%}) over: a step took {average_step * 1000:.1f} ms on average against "
-            f"the {plan.step_seconds * 1000:.1f} ms measured at the start, and each epoch's validation and "
-            f"checkpoints {average_epoch_end:.2f} s against {plan.epoch_end_seconds:.2f} s; the machine slowed "
-            "down after the plan was last made, at an epoch's end")
+    which = "the plan made at the start" if since.after_epoch == 0 else \
+        f"the last plan, made after epoch {since.after_epoch},"
+    after = "the epoch after it" if since.epochs == 1 else f"the {since.epochs} epochs after it"
+    slower = (since.step_seconds > since.planned_step_seconds
+              or since.epoch_end_seconds > since.planned_epoch_end_seconds)
+    return (f"time budget {plan.budget}: training and validation took {used_seconds:,.1f} s, {over:,.1f} s "
+            f"({over / plan.budget_seconds:.1%}) over: {which} counted {since.planned_step_seconds * 1000:.1f} ms "
+            f"a step and {since.planned_epoch_end_seconds:.2f} s for each epoch's validation and checkpoints; "
+            f"{after} took {since.step_seconds * 1000:.1f} ms and {since.epoch_end_seconds:.2f} s"
+            + ("; the machine slowed down after that plan was made" if slower else ""))
 
 
 def time_in_hand(budget_seconds: float, left_seconds: float) -> float:

@@ -20,7 +20,14 @@ import math
 import time
 from collections.abc import Callable
 
-from fmnist.training.budget import TimePlan, epochs_of, last_epoch_steps_of, steps_that_fit, time_in_hand
+from fmnist.training.budget import (
+    SpeedSince,
+    TimePlan,
+    epochs_of,
+    last_epoch_steps_of,
+    steps_that_fit,
+    time_in_hand,
+)
 from fmnist.training.build import Training
 from fmnist.training.stretch import StretchedSchedule
 
@@ -142,6 +149,27 @@ class BudgetPlanner:
                 "trained_steps": self.steps_done, "budget_used_seconds": used,
                 "budget_used": used / self.plan.budget_seconds if used is not None else None,
                 "schedule_finished": not self.ended_short(), "replans": self.decisions}
+
+    def speed_since_last_plan(self, epoch_seconds: list[float]) -> SpeedSince:
+        """The last plan that had epochs trained after it (the start's if none), the speed it counted on, and
+        the speed those epochs ran at. `epoch_seconds`: each epoch's training time, the whole run's. The time
+        after a plan also holds the checkpoint of the epoch it was made after."""
+        trained = len(epoch_seconds)
+        basis = next((decision for decision in reversed(self.decisions) if decision["epoch"] < trained), None)
+        if basis is None:
+            after, used_then = 0, self.plan.measure_seconds
+            planned_step, planned_epoch_end = self.plan.step_seconds, self.plan.epoch_end_seconds
+            compiling = self.plan.compile_seconds  # in the first epoch's training time
+        else:
+            after, used_then = basis["epoch"], basis["used_seconds"]
+            planned_step, planned_epoch_end = basis["step_seconds"], basis["epoch_end_seconds"]
+            compiling = 0.0
+        train_seconds = sum(epoch_seconds[after:])
+        epochs = max(1, trained - after)
+        steps = max(1, self.steps_done - after * self.steps_per_epoch)
+        return SpeedSince(after, trained - after, planned_step, planned_epoch_end,
+                          max(0.0, train_seconds - compiling) / steps,
+                          max(0.0, self.used_seconds - used_then - train_seconds) / epochs)
 
     def ended_short(self) -> bool:
         """Whether the last decision ended the run at the epoch it was taken after (see change_to): the
