@@ -75,7 +75,7 @@ from fmnist.training.runtime import (
     Precision,
     check_precision,
     choose_precision,
-    emulated_bf16,
+    emulated_bf16_line,
     resolve_device,
     seed_everything,
     speed_settings_line,
@@ -324,8 +324,9 @@ def run(path: Path, config: TrainConfig, data: DataSplits, device: torch.device,
     logger.info("run: %s  model %s (%s parameters) on %s%s, %s", path, config.model,
                 f"{count_parameters(training.model):,}", device, f" x {group.world_size} processes" if group else "",
                 run_settings(resolved, config, device))
-    if emulated_bf16(resolved["amp"], device):
-        logger.warning("%s", emulated_bf16_line(resume_from is not None))
+    emulated = emulated_bf16_line(resolved["amp"], device, resumed=resume_from is not None)
+    if emulated:
+        logger.warning("%s", emulated)
     if early_stopping is not None and early_stopping_costs(config, training, plan, epochs):
         logger.info("%s", early_stopping_costs(config, training, plan, epochs))
     # A compiled model shares the original's parameters; checkpoints keep saving the original.
@@ -359,17 +360,6 @@ def run_settings(resolved: dict, config: TrainConfig, device: torch.device) -> s
     precision = Precision(resolved["amp"], resolved.get("amp_reason") or "as the run chose at its start")
     speed = speed_settings_line(device, config.deterministic, config.tf32)
     return precision.describe() + (f", {speed}" if speed else "")
-
-
-def emulated_bf16_line(resumed: bool) -> str:
-    """What to do about bf16 on a CPU that emulates it: a new run can train in fp32; a resumed one keeps the
-    precision it started in (see docs/training.md), so only another machine makes it fast again."""
-    line = ("bf16 is emulated on this CPU (it has neither AVX-512 BF16 nor AMX), so training runs many times "
-            "slower than in fp32")
-    if resumed:
-        return (f"{line}; the run keeps the bf16 it started in so that it continues exactly (a CPU with AVX-512 BF16 "
-                "or AMX resumes it at full speed)")
-    return f"{line}; {setting('amp', 'auto')} or {setting('amp', 'none')} trains in fp32 here"
 
 
 def earlier_seconds(history: list[dict]) -> float:

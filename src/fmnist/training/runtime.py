@@ -136,10 +136,19 @@ def cpu_has_bf16_matrix_instructions() -> bool:
     return any(check() for check in checks if check is not None)
 
 
-def emulated_bf16(amp: str, device: torch.device) -> bool:
-    """Whether a run trains in bf16 on a CPU that only emulates it: it works, but many times slower than
-    fp32 (12x for fast-vgg on a 2-core Zen 3; BENCHMARKS.md), which whoever chose bf16 for speed should hear."""
-    return amp == "bf16" and device.type == "cpu" and not cpu_has_bf16_matrix_instructions()
+def emulated_bf16_line(amp: str, device: torch.device, resumed: bool) -> str | None:
+    """A line for a run in bf16 on a CPU that only emulates it (None otherwise): it works, but many times
+    slower than fp32 (12x for fast-vgg on a 2-core Zen 3; BENCHMARKS.md), which whoever chose bf16 for speed
+    should hear. A new run can train in fp32; a resumed one keeps the precision it started in (see
+    docs/training.md), so only another machine makes it fast again."""
+    if amp != "bf16" or device.type != "cpu" or cpu_has_bf16_matrix_instructions():
+        return None
+    line = ("bf16 is emulated on this CPU (it has neither AVX-512 BF16 nor AMX), so training runs many times "
+            "slower than in fp32")
+    if resumed:
+        return (f"{line}; the run keeps the bf16 it started in so that it continues exactly (a CPU with AVX-512 BF16 "
+                "or AMX resumes it at full speed)")
+    return f"{line}; {setting('amp', 'auto')} or {setting('amp', 'none')} trains in fp32 here"
 
 
 def choose_precision(mode: str, device: torch.device) -> Precision:
