@@ -80,7 +80,7 @@ def load_plugins() -> None:
                 register_model(entry_point.name)(loaded)
         except Exception as error:  # any error of someone else's import
             logger.warning("models of %s (entry point %s = %s) not loaded: %s: %s", distribution, entry_point.name,
-                           entry_point.value, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                           entry_point.value, type(error).__name__, one_line_reason(error))
             continue
         for name in set(_MODELS) - before:
             _FROM_DISTRIBUTION[name] = distribution

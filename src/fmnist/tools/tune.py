@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fmnist.arguments import in_toml
-from fmnist.errors import ConfigError
+from fmnist.errors import ConfigError, one_line_reason
 from fmnist.experiment import train
 from fmnist.faults import RunAbandoned, TrainingInterrupted, kill_point, sigterm_raises
 from fmnist.files import atomic_write_json
@@ -224,10 +224,6 @@ def starts_like_a_journal(path: Path) -> bool:
     return isinstance(record, dict) and "op_code" in record
 
 
-def first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "unreadable"
-
-
 def open_storage(url: str):
     """The Optuna storage that `url` names: journal:PATH, or an SQLAlchemy URL."""
     optuna = require_optuna()
@@ -250,7 +246,7 @@ def open_storage(url: str):
         try:
             return JournalStorage(JournalFileBackend(str(path)))
         except (ValueError, KeyError, TypeError) as error:  # a damaged line further on
-            raise ConfigError(f"{not_a_journal} ({type(error).__name__}: {first_line(str(error))})") from None
+            raise ConfigError(f"{not_a_journal} ({type(error).__name__}: {one_line_reason(error)})") from None
     if "://" not in url:
         raise ConfigError(f"--storage {url}: give journal:PATH (a journal file) or an SQLAlchemy URL "
                           "(sqlite:///search.db, postgresql://host/db, mysql://host/db)")
@@ -265,8 +261,7 @@ def open_storage(url: str):
             raise ConfigError(f"--storage {url}: its database driver is not installed ({error})") from None
         except Exception as error:  # SQLAlchemy raises many types
             if attempt == 4 or not another_worker_meanwhile(error):
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise ConfigError(f"--storage {url}: cannot open it ({reason})") from None
+                raise ConfigError(f"--storage {url}: cannot open it ({one_line_reason(error)})") from None
             time.sleep(0.5 + attempt)
 
 
