@@ -3,6 +3,7 @@
 from torch import nn
 
 from fmnist.models.registry import register_model
+from fmnist.models.whitening import PatchWhitening
 
 
 def conv_bn(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -73,3 +74,17 @@ def fast_vgg(num_classes: int = 10, width: int = 32) -> nn.Module:
         nn.Flatten(),
         nn.Linear(4 * width * 3 * 3, num_classes),
     )
+
+
+@register_model("whiten-vgg", "fast-vgg with a first conv fitted to the data")
+def whiten_vgg(num_classes: int = 10, width: int = 32) -> nn.Module:
+    """fast-vgg whose first conv is PatchWhitening: 18 of its 32 filters are the whitening basis of the
+    training images' 3x3 patches (fitted when training starts, then fixed), 14 are learned.
+
+    For a short schedule (the `best` recipe at its 5-minute budget), where random first filters are
+    still finding the image's directions when the learning rate anneals. Same multiply-adds as fast-vgg,
+    162 fewer learned parameters.
+    """
+    network = fast_vgg(num_classes, width)
+    network[0] = PatchWhitening(width)
+    return network

@@ -5,6 +5,7 @@ multiply-add (MAC) counts are written out by hand so a learner can check them:
 
   Conv2d:  one MAC per output value per weight that touches it
            = output values x (in_channels / groups) x kernel height x kernel width
+  PatchWhitening: a one-channel conv, its fixed filters included = output values x kernel height x width
   Linear:  output values x in_features
   BatchNorm, LearnedAffine: one multiply-add per output value (scale and shift)
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from fmnist.models.layers import LearnedAffine
 from fmnist.models.registry import count_parameters, create_model
+from fmnist.models.whitening import PatchWhitening
 
 
 @dataclass
@@ -36,6 +38,8 @@ def multiply_adds(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.Conv2d):
         kernel_height, kernel_width = module.kernel_size
         return output.numel() * (module.in_channels // module.groups) * kernel_height * kernel_width
+    if isinstance(module, PatchWhitening):
+        return output.numel() * module.kernel_size ** 2
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, LearnedAffine)):

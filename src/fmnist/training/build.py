@@ -10,10 +10,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fmnist.arguments import check_choice, check_int, check_type, invalid, named
 from fmnist.data.augment import build_augmentation, build_mixing
-from fmnist.data.loader import TensorLoader
+from fmnist.data.loader import TensorLoader, scale_batch
 from fmnist.data.splits import Split
 from fmnist.errors import ConfigError
 from fmnist.models import create_model
+from fmnist.models.whitening import whitening_layers
 from fmnist.training.config import AMP_MODES, TrainConfig
 from fmnist.training.loop import Optimization
 from fmnist.training.losses import build_loss
@@ -53,6 +54,8 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split, *
     """
     check_build_arguments(config, train, val, test, total_steps, amp)
     model = build_model(config, train.images.device)
+    for layer in whitening_layers(model):  # fitted to training images only (a resumed run then loads its own)
+        layer.fit(scale_batch(train.images[:WHITENING_IMAGES], config.mean, config.std))
     # Augmentation on the training batches only: validation and test see the images as they are.
     augmentation = build_augmentation(
         config.rotate_degrees, config.hflip, config.crop_padding, config.erase_prob, config.mean, config.std
@@ -86,6 +89,8 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split, *
         ),
     )
 
+
+WHITENING_IMAGES = 10_000  # ample for a 9x9 covariance: 7.8 million patches
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
