@@ -10,7 +10,7 @@ The package is layered; each layer imports only from the ones above it in this l
     errors, arguments         one-line errors; arguments checked at the door, named as each front door spells them
     faults, files             stop requests, atomic file writes
     data/                     the data set: find, verify, read, split, batch, augment, image files
-    models/                   the model zoo, LearnedAffine, layer summaries
+    models/                   the model zoo, LearnedAffine, the whitening layer, layer summaries
     training/                 config and recipes, optimizer/schedule/loss builders, the epoch loop, torchrun
     runs/                     run folders: checkpoint format, files, recording epochs, resuming
     inference                 load_model, predict, evaluate a checkpoint
