@@ -74,6 +74,7 @@ def test_the_json_forms_carry_every_entry(capsys):
     assert all(model["summary"] and isinstance(model["parameters"], int) for model in models)
     recipes_of = {model["name"]: model["recipes"] for model in models}
     assert recipes_of["whiten-vgg"] == ["best"] and recipes_of["fast-vgg"] == []
+    assert recipes_of["whiten-res"] == ["top"] and recipes_of["res-cnn"] == ["top-long"]
     assert main(["recipes", "--json"]) == 0
     assert [recipe["name"] for recipe in json.loads(capsys.readouterr().out)] == sorted(RECIPES)
     assert main(["recipes", "top", "--json"]) == 0

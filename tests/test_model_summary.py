@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from torch import nn
 
 from fmnist.cli import main
@@ -50,9 +51,10 @@ def test_cli_summary_unknown_model_is_one_line(capsys):
     assert err.count("\n") == 1 and "--model 'nope': unknown model" in err
 
 
-def test_a_whitened_first_conv_counts_its_fixed_filters_work_but_not_as_parameters():
-    plain, whitened = (summarize(create_model(name)) for name in ("fast-vgg", "whiten-vgg"))
+@pytest.mark.parametrize("plain_name, whitened_name", [("fast-vgg", "whiten-vgg"), ("res-cnn", "whiten-res")])
+def test_a_whitened_first_conv_counts_its_fixed_filters_work_but_not_as_parameters(plain_name, whitened_name):
+    plain, whitened = (summarize(create_model(name)) for name in (plain_name, whitened_name))
     assert whitened[0].kind == "PatchWhitening" and whitened[0].output_shape == (1, 32, 28, 28)
     assert whitened[0].macs == plain[0].macs == 28 * 28 * 32 * 9  # 18 fixed filters and 14 learned
-    assert whitened[0].parameters == 14 * 9 and plain[0].parameters == 32 * 9  # fast-vgg's conv has no bias
+    assert whitened[0].parameters == 14 * 9 and plain[0].parameters == 32 * 9  # the plain conv has no bias
     assert sum(row.macs for row in whitened) == sum(row.macs for row in plain)

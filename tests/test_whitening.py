@@ -1,5 +1,5 @@
-"""PatchWhitening, the first conv that `whiten-vgg` fits to the training images, and that model in
-every command: train, resume, evaluate, predict, export and serve see the fitted filters."""
+"""PatchWhitening, the first conv that `whiten-vgg` and `whiten-res` fit to the training images, and
+those models in every command: train, resume, evaluate, predict, export and serve see the fitted filters."""
 
 from __future__ import annotations
 
@@ -122,8 +122,8 @@ def test_the_layer_fits_images_of_any_size_and_constant_ones():
             assert torch.isfinite(outputs).all()
 
 
-def whitened_run(data, out, **options):
-    config = TrainConfig(model="whiten-vgg", batch_size=50, limit_batches=3, val_size=100,
+def whitened_run(data, out, model="whiten-vgg", **options):
+    config = TrainConfig(model=model, batch_size=50, limit_batches=3, val_size=100,
                          data_dir=str(data), allow_unverified_data=True, out=str(out), report=False,
                          **{"epochs": 2, "name": "white", **options})
     return train(config)
@@ -179,8 +179,26 @@ def test_a_run_killed_and_resumed_equals_one_that_was_not(tiny_data, tmp_path):
         assert torch.equal(resumed["model"][key], tensor), key
 
 
-def test_whiten_vgg_costs_what_fast_vgg_costs_and_learns_fewer_weights():
-    plain, whitened = create_model("fast-vgg"), create_model("whiten-vgg")
+def test_whiten_res_is_fitted_where_it_sits_inside_its_first_block(tiny_data, tmp_path):
+    run = whitened_run(tiny_data, tmp_path, model="whiten-res", epochs=1)
+    splits = load_splits(tiny_data, val_size=100, verify=False)
+    saved = load_checkpoint(run.path)["model"]["0.0.whitening"]  # res-cnn's first conv -> BatchNorm -> ReLU
+    from_training_images = PatchWhitening(32)
+    from_training_images.fit(normalize(splits.train.images[:WHITENING_IMAGES]))
+    torch.testing.assert_close(saved, from_training_images.whitening)
+    (layer,) = whitening_layers(load_model(run.path).network)
+    assert torch.equal(layer.whitening, saved)
+
+
+def layer_kinds(model: torch.nn.Module) -> list[str]:
+    return [type(layer).__name__ for layer in model.modules()]
+
+
+@pytest.mark.parametrize("plain_name, whitened_name", [("fast-vgg", "whiten-vgg"), ("res-cnn", "whiten-res")])
+def test_a_whitened_model_is_its_plain_model_with_fewer_weights_to_learn(plain_name, whitened_name):
+    plain, whitened = create_model(plain_name), create_model(whitened_name)
     count = sum(parameter.numel() for parameter in plain.parameters())
     assert sum(parameter.numel() for parameter in whitened.parameters()) == count - 18 * 9
-    assert [type(layer).__name__ for layer in whitened][1:] == [type(layer).__name__ for layer in plain][1:]
+    kinds = layer_kinds(whitened)
+    assert kinds.count("PatchWhitening") == 1  # in place of the plain model's first conv, all else alike
+    assert ["Conv2d" if kind == "PatchWhitening" else kind for kind in kinds] == layer_kinds(plain)

@@ -5,6 +5,7 @@ import functools
 from torch import nn
 
 from fmnist.models.registry import register_model
+from fmnist.models.whitening import PatchWhitening
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -57,6 +58,20 @@ def res_cnn(
         nn.Flatten(),
         nn.Linear(c2 * 3 * 3, num_classes),
     )
+
+
+@register_model("whiten-res", "res-cnn with a first conv fitted to the data")
+def whiten_res(num_classes: int = 10) -> nn.Module:
+    """res-cnn whose first conv is PatchWhitening (as in whiten-vgg): 18 of its 32 filters are the
+    whitening basis of the training images' 3x3 patches, fitted when training starts and then fixed.
+
+    res-cnn's first conv is as thin as fast-vgg's (one channel to 32 at 28x28), and fixing half of it
+    to the directions in which the patches vary paid at `top`'s 30-minute budget as it did at `best`'s
+    5 minutes. Same multiply-adds as res-cnn, 162 fewer learned parameters.
+    """
+    network = res_cnn(num_classes)
+    network[0][0] = PatchWhitening(32)  # the conv of the first conv -> BatchNorm -> ReLU
+    return network
 
 
 # Wider variants, registered by name so that recipes and checkpoints can name them.
