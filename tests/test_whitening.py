@@ -129,16 +129,18 @@ def whitened_run(data, out, model="whiten-vgg", **options):
     return train(config)
 
 
+def filters_fitted_to(images: torch.Tensor) -> torch.Tensor:
+    layer = PatchWhitening(32)
+    layer.fit(normalize(images))
+    return layer.whitening
+
+
 def test_a_run_fits_it_to_its_training_images_and_every_command_uses_what_it_saved(tiny_data, tmp_path):
     run = whitened_run(tiny_data, tmp_path)
     splits = load_splits(tiny_data, val_size=100, verify=False)
     saved = load_checkpoint(run.path)["model"]["0.whitening"]
-    from_training_images = PatchWhitening(32)
-    from_training_images.fit(normalize(splits.train.images[:WHITENING_IMAGES]))
-    torch.testing.assert_close(saved, from_training_images.whitening)
-    from_validation_images = PatchWhitening(32)
-    from_validation_images.fit(normalize(splits.val.images))
-    assert not torch.allclose(saved, from_validation_images.whitening, atol=1e-3)
+    torch.testing.assert_close(saved, filters_fitted_to(splits.train.images[:WHITENING_IMAGES]))
+    assert not torch.allclose(saved, filters_fitted_to(splits.val.images), atol=1e-3)
 
     model = load_model(run.path)
     assert torch.equal(whitening_layers(model.network)[0].whitening, saved)
@@ -183,9 +185,7 @@ def test_whiten_res_is_fitted_where_it_sits_inside_its_first_block(tiny_data, tm
     run = whitened_run(tiny_data, tmp_path, model="whiten-res", epochs=1)
     splits = load_splits(tiny_data, val_size=100, verify=False)
     saved = load_checkpoint(run.path)["model"]["0.0.whitening"]  # res-cnn's first conv -> BatchNorm -> ReLU
-    from_training_images = PatchWhitening(32)
-    from_training_images.fit(normalize(splits.train.images[:WHITENING_IMAGES]))
-    torch.testing.assert_close(saved, from_training_images.whitening)
+    torch.testing.assert_close(saved, filters_fitted_to(splits.train.images[:WHITENING_IMAGES]))
     (layer,) = whitening_layers(load_model(run.path).network)
     assert torch.equal(layer.whitening, saved)
 

@@ -70,7 +70,8 @@ def whiten_res(num_classes: int = 10) -> nn.Module:
     5 minutes. Same multiply-adds as res-cnn, 162 fewer learned parameters.
     """
     network = res_cnn(num_classes)
-    network[0][0] = PatchWhitening(32)  # the conv of the first conv -> BatchNorm -> ReLU
+    first_conv = network[0][0]  # the conv of the first conv -> BatchNorm -> ReLU
+    network[0][0] = PatchWhitening(first_conv.out_channels)
     return network
 
 
