@@ -122,10 +122,12 @@ def one_run(name: str, seed: int, args) -> dict:
                  "out": args.out, "name": f"{name}-seed{seed}", "limit_batches": args.limit_batches}
     run = train(TrainConfig.from_recipe(args.recipe, **overrides))
     summary = run.summary
-    row = {"epochs": summary["epochs"], "used": summary["budget_used"],
+    row = {"epochs": summary["epochs"], "steps": summary["trained_steps"], "used": summary["budget_used"],
            "validation": summary["best_val_accuracy"], "test": summary["test_accuracy"]}
-    print(f"  seed {seed}  {name:<13} {row['epochs']:>2} epochs  {100 * row['used']:5.1f}% of the budget  "
-          f"validation {row['validation']:.4f}  test {row['test']:.4f}", flush=True)
+    # The steps say how fast the machine ran at the moment: more steps is what pays in a budget.
+    print(f"  seed {seed}  {name:<13} {row['epochs']:>2} epochs  {row['steps']:>6,} steps  "
+          f"{100 * row['used']:5.1f}% of the budget  validation {row['validation']:.4f}  test {row['test']:.4f}",
+          flush=True)
     return row
 
 
@@ -152,7 +154,9 @@ def main() -> None:
     print(f"\n{args.recipe} at {args.time_budget}, seeds {' '.join(map(str, args.seeds))}: mean ± std")
     for name, rows in results.items():
         epochs = "/".join(str(row["epochs"]) for row in rows)
-        print(f"  {name:<13} epochs {epochs:<9} validation {mean_and_spread([row['validation'] for row in rows])}  "
+        steps = "/".join(f"{row['steps']:,}" for row in rows)
+        print(f"  {name:<13} epochs {epochs:<9} steps {steps:<20} "
+              f"validation {mean_and_spread([row['validation'] for row in rows])}  "
               f"test {mean_and_spread([row['test'] for row in rows])}")
 
 

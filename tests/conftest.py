@@ -26,6 +26,7 @@ from fmnist.data.idx import IMAGES_MAGIC, LABELS_MAGIC
 from fmnist.data.locate import find_data_dir
 from fmnist.experiment import train
 from fmnist.training.config import TrainConfig
+from work_clock import WorkClock
 
 # Property tests draw the same examples on every run, here and in CI: a failure is a failure every time,
 # with its example in the log, and no run meets an example that another never tried (an unbounded epoch
@@ -132,6 +133,12 @@ def train_tiny_run(root: Path, name: str, limit_batches: int) -> Path:
 
 
 @pytest.fixture
+def work_clock(monkeypatch) -> WorkClock:
+    """Time budgets in this test count work, not the seconds that pass (work_clock.py)."""
+    return WorkClock().install(monkeypatch.setattr)
+
+
+@pytest.fixture
 def tiny_data(tmp_path) -> Path:
     """A generated Fashion-MNIST-shaped data set: 600 train and 200 test images."""
     return write_dataset(tmp_path / "tiny-data")
@@ -219,14 +226,16 @@ def tiny_train_args(data: Path, out: Path, name: str, epochs: int = 3) -> list[s
 
 
 def fmnist_process(args: list[str], kill_at: str | None = None, env: dict | None = None,
-                   timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m fmnist ARGS` in a child process; `kill_at` sets FMNIST_KILL_AT (see fmnist.faults)."""
+                   timeout: int = 300, on_work_clock: bool = False) -> subprocess.CompletedProcess:
+    """`python -m fmnist ARGS` in a child process; `kill_at` sets FMNIST_KILL_AT (see fmnist.faults);
+    `on_work_clock`: the child's time budget counts work, not seconds (work_clock.py)."""
     child_env = {key: value for key, value in os.environ.items() if key != "FMNIST_KILL_AT"}
     child_env.update(env or {})
     if kill_at:
         child_env["FMNIST_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "fmnist", *args], capture_output=True, text=True,
-                          env=child_env, timeout=timeout)
+    command = [str(Path(__file__).with_name("work_clock.py"))] if on_work_clock else ["-m", "fmnist"]
+    return subprocess.run([sys.executable, *command, *args], capture_output=True, text=True, env=child_env,
+                          timeout=timeout)
 
 
 def fmnist_here(args: list[str]) -> subprocess.CompletedProcess:

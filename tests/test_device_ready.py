@@ -9,7 +9,6 @@ import dataclasses
 import json
 import logging
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,7 @@ from fmnist.training.budget import TimePlan
 from fmnist.training.build import build_ema
 from fmnist.training.config import TrainConfig
 from fmnist.training.loop import Optimization
+from work_clock import BATCH_SECONDS, STEP_SECONDS, WorkClock
 
 
 class FakeCuda:
@@ -358,45 +358,53 @@ def test_the_range_test_keeps_the_grad_scaler_and_everything_but_the_schedule():
 # ---------------------------------------------------------------- a time budget with --compile
 
 COMPILE_SECONDS = 1.0  # what the stand-in compiler costs at its first call
-COMPILED_STEP_SECONDS = 0.01  # and each forward pass after: slower than the tiny model itself, on purpose
+COMPILED_FORWARD_SECONDS = 0.01  # and each forward pass, training or evaluating
 
 
 class StandInCompiled(nn.Module):
-    """What torch.compile returns, with known costs: the first forward pass compiles, later ones take
-    COMPILED_STEP_SECONDS; the parameters are the original model's, as torch.compile's are."""
+    """What torch.compile returns, with known costs on the work clock (work_clock.py): the first forward
+    pass compiles, each one takes COMPILED_FORWARD_SECONDS; the parameters are the original model's, as
+    torch.compile's are."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, clock: WorkClock):
         super().__init__()
         self.model = model
+        self.clock = clock
         self.compiled = False
 
     def forward(self, images):
         if not self.compiled:
-            time.sleep(COMPILE_SECONDS)
+            self.clock.now += COMPILE_SECONDS
             self.compiled = True
-        time.sleep(COMPILED_STEP_SECONDS)
+        self.clock.now += COMPILED_FORWARD_SECONDS
         return self.model(images)
 
 
-def test_a_budgeted_compile_run_plans_its_compilation_and_the_compiled_speed(tiny_data, tmp_path, monkeypatch):
+def test_a_budgeted_compile_run_plans_its_compilation_and_the_compiled_speed(tiny_data, tmp_path, monkeypatch,
+                                                                              work_clock):
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda model, **options: compiled.append(model) or StandInCompiled(model))
-    config = TrainConfig(model="mlp", time_budget="6s", compile=True, batch_size=50, val_size=100,
+    monkeypatch.setattr(torch, "compile",
+                        lambda model, **options: compiled.append(model) or StandInCompiled(model, work_clock))
+    config = TrainConfig(model="mlp", time_budget="10s", compile=True, batch_size=50, val_size=100,
                          eval_batch_size=40, device="cpu", data_dir=str(tiny_data), allow_unverified_data=True,
                          out=str(tmp_path), name="compiled")
     result = train(config)
     saved = json.loads((result.path / "config.json").read_text())
     plan = TimePlan.from_dict(saved["resolved"]["time_plan"])
     assert len(compiled) == 2  # the planner's probe and the run: each compiles
-    assert plan.compile_seconds > COMPILE_SECONDS / 2  # measured, and counted against the budget...
+    # Compiling is measured apart from the steps and batches warmed up with it, and counted against the
+    # budget, beside the measuring...
+    assert plan.compile_seconds == pytest.approx(COMPILE_SECONDS)
     assert plan.planned_seconds() <= plan.budget_seconds
     assert plan.planned_seconds() >= plan.measure_seconds + plan.compile_seconds
-    assert plan.step_seconds >= COMPILED_STEP_SECONDS  # ... with the steps timed at the compiled speed
-    assert plan.epoch_end_seconds >= 3 * COMPILED_STEP_SECONDS  # validation too: 3 batches, compiled
+    # ... with the steps and the validation timed at the compiled speed (3 batches of 40).
+    assert plan.step_seconds == pytest.approx(STEP_SECONDS + COMPILED_FORWARD_SECONDS)
+    assert plan.epoch_end_seconds == pytest.approx(3 * (BATCH_SECONDS + COMPILED_FORWARD_SECONDS))
     steps = (result.path / "lr_steps.csv").read_text().strip().splitlines()[1:]
     summary = json.loads((result.path / "summary.json").read_text())
     assert len(steps) == summary["trained_steps"]  # planned again at each epoch's end, from the compiled speed
-    assert summary["replans"][0]["step_seconds"] >= COMPILED_STEP_SECONDS
+    assert summary["replans"][0]["step_seconds"] == pytest.approx(STEP_SECONDS + COMPILED_FORWARD_SECONDS)
+    assert 0.95 * 10 <= summary["budget_used_seconds"] <= 10
     # Plans saved before compile time was planned have none: they resume as they were.
     older = {key: value for key, value in saved["resolved"]["time_plan"].items() if key != "compile_seconds"}
     assert TimePlan.from_dict(older).compile_seconds == 0.0

@@ -35,7 +35,7 @@ def stage(in_channels: int, out_channels: int, blocks: int) -> list[nn.Module]:
     return [*layers, nn.MaxPool2d(2)]
 
 
-@register_model("res-cnn", "residual stages at 14x14 and 7x7: fmnist's best")
+@register_model("res-cnn", "residual stages at 14x14 and 7x7 (top-long's network)")
 def res_cnn(
     num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128), blocks: tuple[int, int] = (1, 1)
 ) -> nn.Module:

@@ -40,14 +40,15 @@ class BudgetPlanner:
     """The steps a budgeted run trains for, made again after each epoch (`epoch_ended`).
 
     `schedule`: the run's per-batch schedule, stretched to each new plan (None for a schedule that
-    steps per epoch, or none). `clock`: seconds, as time.perf_counter gives them (a test gives its own).
+    steps per epoch, or none). `clock`: seconds, as time.perf_counter gives them (the default, read
+    when the planner is made, so that a test that stands in for the clock everywhere reaches it too).
     """
 
     def __init__(self, plan: TimePlan, schedule: StretchedSchedule | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] | None = None):
         self.plan = plan
         self.schedule = schedule
-        self.clock = clock
+        self.clock = clock or time.perf_counter
         self.total_steps = plan.total_steps
         self.steps_done = 0
         self.used_seconds = plan.measure_seconds  # of the budget: measuring is inside it
@@ -89,7 +90,8 @@ class BudgetPlanner:
         # Since the last mark: this epoch's steps and validation, the last epoch's checkpoint, the rest.
         # The first epoch after a start has no checkpoint in it yet: the plan's measured figure stands in.
         epoch_end_seconds = max(0.0, (now - self.last_mark) - train_seconds)
-        if not self.epochs_in_segment:
+        first_since_start = not self.epochs_in_segment
+        if first_since_start:
             epoch_end_seconds = max(epoch_end_seconds, self.plan.epoch_end_seconds)
         checkpoint_seconds = max(0.0, epoch_end_seconds - validation_seconds)  # still to come for this epoch
         self.steps_done += steps
@@ -97,6 +99,11 @@ class BudgetPlanner:
         self.epochs_in_segment += 1
         if self.replans and self.steps_done < self.total_steps:
             step_seconds = train_seconds / steps
+            if first_since_start and self.plan.compile_seconds:
+                # This epoch's first step compiled the model (in every process, resumed ones too): that time
+                # is in what was used, not in what the steps ahead will take. Count on the compiled speed the
+                # plan measured; from the next epoch on, the epochs' own speed decides again.
+                step_seconds = self.plan.step_seconds
             left = self.plan.budget_seconds - used - checkpoint_seconds
             future = steps_that_fit(left - time_in_hand(self.plan.budget_seconds, left), step_seconds,
                                     epoch_end_seconds, self.steps_per_epoch)
