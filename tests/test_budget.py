@@ -255,9 +255,9 @@ def test_sigkill_and_resume_go_on_from_the_plan_in_the_checkpoint(tiny_data, tmp
     assert len(rates) == summary["trained_steps"] == summary["replans"][-1]["total_steps"]
     assert summary["schedule_finished"] is True
     assert rates[-1] == pytest.approx(0.002 / at_the_kill["resolved"]["time_plan"]["total_steps"])  # linear's
-    # The time used before the kill counts (the work of two epochs, less the checkpoint not yet written); the
-    # time between the kill and the resume does not, nor does the resumed process's start: the run used the
-    # work it did, as one that was never stopped would have.
+    # The time used before the kill counts (the measuring and two epochs); the time between the kill and the
+    # resume does not, nor does the work of epoch 3 that the kill lost: the run used what a run that was never
+    # stopped would have.
     plan = TimePlan.from_dict(at_the_kill["resolved"]["time_plan"])
     assert plan_then["used_seconds"] == pytest.approx(work_done(plan, 8, 2))
     assert summary["budget_used_seconds"] == pytest.approx(work_done(plan, summary["trained_steps"], summary["epochs"]))
