@@ -3,7 +3,7 @@
 A budgeted run plans, plans again and stops by the seconds it reads (training/budget.py,
 training/replan.py). On the machine's clock those follow the load too: the test runner's other worker,
 or any other process, made a 6-second budget "too short for this run on this machine" once. On this
-clock each training step costs `step_seconds`, each evaluated batch `batch_seconds`, and nothing else
+clock each training step costs STEP_SECONDS, each evaluated batch BATCH_SECONDS, and nothing else
 costs anything (building, checkpoints, reports), so a run plans, trains and ends the same way on every
 machine at any load, and a test can say exactly what it used. The planner's own arithmetic, with a
 machine that slows down or speeds up, is tested in test_replan.py.
@@ -25,8 +25,7 @@ BATCH_SECONDS = 0.02
 
 
 class WorkClock:
-    def __init__(self, step_seconds: float = STEP_SECONDS, batch_seconds: float = BATCH_SECONDS):
-        self.step_seconds, self.batch_seconds = step_seconds, batch_seconds
+    def __init__(self):
         self.now = 0.0
 
     def perf_counter(self) -> float:
@@ -34,9 +33,9 @@ class WorkClock:
 
     def point(self, point: str, process_id: int | None = None) -> None:
         if point == "train-step":
-            self.now += self.step_seconds
+            self.now += STEP_SECONDS
         elif point == "evaluate-batch":
-            self.now += self.batch_seconds
+            self.now += BATCH_SECONDS
         faults.kill_point(point, process_id)
 
     def install(self, set_attribute=setattr) -> WorkClock:
