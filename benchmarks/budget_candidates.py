@@ -11,7 +11,8 @@ budget's planner fits its schedule to the budget: a cheaper network gets more ep
 For `best` the levers tried are the network's width and depth, the precision and batch size it trains in,
 and crops, after the training tricks measured before (all lost); then four settings of airbench's short
 CIFAR-10 runs (GELU, label smoothing 0.2) and of the schedule (a higher peak, more weight decay); then
-airbench's whitened first layer, which won and is `best`'s network now (whiten-vgg). For
+airbench's whitened first layer, which won and is `best`'s network now (whiten-vgg); then its alternating
+flips (adopted) and its partial identity start for the later convs. For
 `top`, whose 30 minutes end with training accuracy well above validation, stronger regularization, then
 the whitened first layer in its res-cnn (whiten-res), which won too. The
 candidates take turns per seed, so a machine that drifts affects them alike.
@@ -26,11 +27,12 @@ import argparse
 import functools
 import statistics
 
+import torch
 from torch import nn
 
 from fmnist import TrainConfig, train
 from fmnist.models import register_model
-from fmnist.models.fast_cnn import conv_block, conv_bn_relu, fast_vgg
+from fmnist.models.fast_cnn import conv_block, conv_bn_relu, fast_vgg, whiten_vgg
 from fmnist.models.res_cnn import res_cnn
 from fmnist.models.whitening import PatchWhitening
 from fmnist.training.recipes import RECIPES
@@ -86,6 +88,18 @@ def whiten_vgg_init(num_classes: int = 10, width: int = 32) -> nn.Module:
     return network
 
 
+@register_model("whiten-vgg-dirac")
+def whiten_vgg_dirac(num_classes: int = 10, width: int = 32) -> nn.Module:
+    """whiten-vgg whose later convs start as partly the identity (airbench): each conv's first filters, one per
+    input channel, pass that channel through (a centred 1 in the 3x3), the rest start at random."""
+    network = whiten_vgg(num_classes, width)
+    for layer in list(network)[1:]:
+        if isinstance(layer, nn.Conv2d) and layer.out_channels >= layer.in_channels:
+            with torch.no_grad():
+                nn.init.dirac_(layer.weight[:layer.in_channels])
+    return network
+
+
 CANDIDATES = {
     "as-is": {},  # the recipe unchanged: the baseline every screen runs in turns with
     "fp32": {"amp": "none"},  # fewer epochs; one seed once did better per epoch in fp32 (BENCHMARKS.md)
@@ -114,6 +128,11 @@ CANDIDATES = {
     # For `top` (30 minutes): random erasing at the published setting (Zhong et al.), twice `top`'s 0.25.
     "erase-0.5": {"erase_prob": 0.5},
     "erase-0": {"erase_prob": 0.0},  # the other way: flips and crops only, if 30 minutes underfit
+    # airbench's alternating flips, each image mirrored in every other epoch (adopted for `best`: `as-is` there
+    # since), and the random flips `best` had before.
+    "alternate-flips": {"alternate_flips": True},
+    "random-flips": {"alternate_flips": False},
+    "identity-init": {"model": "whiten-vgg-dirac"},  # airbench's partial identity start for the convs after the first
 }
 
 

@@ -7,10 +7,11 @@ import torch
 
 from fmnist.arguments import command_line_spelling
 from fmnist.data.augment import Augmentation, build_augmentation, random_crop, random_erase, random_hflip, random_rotate
-from fmnist.data.loader import TensorLoader
-from fmnist.data.splits import read_split
+from fmnist.data.loader import TensorLoader, scale_batch
+from fmnist.data.splits import Split, read_split
 from fmnist.errors import ConfigError
-from fmnist.training.config import build_config
+from fmnist.training.build import build_training
+from fmnist.training.config import TrainConfig, build_config
 
 FILL = -0.81  # a normalized black pixel, -mean/std, for Fashion-MNIST's statistics
 
@@ -134,8 +135,107 @@ def test_loader_applies_the_augmentation_to_its_batches(tiny_data):
         ({"rotate_degrees": 200.0}, "--rotate-degrees 200.0"),
         ({"crop_padding": 15}, "--crop-padding 15"),
         ({"erase_prob": 1.5}, "--erase-prob 1.5"),
+        ({"alternate_flips": True}, "--alternate-flips: ignored by these settings: .*--hflip is off; add --hflip"),
+        ({"alternate_flips": True, "hflip": False}, "--alternate-flips: ignored by these settings"),
     ],
 )
 def test_bad_augmentation_options_name_the_option(overrides, message):
     with command_line_spelling(), pytest.raises(ConfigError, match=message):  # as `fmnist train` says it
         build_config(None, overrides)
+
+
+# ---------------------------------------------------------------- alternating flips
+
+def distinct_split(count: int = 300) -> Split:
+    """Images that differ from one another and from their mirrors; label i marks image i."""
+    images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    return Split(images, torch.arange(count))
+
+
+def mirrored_per_pass(loader: TensorLoader, passes: int) -> list[torch.Tensor]:
+    """For each pass: which images (by index) the loader mirrored."""
+    plain = scale_batch(loader.split.images, loader.mean, loader.std)
+    found = []
+    for _ in range(passes):
+        mirrored = torch.zeros(len(loader.split), dtype=torch.bool)
+        seen = torch.zeros(len(loader.split), dtype=torch.bool)
+        for images, labels in loader:
+            as_is = (images == plain[labels]).flatten(1).all(dim=1)
+            flipped = (images == plain[labels].flip(3)).flatten(1).all(dim=1)
+            assert bool((as_is ^ flipped).all())  # each image is itself or its mirror, nothing else
+            mirrored[labels], seen[labels] = flipped, True
+        assert bool(seen.all())
+        found.append(mirrored)
+    return found
+
+
+def test_alternating_flips_show_every_image_both_ways_in_every_two_passes():
+    loader = TensorLoader(distinct_split(), batch_size=64, shuffle=True, seed=3, alternate_flips=True)
+    first, second, third, fourth = mirrored_per_pass(loader, 4)
+    assert 0.4 < first.float().mean() < 0.6  # half of the images, drawn at random
+    assert torch.equal(second, ~first) and torch.equal(third, first) and torch.equal(fourth, ~first)
+    assert loader.passes == 4
+
+
+def test_random_flips_repeat_a_side_where_alternating_ones_do_not():
+    augmentation = Augmentation(hflip=True)
+    loader = TensorLoader(distinct_split(), batch_size=64, shuffle=True, seed=3, augment=augmentation)
+    first, second = mirrored_per_pass(loader, 2)
+    assert 0.35 < (first == second).float().mean() < 0.65  # about half are shown the same way twice
+
+
+def test_alternating_flips_follow_the_seed_and_leave_the_order_to_the_generator():
+    def flips_and_order(seed: int, alternate: bool):
+        loader = TensorLoader(distinct_split(), batch_size=300, shuffle=True, seed=seed, alternate_flips=alternate)
+        _, labels = next(iter(loader))
+        return (loader.mirrored_first, labels)
+
+    (mirrors, order), (same_mirrors, same_order) = flips_and_order(3, True), flips_and_order(3, True)
+    assert torch.equal(mirrors, same_mirrors) and torch.equal(order, same_order)
+    assert not torch.equal(mirrors, flips_and_order(4, True)[0])
+    assert torch.equal(order, flips_and_order(3, False)[1])  # the same batches, only the mirroring differs
+
+
+def test_a_loader_restored_mid_way_mirrors_as_the_uninterrupted_one():
+    """What a resume does (runs/resume.py): the generator's state and the passes done."""
+    uninterrupted = TensorLoader(distinct_split(), batch_size=64, shuffle=True, seed=3, alternate_flips=True)
+    mirrored_per_pass(uninterrupted, 3)
+    state = uninterrupted.generator.get_state()
+    restored = TensorLoader(distinct_split(), batch_size=64, shuffle=True, seed=3, alternate_flips=True)
+    restored.generator.set_state(state)
+    restored.passes = 3
+    for (images, labels), (expected_images, expected_labels) in zip(restored, uninterrupted, strict=True):
+        assert torch.equal(labels, expected_labels) and torch.equal(images, expected_images)
+
+
+def test_alternating_flips_come_before_the_rest_of_the_augmentation():
+    crops = Augmentation(crop_padding=2, fill=FILL)
+    loader = TensorLoader(distinct_split(), batch_size=300, shuffle=True, seed=3, augment=crops, alternate_flips=True)
+    plain = TensorLoader(distinct_split(), batch_size=300, shuffle=True, seed=3, alternate_flips=True)
+    (cropped, labels), (flipped, same_labels) = next(iter(loader)), next(iter(plain))
+    generator = torch.Generator().manual_seed(3)
+    torch.randperm(300, generator=generator)  # the loader's permutation, then the crops' draws
+    assert torch.equal(labels, same_labels)
+    assert torch.equal(cropped, crops(flipped.contiguous(), generator))
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"alternate_flips": True}, r"TensorLoader\(alternate_flips=True\): .*give shuffle=True"),
+    ({"alternate_flips": 1, "shuffle": True}, r"TensorLoader\(alternate_flips=1\): should be of type bool"),
+])
+def test_a_loader_refuses_alternating_flips_it_cannot_do(arguments, message):
+    with pytest.raises(ConfigError, match=message):
+        TensorLoader(distinct_split(), batch_size=64, **arguments)
+
+
+def test_training_mirrors_in_the_loader_or_in_the_augmentation_never_both(tiny_data):
+    splits = [read_split(tiny_data, "train")] * 3
+    alternating = build_training(TrainConfig(hflip=True, alternate_flips=True, epochs=1), *splits)
+    assert alternating.train_loader.mirrored_first is not None and alternating.train_loader.augment is None
+    alternating_and_crops = build_training(TrainConfig(hflip=True, alternate_flips=True, crop_padding=1, epochs=1),
+                                           *splits)
+    rest = alternating_and_crops.train_loader.augment
+    assert rest == Augmentation(crop_padding=1, fill=pytest.approx(-0.81, abs=0.01))
+    random = build_training(TrainConfig(hflip=True, epochs=1), *splits)
+    assert random.train_loader.mirrored_first is None and random.train_loader.augment.hflip
+    assert build_training(TrainConfig(epochs=1), *splits).train_loader.mirrored_first is None

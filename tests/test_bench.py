@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from fmnist.cli import main
-from fmnist.tools.bench import LoadMeter
+from fmnist.tools.bench import LoadMeter, benchmark
+from fmnist.training.config import TrainConfig
 
 
 def test_bench_reports_both_loops_and_the_machine_load(tiny_data, capsys):
@@ -71,3 +72,13 @@ def test_bench_refuses_what_a_run_on_its_device_refuses(tiny_data, capsys):
             assert main(["bench", *measurement, *options, *data]) == 2
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and named in err, err
+
+
+
+def test_bench_times_the_loop_without_the_augmentation_it_was_given(tiny_data):
+    """A config's augmentation, alternating flips too, is switched off for the timing as a whole (not refused
+    option by option as the settings' leftovers)."""
+    config = TrainConfig(data_dir=str(tiny_data), allow_unverified_data=True, batch_size=32, val_size=100,
+                         hflip=True, alternate_flips=True, crop_padding=1, erase_prob=0.5)
+    result = benchmark(config, warmup=0, steps=2, conventional=False)
+    assert result["train_images_per_second"] > 0

@@ -44,7 +44,7 @@ TRAIN_COMMANDS = ("train", "sweep", "tune", "lr-find")  # the commands that take
 
 # Settings under which the options that only some settings use apply (see CONDITIONAL in training/config.py).
 SETTINGS = [{}, {"optimizer": "sgd", "scheduler": "cosine"}, {"scheduler": "steplr"}, {"loss": "focal"},
-            {"model": "fast-cnn"}, {"model": "resnet18"}, {"patience": 1}, {"mlflow": "default"}]
+            {"model": "fast-cnn"}, {"model": "resnet18"}, {"patience": 1}, {"mlflow": "default"}, {"hflip": True}]
 # A valid value for the TrainConfig options whose default is none (the others are given their default).
 TRAIN_VALUES = {"recipe": "fast", "time_budget": "90s", "ema": "0.999", "clip_grad_norm": "1.0",
                 "limit_batches": "2", "data_dir": "data", "name": "mine"}
@@ -129,8 +129,13 @@ def train_option_arguments(name: str, option: str) -> list[list[str]]:
             TrainConfig(**{**settings, name: value})
         except ConfigError:
             continue
-        candidates.append([*(word for key, setting in settings.items() for word in (flag(key), str(setting))), *given])
+        candidates.append([*(word for key, setting in settings.items() for word in words_of(key, setting)), *given])
     return candidates
+
+
+def words_of(key: str, setting) -> tuple[str, ...]:
+    """A setting on the command line: a switch on is its flag alone (--hflip), others take their value."""
+    return (flag(key),) if setting is True else (flag(key), str(setting))
 
 
 def invocations(command: str, option: str) -> list[list[str]]:

@@ -19,7 +19,9 @@ from fmnist.arguments import (
     check_number,
     check_seed,
     check_type,
+    invalid,
 )
+from fmnist.data.augment import alternating_hflip, first_pass_mirrors
 from fmnist.data.fashion import MEAN, STD
 from fmnist.data.splits import Split
 from fmnist.data.transfer import to_device
@@ -55,6 +57,11 @@ class TensorLoader:
     checkpoint can save; `augment` (train only) changes each image of a normalized batch, again
     drawing from that generator, and `mix` (train only: mixup, cutmix) mixes images and turns the
     labels into soft targets. Batches are channels-last, the faster layout for CPU convolutions.
+
+    `alternate_flips` (train only) mirrors each image in every other pass of the data instead of at
+    random (augment.alternating_hflip), before `augment`. It lives here, not in `augment`, because it
+    needs what only the loader knows: which image a batch holds and which pass this is. `passes`
+    counts the passes begun; a resumed run sets it to the epochs it had done.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class TensorLoader:
         augment: BatchTransform | None = None,
         limit_batches: int | None = None,
         mix: BatchMixing | None = None,
+        alternate_flips: bool = False,
     ):
         check_type(split, Split, "split", "TensorLoader", "a Split (e.g. load_splits().train)")
         check_int(batch_size, "batch_size", "TensorLoader", minimum=1)
@@ -79,6 +87,10 @@ class TensorLoader:
                 check_callable(function, name, "TensorLoader")
         if limit_batches is not None:
             check_int(limit_batches, "limit_batches", "TensorLoader", minimum=1)
+        check_bool(alternate_flips, "alternate_flips", "TensorLoader")
+        if alternate_flips and not shuffle:
+            raise invalid("alternate_flips", True, "alternating flips augment training batches: give shuffle=True "
+                          "too (validation and test batches are never augmented)", "TensorLoader")
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -89,6 +101,9 @@ class TensorLoader:
         self.mix = mix
         # CPU generator even for CUDA data: randperm on the CPU is reproducible across devices.
         self.generator = torch.Generator().manual_seed(seed)
+        self.passes = 0
+        self.mirrored_first = (to_device(first_pass_mirrors(len(split), seed), split.images.device)
+                               if alternate_flips else None)
 
     def __len__(self) -> int:
         batches = -(-len(self.split) // self.batch_size)
@@ -99,6 +114,8 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.split.images.device
+        pass_number = self.passes
+        self.passes += 1
         if self.shuffle:
             order = to_device(torch.randperm(len(self.split), generator=self.generator), device)
         else:
@@ -113,6 +130,8 @@ class TensorLoader:
                 raw_images = self.split.images[batch_indices]
                 labels = self.split.labels[batch_indices]
             images = scale_batch(raw_images, self.mean, self.std)
+            if self.mirrored_first is not None:
+                images = alternating_hflip(images, self.mirrored_first, batch_indices, pass_number)
             if self.augment is not None:
                 images = self.augment(images, self.generator)
             if self.mix is not None:

@@ -160,6 +160,7 @@ def restore_run(run_dir: str | Path, config: TrainConfig, training: Training, ra
             optimization.grad_scaler.load_state_dict(state["grad_scaler"])
         set_rng_state(rank_generators(state, rank), next(training.model.parameters()).device)
         training.train_loader.generator.set_state(state["loader_rng"])
+        training.train_loader.passes = len(state["history"])  # one pass of the data per epoch done
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"{last}: cannot restore the training state ({one_line_reason(error)}); "
                               "the checkpoint is damaged") from None

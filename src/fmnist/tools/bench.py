@@ -100,7 +100,8 @@ def benchmark(config: TrainConfig, warmup: int = 20, steps: int = 200, conventio
     check_device_options(config, device)  # what a run on this device refuses or sets, as `fmnist train` does
     data = load_splits(config.data_dir, config.val_size, config.split_seed, verify=not config.allow_unverified_data)
     meter = LoadMeter().start()
-    plain = config.replace(hflip=False, rotate_degrees=0.0, crop_padding=0, erase_prob=0.0)  # the loop's own speed
+    # The loop's own speed: no augmentation.
+    plain = config.replace(hflip=False, alternate_flips=None, rotate_degrees=0.0, crop_padding=0, erase_prob=0.0)
 
     def fresh_training(amp: str | None = None):
         seed_everything(config.seed)

@@ -57,12 +57,14 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split, *
     for layer in whitening_layers(model):  # fitted to training images only (a resumed run then loads its own)
         layer.fit(scale_batch(train.images[:WHITENING_IMAGES], config.mean, config.std))
     # Augmentation on the training batches only: validation and test see the images as they are.
-    augmentation = build_augmentation(
-        config.rotate_degrees, config.hflip, config.crop_padding, config.erase_prob, config.mean, config.std
-    )
+    # Alternating flips mirror in the loader (which knows each image and epoch), so not in `augment` too.
+    alternate_flips = bool(config.hflip and config.alternate_flips)
+    augmentation = build_augmentation(config.rotate_degrees, config.hflip and not alternate_flips,
+                                      config.crop_padding, config.erase_prob, config.mean, config.std)
     train_loader = TensorLoader(
         train, config.batch_size, shuffle=True, seed=config.seed, mean=config.mean, std=config.std,
         augment=augmentation, limit_batches=config.limit_batches, mix=build_mixing(config.mixup, config.cutmix),
+        alternate_flips=alternate_flips,
     )
     optimizer = build_optimizer(model, config)
     precision = resolve_amp(amp or config.amp, train.images.device)

@@ -72,6 +72,9 @@ CONDITIONAL = {
                  lambda: f"only {setting('optimizer', 'sgd')} has Nesterov momentum"),
     "step_size": (lambda c: c.scheduler == "steplr", lambda: f"only {setting('scheduler', 'steplr')} decays in steps"),
     "gamma": (lambda c: c.scheduler == "steplr", lambda: f"only {setting('scheduler', 'steplr')} has a decay factor"),
+    "alternate_flips": (lambda c: c.hflip,
+                        lambda: f"it changes how {named('hflip')} mirrors, and {named('hflip')} is off; add "
+                                f"{named('hflip')}"),
     "label_smoothing": (lambda c: c.loss == "ce",
                         lambda: f"applies to {setting('loss', 'ce')} only (focal loss is shaped by "
                                 f"{named('focal_gamma')} instead)"),
@@ -132,6 +135,8 @@ class TrainConfig:
     std: float = option(STD, "input normalization std (0..1 scale)")
     rotate_degrees: float = option(0.0, "augment: rotate each training image by up to this many degrees either way")
     hflip: bool = option(False, "augment: mirror each training image left-right with probability 1/2")
+    alternate_flips: bool | None = option(False, "augment: mirror each training image in every other epoch instead "
+                                                 "of at random, so two epochs show it both ways (--hflip)")
     crop_padding: int = option(0, "augment: pad by this many pixels, then crop 28x28 at a random offset")
     erase_prob: float = option(0.0, "augment: probability of erasing a random rectangle of each training image")
     mixup: float | None = option(0.0, "mixup: blend pairs of training images and their labels with a weight drawn "
