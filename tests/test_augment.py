@@ -222,6 +222,8 @@ def test_alternating_flips_come_before_the_rest_of_the_augmentation():
 @pytest.mark.parametrize(("arguments", "message"), [
     ({"alternate_flips": True}, r"TensorLoader\(alternate_flips=True\): .*give shuffle=True"),
     ({"alternate_flips": 1, "shuffle": True}, r"TensorLoader\(alternate_flips=1\): should be of type bool"),
+    ({"alternate_flips": True, "shuffle": True, "augment": Augmentation(hflip=True, crop_padding=1)},
+     r"TensorLoader\(alternate_flips=True\): augment also mirrors at random.*Augmentation\(hflip=False"),
 ])
 def test_a_loader_refuses_alternating_flips_it_cannot_do(arguments, message):
     with pytest.raises(ConfigError, match=message):

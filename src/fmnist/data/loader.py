@@ -21,7 +21,7 @@ from fmnist.arguments import (
     check_type,
     invalid,
 )
-from fmnist.data.augment import alternating_hflip, first_pass_mirrors
+from fmnist.data.augment import Augmentation, alternating_hflip, first_pass_mirrors
 from fmnist.data.fashion import MEAN, STD
 from fmnist.data.splits import Split
 from fmnist.data.transfer import to_device
@@ -91,6 +91,9 @@ class TensorLoader:
         if alternate_flips and not shuffle:
             raise invalid("alternate_flips", True, "alternating flips augment training batches: give shuffle=True "
                           "too (validation and test batches are never augmented)", "TensorLoader")
+        if alternate_flips and isinstance(augment, Augmentation) and augment.hflip:
+            raise invalid("alternate_flips", True, "augment also mirrors at random, which would undo the "
+                          "alternation: give augment=Augmentation(hflip=False, ...)", "TensorLoader")
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
