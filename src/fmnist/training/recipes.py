@@ -210,7 +210,8 @@ add_recipe(Recipe(
 ))
 # `best`'s network is fast-vgg with airbench's whitened first layer (issue 29): at the 5-minute budget it
 # beat fast-vgg on validation over seeds 42-44 (+0.0007; +0.0033 on test) at the same cost per step. Its flips
-# alternate by epoch (airbench's too): +0.0007 on validation over six runs in turns with random flips, level on test.
+# alternate by epoch (airbench's too): +0.0007 on validation over six pairs of runs in turns with random flips,
+# level on test.
 add_recipe(Recipe(
     name="best",
     summary="0.94 in 9 min, or a 5-min budget",
