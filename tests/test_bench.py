@@ -74,7 +74,6 @@ def test_bench_refuses_what_a_run_on_its_device_refuses(tiny_data, capsys):
             assert err.count("\n") == 1 and named in err, err
 
 
-
 def test_bench_times_the_loop_without_the_augmentation_it_was_given(tiny_data):
     """A config's augmentation, alternating flips too, is switched off for the timing as a whole (not refused
     option by option as the settings' leftovers)."""

@@ -92,12 +92,15 @@ def data(tmp_path) -> Path:
 
 
 def test_two_processes_train_the_weights_of_one_and_write_the_run_folder_once(data, tmp_path, capsys):
-    assert main(train_args(data, tmp_path, "one")) == 0
+    # With alternating flips: each process mirrors the images of its share as one process would, and the
+    # resume below (in epoch 2) mirrors as epoch 2 does.
+    flips = ["--hflip", "--alternate-flips"]
+    assert main([*train_args(data, tmp_path, "one"), *flips]) == 0
     capsys.readouterr()
     run = tmp_path / "two"
 
     # torchrun stops both processes after the same step (the 4th: epoch 2, batch 1) ...
-    code, out, err = finished(torchrun(train_args(data, tmp_path, "two"), kill_at="train-step:4:SIGTERM"))
+    code, out, err = finished(torchrun([*train_args(data, tmp_path, "two"), *flips], kill_at="train-step:4:SIGTERM"))
     assert code != 0
     assert err.count("stopped by SIGTERM in epoch 2 after batch 1; epoch 1 is saved in") == 1, err
     assert f"resume with: torchrun --nproc-per-node 2 -m fmnist train --resume {run}" in err

@@ -107,7 +107,7 @@ def test_a_run_with_ema_keeps_the_average_in_best_pt_and_the_raw_weights_for_res
 
 @pytest.mark.parametrize("switches", [["--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0", "--hflip"],
                                       ["--clip-grad-norm", "0.5", "--amp", "bf16"],
-                                      # killed in epoch 2: the resume must mirror as pass 2, not pass 1
+                                      # killed in epoch 2: the resume must mirror as epoch 2 does, not as epoch 1
                                       ["--hflip", "--alternate-flips", "--crop-padding", "1"]])
 def test_sigkill_and_resume_stay_bit_identical_with_the_switches_on(data, tmp_path, switches):
     reference = fmnist_here([*tiny_train_args(data, tmp_path, "reference"), *switches, "--no-report"])
