@@ -58,7 +58,7 @@ def build_training(config: TrainConfig, train: Split, val: Split, test: Split, *
         layer.fit(scale_batch(train.images[:WHITENING_IMAGES], config.mean, config.std))
     # Augmentation on the training batches only: validation and test see the images as they are.
     # Alternating flips mirror in the loader (which knows each image and epoch), so not in `augment` too.
-    alternate_flips = bool(config.hflip and config.alternate_flips)
+    alternate_flips = bool(config.alternate_flips)  # None unless --hflip is on (TrainConfig's CONDITIONAL)
     augmentation = build_augmentation(config.rotate_degrees, config.hflip and not alternate_flips,
                                       config.crop_padding, config.erase_prob, config.mean, config.std)
     train_loader = TensorLoader(
