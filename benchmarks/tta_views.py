@@ -25,13 +25,19 @@ from fmnist.data.loader import normalize
 # (dy, dx) shifts of one pixel; each view is also taken mirrored.
 AXIS_SHIFTS = [(-1, 0), (1, 0), (0, -1), (0, 1)]
 DIAGONAL_SHIFTS = [(-1, -1), (1, 1), (-1, 1), (1, -1)]
+# name: (shifts, mirrored too, the unshifted views' share of the average: None for an equal share each).
+# airbench's test-time views are the third kind: the image and its mirror weigh half, and the two
+# diagonal shifts (each mirrored) the other half.
 VIEW_SETS = {
-    "plain": ([], False),
-    "flip (as trained)": ([], True),
-    "flip + 4 axis shifts": (AXIS_SHIFTS, True),
-    "flip + 2 diagonal shifts": (DIAGONAL_SHIFTS[:2], True),
-    "flip + 4 diagonal shifts": (DIAGONAL_SHIFTS, True),
-    "flip + all 8 shifts": (AXIS_SHIFTS + DIAGONAL_SHIFTS, True),
+    "plain": ([], False, None),
+    "flip (as trained)": ([], True, None),
+    "flip + 4 axis shifts": (AXIS_SHIFTS, True, None),
+    "flip + 2 diagonal shifts": (DIAGONAL_SHIFTS[:2], True, None),
+    "flip + 4 diagonal shifts": (DIAGONAL_SHIFTS, True, None),
+    "flip + all 8 shifts": (AXIS_SHIFTS + DIAGONAL_SHIFTS, True, None),
+    "flip half, 2 diagonal half": (DIAGONAL_SHIFTS[:2], True, 0.5),
+    "flip half, 4 axis half": (AXIS_SHIFTS, True, 0.5),
+    "flip half, all 8 half": (AXIS_SHIFTS + DIAGONAL_SHIFTS, True, 0.5),
 }
 
 
@@ -64,13 +70,18 @@ def accuracies(run_dir: str, splits) -> dict[str, tuple[float, float]]:
                 views[shift, mirrored] = view_logits(model.network, split.images, model.mean, model.std, shift,
                                                      mirrored)
         logits[split_name] = (views, split.labels)
-    for name, (shifts, flip) in VIEW_SETS.items():
+    for name, (shifts, flip, centre_share) in VIEW_SETS.items():
         row = []
+        mirrorings = (False, True) if flip else (False,)
         for split_name in ("val", "test"):
             views, labels = logits[split_name]
-            chosen = [views[shift, mirrored] for shift in [(0, 0), *shifts]
-                      for mirrored in ((False, True) if flip else (False,))]
-            average = torch.stack(chosen).mean(dim=0)  # logits averaged, as predict_logits does
+            centre = [views[(0, 0), mirrored] for mirrored in mirrorings]
+            moved = [views[shift, mirrored] for shift in shifts for mirrored in mirrorings]
+            if centre_share is None or not moved:
+                average = torch.stack(centre + moved).mean(dim=0)  # logits averaged, as predict_logits does
+            else:
+                average = (centre_share * torch.stack(centre).mean(dim=0)
+                           + (1 - centre_share) * torch.stack(moved).mean(dim=0))
             row.append((average.argmax(dim=1) == labels).float().mean().item())
         scores[name] = tuple(row)
     return scores
