@@ -25,7 +25,8 @@ from fmnist.data.loader import normalize
 # (dy, dx) shifts of one pixel; each view is also taken mirrored.
 AXIS_SHIFTS = [(-1, 0), (1, 0), (0, -1), (0, 1)]
 DIAGONAL_SHIFTS = [(-1, -1), (1, 1), (-1, 1), (1, -1)]
-# name: (shifts, mirrored too, the unshifted views' share of the average: None for an equal share each).
+# name: (shifts, mirrored too, the unshifted views' share of the average: None for an equal share each,
+# and optionally "replicate": the uncovered edge filled with the nearest edge pixels instead of black).
 # airbench's test-time views are the third kind: the image and its mirror weigh half, and the two
 # diagonal shifts (each mirrored) the other half.
 VIEW_SETS = {
@@ -38,11 +39,18 @@ VIEW_SETS = {
     "flip half, 2 diagonal half": (DIAGONAL_SHIFTS[:2], True, 0.5),
     "flip half, 4 axis half": (AXIS_SHIFTS, True, 0.5),
     "flip half, all 8 half": (AXIS_SHIFTS + DIAGONAL_SHIFTS, True, 0.5),
+    "flip + all 8, edges repeated": (AXIS_SHIFTS + DIAGONAL_SHIFTS, True, None, "replicate"),
+    "flip half, 2 diag half, rep.": (DIAGONAL_SHIFTS[:2], True, 0.5, "replicate"),
 }
 
 
-def shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """uint8 (N, 28, 28) images moved by (dy, dx) pixels, the uncovered edge black (the background)."""
+def shifted(images: torch.Tensor, dy: int, dx: int, edge: str = "black") -> torch.Tensor:
+    """uint8 (N, 28, 28) images moved by (dy, dx) pixels, the uncovered edge black (the background), or
+    with edge="replicate" the nearest edge pixels repeated."""
+    if edge == "replicate":
+        padded = torch.nn.functional.pad(images.unsqueeze(1).float(), (1, 1, 1, 1), mode="replicate")
+        height, width = images.shape[1:]
+        return padded[:, 0, 1 - dy:1 - dy + height, 1 - dx:1 - dx + width].to(images.dtype)
     out = torch.zeros_like(images)
     height, width = images.shape[1:]
     out[:, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
@@ -51,8 +59,9 @@ def shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def view_logits(network, images: torch.Tensor, mean: float, std: float, shift, mirrored: bool) -> torch.Tensor:
-    pixels = normalize(shifted(images, *shift), mean, std).contiguous(memory_format=torch.channels_last)
+def view_logits(network, images: torch.Tensor, mean: float, std: float, shift, mirrored: bool,
+                edge: str = "black") -> torch.Tensor:
+    pixels = normalize(shifted(images, *shift, edge), mean, std).contiguous(memory_format=torch.channels_last)
     if mirrored:
         pixels = pixels.flip(3)
     return torch.cat([network(batch).float() for batch in pixels.split(500)])
@@ -69,14 +78,17 @@ def accuracies(run_dir: str, splits) -> dict[str, tuple[float, float]]:
             for mirrored in (False, True):
                 views[shift, mirrored] = view_logits(model.network, split.images, model.mean, model.std, shift,
                                                      mirrored)
+                if shift != (0, 0):
+                    views[shift, mirrored, "replicate"] = view_logits(
+                        model.network, split.images, model.mean, model.std, shift, mirrored, "replicate")
         logits[split_name] = (views, split.labels)
-    for name, (shifts, flip, centre_share) in VIEW_SETS.items():
+    for name, (shifts, flip, centre_share, *edge) in VIEW_SETS.items():
         row = []
         mirrorings = (False, True) if flip else (False,)
         for split_name in ("val", "test"):
             views, labels = logits[split_name]
             centre = [views[(0, 0), mirrored] for mirrored in mirrorings]
-            moved = [views[shift, mirrored] for shift in shifts for mirrored in mirrorings]
+            moved = [views[(shift, mirrored, *edge)] for shift in shifts for mirrored in mirrorings]
             if centre_share is None or not moved:
                 average = torch.stack(centre + moved).mean(dim=0)  # logits averaged, as predict_logits does
             else:
