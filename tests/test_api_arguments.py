@@ -387,8 +387,8 @@ def test_optimization_names_its_field(loss_fn, optimizer, interval, clip):
 
 
 @settings(PROPERTY, max_examples=25)  # each example may train a batch and evaluate one
-@given(which=st.sampled_from(["model", "batches", "optimization", "stop", "max_batches", "flip_tta", "epochs",
-                              "recorder", "last_epoch_steps", "a_batch"]), value=st.one_of(TENSORS, ANYTHING))
+@given(which=st.sampled_from(["model", "batches", "optimization", "stop", "max_batches", "flip_tta", "shift_tta",
+                              "epochs", "recorder", "last_epoch_steps", "a_batch"]), value=st.one_of(TENSORS, ANYTHING))
 def test_the_loop_functions_name_their_argument(which, value):
     model, optimization, batches = tiny_parts()
     arguments = {"model": model, "batches": batches, "optimization": optimization}
@@ -400,7 +400,8 @@ def test_the_loop_functions_name_their_argument(which, value):
     one_epoch = {**arguments, **({which: value} if which in ("stop", "max_batches") else {})}
     works_or_names(lambda: train_one_epoch(**one_epoch), f"train_one_epoch({which}=")
     flip = value if which == "flip_tta" else False
-    works_or_names(lambda: evaluate(arguments["model"], arguments["batches"], flip), f"evaluate({which}=")
+    shift = value if which == "shift_tta" else False
+    works_or_names(lambda: evaluate(arguments["model"], arguments["batches"], flip, shift), f"evaluate({which}=")
     extra = {which: value} if which in ("stop", "flip_tta", "recorder", "last_epoch_steps") else {}
     epochs = value if which == "epochs" else 1
     if type(epochs) is int and 2 < epochs <= MAX_COUNT:  # valid, and 2**62 epochs would never end: two do

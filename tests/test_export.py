@@ -19,6 +19,7 @@ from fmnist.data.splits import read_split
 from fmnist.experiment import train
 from fmnist.runs.checkpoint import load_checkpoint, model_from_checkpoint
 from fmnist.training.config import TrainConfig
+from fmnist.training.loop import predict_logits
 
 
 def train_tiny_run(data_dir, out, **options):
@@ -79,6 +80,22 @@ def test_a_tta_flip_run_exports_its_mirror_averaging(tiny_data, tmp_path):
     temperature = json.loads((run / "calibration.json").read_text())["temperature"]
     assert np.abs(logits - ((plain + mirrored) / 2).numpy() / temperature).max() < 1e-4
     assert np.abs(logits - plain.numpy() / temperature).max() > 1e-3  # the mirror really counts
+
+
+def test_a_tta_shift_run_exports_its_shifted_views(tiny_data, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    run = train_tiny_run(tiny_data, tmp_path / "runs", tta_flip=True, tta_shift=True, calibrate=False)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    state = load_checkpoint(run)
+    model = model_from_checkpoint(state).eval()
+    images = normalize(read_split(tiny_data, "test").images[:50], state["config"]["mean"], state["config"]["std"])
+    with torch.inference_mode():
+        viewed, mirrored = predict_logits(model, images, True, True), predict_logits(model, images, True)
+    session = onnxruntime.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["tta_shift"] == "True"
+    (logits,) = session.run(["logits"], {"images": images.numpy()})
+    assert np.abs(logits - viewed.numpy()).max() < 1e-4
+    assert np.abs(logits - mirrored.numpy()).max() > 1e-3  # the shifts really count
 
 
 def test_missing_extra_is_a_one_line_error(tiny_run, monkeypatch, capsys):

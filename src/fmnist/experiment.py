@@ -472,7 +472,7 @@ def test_best_weights(path: Path, config: TrainConfig, training: Training):
     """The one test evaluation of a run: best.pt's weights on the test split."""
     best = load_checkpoint(path / "best.pt")
     load_weights(training.model, best["model"], str(path / "best.pt"))
-    return evaluate(training.model, training.test_loader, config.tta_flip), best["epoch"]
+    return evaluate(training.model, training.test_loader, config.tta_flip, config.tta_shift), best["epoch"]
 
 
 def calibrate_best_weights(path: Path, config: TrainConfig, training: Training, test: EvalResult,
@@ -483,7 +483,7 @@ def calibrate_best_weights(path: Path, config: TrainConfig, training: Training, 
     temperature = None
     if config.calibrate:
         record = fit_run_temperature(path, training.model, training.val_loader, config.tta_flip, config.model,
-                                     best_epoch)
+                                     best_epoch, shift_tta=config.tta_shift)
         temperature = record["temperature"]
         logger.info("calibration: temperature %.3f, fitted on the validation split", temperature)
     measured = calibration_record(test.probabilities, test.labels, temperature)

@@ -35,6 +35,7 @@ from fmnist.runs.checkpoint import (
     model_from_checkpoint,
     normalization,
     trained_with_flip_tta,
+    trained_with_shift_tta,
 )
 from fmnist.training.calibration import calibration_record, scaled_probabilities
 from fmnist.training.config import EVAL_BATCH_SIZE
@@ -46,24 +47,26 @@ class TrainedModel(nn.Module):
     """A trained network with what using it takes: its input normalization and its evaluation mode.
 
     Call it on normalized (N, 1, 28, 28) images for logits, as the network itself; a run trained
-    with --tta-flip also averages each image with its mirror image here, as its test accuracy did.
+    with --tta-flip also averages each image with its mirror image here, as its test accuracy did, and
+    one trained with --tta-shift its one-pixel shifts (`shift_tta`).
     `info` holds the checkpoint's model name, epoch, recipe and path. `temperature` is the run's fitted
     temperature (runs/calibration.py), or None: probabilities are softmax(logits / temperature)
     wherever they come out (class_probabilities, evaluate_checkpoint, export); the logits stay raw.
     """
 
     def __init__(self, network: nn.Module, mean: float, std: float, flip_tta: bool, info: dict,
-                 temperature: float | None = None):
+                 temperature: float | None = None, shift_tta: bool = False):
         super().__init__()
         self.network = network
         self.mean = mean
         self.std = std
         self.flip_tta = flip_tta
+        self.shift_tta = shift_tta
         self.info = info
         self.temperature = temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return predict_logits(self.network, images, self.flip_tta)
+        return predict_logits(self.network, images, self.flip_tta, self.shift_tta)
 
 
 def load_model(source: str | os.PathLike, device: str = "cpu", calibrate: bool = True) -> TrainedModel:
@@ -81,7 +84,8 @@ def load_model(source: str | os.PathLike, device: str = "cpu", calibrate: bool =
     info = {"model": state["model_name"], "epoch": state["epoch"], "recipe": state["config"].get("recipe"),
             "checkpoint": str(path)}
     temperature = run_temperature(path, state["model_name"], state["epoch"]) if calibrate else None
-    model = TrainedModel(network, mean, std, trained_with_flip_tta(state), info, temperature)
+    model = TrainedModel(network, mean, std, trained_with_flip_tta(state), info, temperature,
+                         shift_tta=trained_with_shift_tta(state))
     return model.to(device=torch_device, memory_format=torch.channels_last).eval()
 
 

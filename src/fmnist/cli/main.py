@@ -53,8 +53,8 @@ class ArgumentParser(argparse.ArgumentParser):
 # lr-find drives the learning rate itself and trains no run: these options have no effect there:
 # --help leaves them out, and given, they are refused in one line that says why.
 LR_FIND_IGNORES = ("recipe", "epochs", "time_budget", "scheduler", "lr", "max_lr", "step_size", "gamma", "ema",
-                   "calibrate", "tta_flip", "eval_batch_size", "out", "name", "tensorboard", "limit_batches",
-                   "patience", "min_delta", "mlflow", "mlflow_experiment", "report")
+                   "calibrate", "tta_flip", "tta_shift", "eval_batch_size", "out", "name", "tensorboard",
+                   "limit_batches", "patience", "min_delta", "mlflow", "mlflow_experiment", "report")
 
 
 # tune names and places its trials' run folders itself (trial-NNNN in OUT/STUDY).

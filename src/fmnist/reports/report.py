@@ -414,7 +414,7 @@ def write_report(run_path: Path, model: nn.Module, test_images: torch.Tensor, te
     summary, matrix, metrics, calibration = summarize_test(run_path, test, test_data, calibration)
     network = model.network if isinstance(model, TrainedModel) else model
     explained = TrainedModel(network, mean, std, bool(saved["config"].get("tta_flip")), {},
-                             (calibration or {}).get("temperature"))
+                             (calibration or {}).get("temperature"), shift_tta=bool(saved["config"].get("tta_shift")))
     figures = write_figures(run_path, history, read_learning_rates(run_path), matrix, metrics,
                             test_images, test, explained, calibration)
     write_summary(run_path, summary)

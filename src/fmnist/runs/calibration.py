@@ -27,9 +27,10 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def fit_run_temperature(run_path: Path, network: torch.nn.Module, val_batches: Batches, flip_tta: bool,
-                        model_name: str, epoch: int) -> dict:
-    """Fit the temperature of `network` (best.pt's weights) on the validation batches; write calibration.json."""
-    logits, labels = logits_of(network, val_batches, flip_tta)
+                        model_name: str, epoch: int, shift_tta: bool = False) -> dict:
+    """Fit the temperature of `network` (best.pt's weights) on the validation batches, seen through the
+    test-time views the run's model answers with; write calibration.json."""
+    logits, labels = logits_of(network, val_batches, flip_tta, shift_tta)
     temperature = fit_temperature(logits, labels)
     probabilities = torch.softmax(logits, dim=1)
     scaled = torch.softmax(logits / temperature, dim=1)

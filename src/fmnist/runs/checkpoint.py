@@ -145,6 +145,7 @@ def check_checkpoint(state, path: Path, for_resume: bool) -> None:
                 and (value >= 0 if low_ok else value > 0),
                 f"config {name} is {value!r}, not a finite number{' >= 0' if low_ok else ' > 0'}")
     require(isinstance(config.get("tta_flip", False), bool), "config tta_flip is not true or false")
+    require(isinstance(config.get("tta_shift", False), bool), "config tta_shift is not true or false")
     if for_resume:
         missing = [key for key in RESUME_KEYS if key not in state]
         require(not missing, f"no {', '.join(missing)} to resume from")
@@ -153,6 +154,11 @@ def check_checkpoint(state, path: Path, for_resume: bool) -> None:
 def trained_with_flip_tta(state: dict) -> bool:
     """Whether the checkpoint's run was evaluated with --tta-flip (checkpoints of older fmnist lack the key)."""
     return state["config"].get("tta_flip", False)
+
+
+def trained_with_shift_tta(state: dict) -> bool:
+    """Whether the checkpoint's run was tested with --tta-shift (checkpoints of older fmnist lack the key)."""
+    return state["config"].get("tta_shift", False)
 
 
 def normalization(state: dict) -> tuple[float, float]:

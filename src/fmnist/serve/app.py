@@ -87,6 +87,7 @@ def model_card(model: TrainedModel, settings: ServeSettings) -> dict:
         "classes": list(CLASS_NAMES),
         "normalization": {"mean": model.mean, "std": model.std},
         "flip_tta": model.flip_tta,
+        "shift_tta": model.shift_tta,
         **weaknesses(summary),
         "calibration": served_calibration(model, summary),
         "explain": captum_available(),  # POST /predict?explain=true answers attribution maps

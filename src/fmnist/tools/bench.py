@@ -181,8 +181,8 @@ class TestTimer:
     """A recorder for fit that evaluates the test set after each epoch, timed apart from training."""
 
     def __init__(self, model, test_loader, flip_tta: bool, thresholds: tuple[float, ...], epochs: int,
-                 planner: BudgetPlanner | None = None):
-        self.model, self.test_loader, self.flip_tta = model, test_loader, flip_tta
+                 planner: BudgetPlanner | None = None, shift_tta: bool = False):
+        self.model, self.test_loader, self.flip_tta, self.shift_tta = model, test_loader, flip_tta, shift_tta
         self.planner = planner  # a time budget's: the test evaluations are not the budget's time
         self.thresholds, self.epochs = thresholds, epochs
         self.history: list[dict] = []
@@ -193,7 +193,7 @@ class TestTimer:
     def end_epoch(self, row: dict, learning_rates: list[float], is_best: bool) -> None:
         self.history.append(row)
         self.train_seconds += row["seconds"]
-        test = evaluate(self.model, self.test_loader, self.flip_tta)
+        test = evaluate(self.model, self.test_loader, self.flip_tta, self.shift_tta)
         self.eval_seconds += test.seconds
         if self.planner is not None:
             self.planner.leave_out(test.seconds)
@@ -226,7 +226,8 @@ def time_to_accuracy(config: TrainConfig, thresholds: tuple[float, ...] = THRESH
     training = build_training(config, *splits, total_steps=plan.total_steps if plan else None)
     epochs = plan.epochs if plan else config.epochs
     planner = planner_for(plan, training) if plan else None
-    timer = TestTimer(training.model, training.test_loader, config.tta_flip, thresholds, epochs, planner)
+    timer = TestTimer(training.model, training.test_loader, config.tta_flip, thresholds, epochs, planner,
+                      shift_tta=config.tta_shift)
     fit(training.model, training.train_loader, training.val_loader, training.optimization, epochs,
         flip_tta=config.tta_flip, recorder=timer, planner=planner)
     return {

@@ -43,5 +43,6 @@ def calibrate_run(run_dir: str | Path, data_dir: str | None = None, device: str 
                            verify=not config.allow_unverified_data)
         parameter = next(model.parameters())
         loader = TensorLoader(data.val.to(parameter.device), batch_size, mean=model.mean, std=model.std)
-        # The model's forward already averages the flipped view when the run used --tta-flip.
+        # The model's forward already averages the flipped and shifted views when the run used --tta-flip
+        # or --tta-shift.
         return fit_run_temperature(run_path, model, loader, False, model.info["model"], model.info["epoch"])

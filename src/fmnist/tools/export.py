@@ -83,6 +83,7 @@ def export_onnx(source: str | Path, out: str | Path | None = None, force: bool =
         "fmnist_model": model.info["model"],
         "fmnist_epoch": str(model.info["epoch"]),
         "tta_flip": str(model.flip_tta),
+        "tta_shift": str(model.shift_tta),
         "temperature": str(model.temperature or 1.0),  # already applied to the output
     }
     with tempfile.TemporaryDirectory() as scratch:  # the exporter writes files; we publish one atomically

@@ -92,14 +92,15 @@ def scaled_probabilities(probabilities: torch.Tensor, temperature: float) -> tor
     return torch.softmax(probabilities.double().log() / temperature, dim=1).to(probabilities.dtype)
 
 
-def logits_of(model: nn.Module, batches: Batches, flip_tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def logits_of(model: nn.Module, batches: Batches, flip_tta: bool = False,
+              shift_tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, 10) float64, labels (N,)) of the model over (images, labels) batches, on the CPU."""
     model.eval()
     device = next(model.parameters()).device
     all_logits, all_labels = [], []
     with torch.inference_mode():
         for images, labels in batches:
-            all_logits.append(predict_logits(model, images.to(device), flip_tta).double().cpu())
+            all_logits.append(predict_logits(model, images.to(device), flip_tta, shift_tta).double().cpu())
             all_labels.append(labels.cpu())
     if not all_labels:
         raise FmnistError("calibration: no batches to fit the temperature on")

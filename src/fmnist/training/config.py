@@ -145,6 +145,10 @@ class TrainConfig:
                                        "area, box size from Beta(a, a); 0 is off; with --mixup, one of the two per "
                                        "batch (--loss ce)", metavar="ALPHA")
     tta_flip: bool = option(False, "evaluate each validation and test image and its mirror image, averaging logits")
+    tta_shift: bool = option(False, "after training, also evaluate each test image moved by one pixel in each of "
+                                    "the eight directions (each mirrored too with --tta-flip), averaging logits: "
+                                    "the test, the calibration and every command that uses the model; each "
+                                    "epoch's validation stays as it is (the views would multiply its cost)")
     calibrate: bool = option(True, "after training, fit a temperature on the validation split that makes the "
                                    "probabilities honest (temperature scaling); predict, serve and export apply it")
     ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "

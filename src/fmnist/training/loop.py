@@ -38,6 +38,7 @@ from fmnist.faults import StopRequest, StopTraining, TrainingInterrupted, kill_p
 from fmnist.training.early_stopping import EarlyStopping
 from fmnist.training.metrics import per_class_accuracy
 from fmnist.training.stretch import StretchedSchedule
+from fmnist.training.views import view_logits
 
 logger = logging.getLogger(__name__)
 
@@ -240,24 +241,25 @@ class EvalResult:
                 f"seconds={self.seconds:.1f})")
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, flip_tta: bool = False,
+                   shift_tta: bool = False) -> torch.Tensor:
     """The model's logits; with `flip_tta` (test-time augmentation), averaged with the logits of
     each image mirrored left-right: a model trained with flips has learned both views, and two
-    opinions err less than one."""
-    logits = model(images)
-    if flip_tta:
-        logits = (logits + model(images.flip(3))) / 2
-    return logits
+    opinions err less than one. `shift_tta` adds each image moved by one pixel in each of the eight
+    directions (each mirrored too with `flip_tta`: 18 views), for models trained with random crops."""
+    return view_logits(model, images, flip_tta, shift_tta)
 
 
-def evaluate(model: nn.Module, batches: Batches, flip_tta: bool = False) -> EvalResult:
+def evaluate(model: nn.Module, batches: Batches, flip_tta: bool = False, shift_tta: bool = False) -> EvalResult:
     """Loss and accuracy over (images, labels) batches, with dropout off and no gradient bookkeeping.
 
     The loss is plain cross-entropy whatever the training loss was, so that validation losses of
-    runs trained with label smoothing or focal loss stay comparable. `flip_tta`: see predict_logits.
+    runs trained with label smoothing or focal loss stay comparable. `flip_tta`, `shift_tta`: see
+    predict_logits.
     """
     check_loop_arguments("evaluate", model, batches, False)
     check_bool(flip_tta, "flip_tta", "evaluate")
+    check_bool(shift_tta, "shift_tta", "evaluate")
     model.eval()  # dropout off, BatchNorm uses its running statistics
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
@@ -267,7 +269,7 @@ def evaluate(model: nn.Module, batches: Batches, flip_tta: bool = False) -> Eval
         for index, batch in enumerate(batches):
             images, labels = batch_pair(batch, index, "evaluate")
             images, labels = images.to(device), labels.to(device)
-            logits = predict_logits(model, images, flip_tta)
+            logits = predict_logits(model, images, flip_tta, shift_tta)
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
             kill_point("evaluate-batch")  # test-only: a SIGKILL during evaluation
             all_predictions.append(logits.argmax(dim=1))
