@@ -21,6 +21,7 @@ import torch
 
 from fmnist import load_model, load_splits
 from fmnist.data.loader import normalize
+from fmnist.training.views import shifted
 
 # (dy, dx) shifts of one pixel; each view is also taken mirrored.
 AXIS_SHIFTS = [(-1, 0), (1, 0), (0, -1), (0, 1)]
@@ -44,13 +45,10 @@ VIEW_SETS = {
 }
 
 
-def shifted(images: torch.Tensor, dy: int, dx: int, edge: str = "black") -> torch.Tensor:
-    """uint8 (N, 28, 28) images moved by (dy, dx) pixels, the uncovered edge black (the background), or
-    with edge="replicate" the nearest edge pixels repeated."""
-    if edge == "replicate":
-        padded = torch.nn.functional.pad(images.unsqueeze(1).float(), (1, 1, 1, 1), mode="replicate")
-        height, width = images.shape[1:]
-        return padded[:, 0, 1 - dy:1 - dy + height, 1 - dx:1 - dx + width].to(images.dtype)
+def black_edged(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """uint8 (N, 28, 28) images moved by (dy, dx) pixels, the uncovered edge black (the background, as
+    `crop_padding` fills it). The other edge, the nearest pixels repeated, is the package's own
+    `fmnist.training.views.shifted` (what `--tta-shift` uses)."""
     out = torch.zeros_like(images)
     height, width = images.shape[1:]
     out[:, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
@@ -61,7 +59,11 @@ def shifted(images: torch.Tensor, dy: int, dx: int, edge: str = "black") -> torc
 @torch.inference_mode()
 def view_logits(network, images: torch.Tensor, mean: float, std: float, shift, mirrored: bool,
                 edge: str = "black") -> torch.Tensor:
-    pixels = normalize(shifted(images, *shift, edge), mean, std).contiguous(memory_format=torch.channels_last)
+    if edge == "replicate":  # repeating an edge commutes with normalizing, so shift the normalized batch
+        pixels = shifted(normalize(images, mean, std), *shift)
+    else:
+        pixels = normalize(black_edged(images, *shift), mean, std)
+    pixels = pixels.contiguous(memory_format=torch.channels_last)
     if mirrored:
         pixels = pixels.flip(3)
     return torch.cat([network(batch).float() for batch in pixels.split(500)])
