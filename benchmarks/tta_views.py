@@ -21,11 +21,11 @@ import torch
 
 from fmnist import load_model, load_splits
 from fmnist.data.loader import normalize
-from fmnist.training.views import shifted
+from fmnist.training.views import ONE_PIXEL_SHIFTS, shifted
 
-# (dy, dx) shifts of one pixel; each view is also taken mirrored.
-AXIS_SHIFTS = [(-1, 0), (1, 0), (0, -1), (0, 1)]
-DIAGONAL_SHIFTS = [(-1, -1), (1, 1), (-1, 1), (1, -1)]
+# (dy, dx) shifts of one pixel, the package's eight (`--tta-shift`): four along the axes, then four
+# diagonal; each view is also taken mirrored.
+AXIS_SHIFTS, DIAGONAL_SHIFTS = ONE_PIXEL_SHIFTS[:4], ONE_PIXEL_SHIFTS[4:]
 # name: (shifts, mirrored too, the unshifted views' share of the average: None for an equal share each,
 # and optionally "replicate": the uncovered edge filled with the nearest edge pixels instead of black).
 # airbench's test-time views are the third kind: the image and its mirror weigh half, and the two
