@@ -58,7 +58,7 @@ def test_fmnist_recipes_show_what_was_measured(capsys):
 def test_the_longer_recipes_add_crops_and_erasing_to_flips():
     for name, model in (("top", "whiten-res"), ("top-long", "res-cnn")):  # top-long: not measured whitened yet
         config = build_config(None, {"recipe": name})
-        assert config.model == model and config.hflip and config.tta_flip
+        assert config.model == model and config.hflip and config.tta_flip and config.tta_shift
         assert config.crop_padding > 0 and config.erase_prob > 0
         # Measured at their budgets in bf16 (issue 20): they take --amp auto; an explicit --amp still wins.
         assert config.amp == "auto"
