@@ -291,9 +291,8 @@ add_recipe(Recipe(
     "(seeds 42-44), 108-119 epochs, 98.8-98.9% used (2026-12-07)",
     source="fmnist",
     measured="test 0.9465 ± 0.0016 with the mirror image alone (seeds 42-44), validation 0.9505 ± 0.0012, "
-    "after 2,703 s of training "
-    "(seed 42, 2-core AMD EPYC Zen 4, 2026-11-23) and 1,651 and 1,825 s (seeds 43, 44, 2-core AMD EPYC Zen 5, "
-    "2026-12-02; fp32: --amp none); short of its aim by 0.0085",
+    "after 2,703 s of training (seed 42, 2-core AMD EPYC Zen 4, 2026-11-23) and 1,651 and 1,825 s (seeds 43, 44, "
+    "2-core AMD EPYC Zen 5, 2026-12-02; fp32: --amp none); short of its aim by 0.0085",
     claim="aimed at test accuracy >= 0.955 within 60 min of training on 2 CPU cores",
     description="the `top` recipe on res-cnn (without the whitened first layer; flips + 1-pixel crops + erasing "
     "p 0.25, the mirror image and the eight one-pixel shifts as test-time views) for 40 epochs instead of 22",
